@@ -1,0 +1,45 @@
+# make run   - create .venv, install, run the appliance for mail.163.com in the foreground
+# make test  - create .venv, install test deps and the Debian tools the tests use, run the suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/163.ini
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv debs lint clean
+
+$(STAMP): setup.cfg
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# compat mode keeps twisted/plugins on sys.path so that twistd finds the plugin
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/twistd -n mailappliance --config $(CONFIG)
+
+# Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf).  policy-rc.d
+# keeps packaged daemons (named) from starting system-wide; fixtures start their own.
+debs:
+	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  created=0; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; created=1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null || exit 1; \
+	  [ $$created = 1 ] && rm -f /usr/sbin/policy-rc.d; true; \
+	fi
+
+test: debs venv
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check appliance tests bench twisted
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,451 @@
+"""INI configuration: a declarative schema, validated all at once into a frozen Config.
+
+Every key of every section is listed in SCHEMA with its converter, default and help text.
+`load()` reads the file, converts every value, and collects every problem (unknown section or
+key, bad value, missing required key, missing file) as one line naming the file, section and key,
+then raises a single ConfigError. Paths are relative to the INI file's folder.
+"""
+
+from __future__ import annotations
+
+import configparser
+import grp
+import ipaddress
+import pwd
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A listening or target address; host is an IP literal."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class _Ctx:
+    """What converters need to know: where the INI file lives and the values seen so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+
+    def resolve(self, raw: str) -> Path:
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else (self.base / p).resolve()
+
+
+Converter = Callable[[str, _Ctx], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: a converter, a default (raw string, callable or REQUIRED), help."""
+
+    convert: Converter
+    default: Any
+    help: str
+
+
+REQUIRED = object()
+NONE = object()  # the key may be left out and then reads as None
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def boolean(raw: str, ctx: _Ctx) -> bool:
+    v = raw.strip().lower()
+    if v in ("yes", "true", "on", "1"):
+        return True
+    if v in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"expected yes or no, got {raw!r}")
+
+
+def integer(lo: int, hi: int) -> Converter:
+    def convert(raw: str, ctx: _Ctx) -> int:
+        try:
+            v = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"expected a number from {lo} to {hi}, got {v}")
+        return v
+
+    return convert
+
+
+_SIZE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def size(raw: str, ctx: _Ctx) -> int:
+    m = _SIZE.match(raw.strip())
+    if not m:
+        raise ValueError(f"expected a size like 25M, got {raw!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^(?:\d+[smhdw]?)+$", re.I)
+
+
+def parse_duration(raw: str) -> int:
+    """'90', '10m', '1h30m', '2w' -> seconds. Raises ValueError."""
+    v = raw.strip().lower()
+    if not v or not _DURATION.match(v) or (v[-1].isdigit() and re.search(r"[smhdw]", v)):
+        raise ValueError(f"expected a duration like 10m, 30s or 2d, got {raw!r}")
+    total = 0
+    for num, unit in re.findall(r"(\d+)([smhdw]?)", v):
+        total += int(num) * _DURATION_UNITS.get(unit, 1)
+    return total
+
+
+def duration(raw: str, ctx: _Ctx) -> int:
+    return parse_duration(raw)
+
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.I)
+
+
+def is_hostname(name: str) -> bool:
+    name = name.rstrip(".")
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def hostname(raw: str, ctx: _Ctx) -> str:
+    v = raw.strip().rstrip(".").lower()
+    if not is_hostname(v):
+        raise ValueError(f"expected a host name like mail.example.com, got {raw!r}")
+    return v
+
+
+def words(raw: str) -> list[str]:
+    return [w for w in re.split(r"[\s,]+", raw.strip()) if w]
+
+
+def hostnames(raw: str, ctx: _Ctx) -> tuple[str, ...]:
+    return tuple(hostname(w, ctx) for w in words(raw))
+
+
+def path(raw: str, ctx: _Ctx) -> Path:
+    if not raw.strip():
+        raise ValueError("expected a path, got nothing")
+    return ctx.resolve(raw.strip())
+
+
+def existing_file(raw: str, ctx: _Ctx) -> Path:
+    p = path(raw, ctx)
+    if not p.is_file():
+        raise ValueError(f"no such file: {p}")
+    return p
+
+
+def existing_files(raw: str, ctx: _Ctx) -> tuple[Path, ...]:
+    return tuple(existing_file(w, ctx) for w in words(raw))
+
+
+def host_port(raw: str, default_port: int | None = None) -> HostPort:
+    v = raw.strip()
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", v) or re.match(
+        r"^([0-9.]+)(?::(\d+))?$", v
+    )
+    if not m:
+        raise ValueError(f"expected an address like 127.0.0.1:53, got {raw!r}")
+    host, port = m.group(1), m.group(2)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {host!r}") from None
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"expected an address with a port like {host}:53, got {raw!r}")
+        return HostPort(host, default_port)
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return HostPort(host, int(port))
+
+
+def addresses(default_port: int | None) -> Converter:
+    def convert(raw: str, ctx: _Ctx) -> tuple[HostPort, ...]:
+        return tuple(host_port(w, default_port) for w in words(raw))
+
+    return convert
+
+
+def networks(raw: str, ctx: _Ctx) -> tuple[Network, ...]:
+    out = []
+    for w in words(raw):
+        try:
+            out.append(ipaddress.ip_network(w, strict=False))
+        except ValueError:
+            raise ValueError(f"expected networks like 127.0.0.0/8 ::1, got {w!r}") from None
+    return tuple(out)
+
+
+def choice(*options: str) -> Converter:
+    def convert(raw: str, ctx: _Ctx) -> str:
+        v = raw.strip().lower()
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return v
+
+    return convert
+
+
+def user(raw: str, ctx: _Ctx) -> str:
+    try:
+        pwd.getpwnam(raw.strip())
+    except KeyError:
+        raise ValueError(f"no such user: {raw.strip()!r}") from None
+    return raw.strip()
+
+
+def group(raw: str, ctx: _Ctx) -> str:
+    try:
+        grp.getgrnam(raw.strip())
+    except KeyError:
+        raise ValueError(f"no such group: {raw.strip()!r}") from None
+    return raw.strip()
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _default_state_dir(ctx: _Ctx) -> Path:
+    return (ctx.base / ".." / "var" / ctx.path.stem).resolve()
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "appliance": {
+        "hostname": Key(hostname, REQUIRED, "this host's name, e.g. mail.163.com"),
+        "state_dir": Key(path, _default_state_dir, "where the appliance writes everything"),
+        "user": Key(user, NONE, "drop root privileges to this user after binding ports"),
+        "group": Key(group, NONE, "drop to this group (default: the user's group)"),
+    },
+    "dns": {
+        "enabled": Key(boolean, "yes", "serve DNS"),
+        "listen": Key(addresses(53), NONE, "addresses for UDP and TCP, e.g. 127.0.1.1:53"),
+        "forwarders": Key(addresses(53), "", "servers asked for names we are not authoritative for"),
+        "forward_recursion": Key(
+            boolean,
+            "no",
+            "set RD on forwarded queries; leave 'no' when forwarders are peer appliances "
+            "that forward back to us (prevents forwarding loops)",
+        ),
+        "forward_timeout": Key(duration, "2s", "give up on one forwarder after this long"),
+        "recursion_networks": Key(
+            networks, "127.0.0.0/8 ::1", "clients allowed to use forwarding and the cache"
+        ),
+        "cache_size": Key(integer(0, 10_000_000), "10000", "forwarded answers kept in memory"),
+        "edns_udp_size": Key(integer(512, 4096), "1232", "largest UDP answer we send with EDNS"),
+        "tcp_idle_timeout": Key(duration, "10s", "close idle DNS TCP connections"),
+        "max_tcp_connections": Key(integer(1, 100_000), "200", "concurrent DNS TCP connections"),
+    },
+    "tls": {
+        "cert": Key(path, NONE, "externally issued certificate (PEM); default: issued by our CA"),
+        "key": Key(path, NONE, "private key for 'cert'"),
+        "chain": Key(existing_files, "", "intermediate certificates sent after 'cert'"),
+        "ca_dir": Key(path, NONE, "our CA (default: <state_dir>/ca)"),
+        "names": Key(hostnames, "", "extra names the certificate covers (smtp.163.com ...)"),
+        "key_type": Key(choice("ec-p256", "rsa-3072", "rsa-4096"), "ec-p256", "key algorithm"),
+        "validity": Key(duration, "397d", "lifetime of certificates we issue"),
+        "renew_before": Key(duration, "30d", "re-issue when a certificate expires within this"),
+        "min_version": Key(choice("1.2", "1.3"), "1.2", "lowest TLS version accepted"),
+    },
+}
+
+# Sections named "<prefix>:<name>", any number of them.
+PATTERN_SCHEMA: dict[str, dict[str, Key]] = {
+    "zone": {
+        "file": Key(existing_file, REQUIRED, "BIND master file for this zone"),
+        "allow_transfer": Key(networks, "", "clients allowed to AXFR this zone (TCP only)"),
+    },
+}
+
+
+class Section(Mapping[str, Any]):
+    """A read-only section: values by attribute or by key."""
+
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self._name = name
+        self._values = dict(values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"[{self._name}] has no key {key!r}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name!r}, {self._values!r})"
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    origin: str
+    file: Path
+    allow_transfer: tuple[Network, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    sections: dict[str, Section]
+    zones: tuple[ZoneConfig, ...] = field(default=())
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def problem(self, section: str, key: str, message: str) -> str:
+        """Format one problem line the way every config error is shown."""
+        return f"{self.label}: [{section}] {key}: {message}"
+
+
+def _convert_section(
+    label: str,
+    section: str,
+    schema: dict[str, Key],
+    raw: Mapping[str, str],
+    ctx: _Ctx,
+    problems: list[str],
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            problems.append(f"{label}: [{section}] {key}: unknown key (known keys: {known})")
+    for key, spec in schema.items():
+        try:
+            if key in raw:
+                values[key] = spec.convert(raw[key], ctx)
+            elif spec.default is REQUIRED:
+                problems.append(f"{label}: [{section}] {key}: required key is missing")
+            elif spec.default is NONE:
+                values[key] = None
+            elif callable(spec.default):
+                values[key] = spec.default(ctx)
+            else:
+                values[key] = spec.convert(spec.default, ctx)
+        except ValueError as e:
+            problems.append(f"{label}: [{section}] {key}: {e}")
+    return values
+
+
+def load(config_path: str | Path) -> Config:
+    """Read and validate the INI file; raise ConfigError listing every problem."""
+    path = Path(config_path).expanduser().resolve()
+    label = path.name
+    if not path.is_file():
+        raise ConfigError([f"{config_path}: no such configuration file"])
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=True, inline_comment_prefixes=("#", ";"), default_section="\0"
+    )
+    try:
+        with path.open(encoding="utf-8") as f:
+            parser.read_file(f)
+    except configparser.Error as e:
+        # configparser's messages carry the file and line already; keep them on one line
+        raise ConfigError([f"{label}: " + " ".join(str(e).split())]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{label}: cannot read: {e}"]) from None
+
+    ctx = _Ctx(path)
+    problems: list[str] = []
+    sections: dict[str, Section] = {}
+    zones: list[ZoneConfig] = []
+    for name in parser.sections():
+        raw = dict(parser.items(name))
+        prefix, sep, arg = name.partition(":")
+        if name in SCHEMA:
+            continue
+        if sep and prefix in PATTERN_SCHEMA:
+            values = _convert_section(label, name, PATTERN_SCHEMA[prefix], raw, ctx, problems)
+            if prefix == "zone":
+                origin = arg.strip().rstrip(".").lower()
+                if not is_hostname(origin):
+                    problems.append(f"{label}: [{name}]: expected a zone name like 163.com")
+                elif "file" in values:
+                    zones.append(ZoneConfig(origin, values["file"], values["allow_transfer"]))
+            continue
+        known = ", ".join([*SCHEMA, *(p + ":NAME" for p in PATTERN_SCHEMA)])
+        problems.append(f"{label}: [{name}]: unknown section (known sections: {known})")
+    for name, schema in SCHEMA.items():
+        raw = dict(parser.items(name)) if parser.has_section(name) else {}
+        sections[name] = Section(name, _convert_section(label, name, schema, raw, ctx, problems))
+    if parser.has_section("appliance") is False:
+        problems.insert(0, f"{label}: [appliance]: required section is missing")
+    _cross_checks(label, sections, set(parser.sections()), zones, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(path=path, sections=sections, zones=tuple(zones))
+
+
+def _cross_checks(
+    label: str,
+    sections: dict[str, Section],
+    present: set[str],
+    zones: list[ZoneConfig],
+    problems: list[str],
+) -> None:
+    tls = sections["tls"]
+    if (tls.get("cert") is None) != (tls.get("key") is None):
+        missing = "key" if tls.get("key") is None else "cert"
+        problems.append(f"{label}: [tls] {missing}: required when the other of cert/key is set")
+    for k in ("cert", "key"):
+        p = tls.get(k)
+        if p is not None and not p.is_file():
+            problems.append(f"{label}: [tls] {k}: no such file: {p}")
+    dns = sections["dns"]
+    # a listen value that failed to convert is absent here and already reported
+    if "dns" in present and dns.get("enabled") and "listen" in dns and dns["listen"] is None:
+        problems.append(f"{label}: [dns] listen: required when DNS is enabled")
+    seen: set[str] = set()
+    for z in zones:
+        if z.origin in seen:
+            problems.append(f"{label}: [zone:{z.origin}]: zone defined twice")
+        seen.add(z.origin)
+
+
+def describe_schema() -> str:
+    """Every section and key with its default and help, for `mailappliance config-help`."""
+    lines = []
+    for name, schema in [*SCHEMA.items(), *((p + ":NAME", s) for p, s in PATTERN_SCHEMA.items())]:
+        lines.append(f"[{name}]")
+        for key, spec in schema.items():
+            if spec.default is REQUIRED:
+                d = "(required)"
+            elif spec.default is NONE or callable(spec.default):
+                d = "(optional)"
+            else:
+                d = f"= {spec.default}" if spec.default else "(empty)"
+            lines.append(f"  {key} {d}\n      {spec.help}")
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""The only wiring code: turns a validated Config into the appliance's service tree.
+
+`prepare()` does everything that can fail because of the admin's files (zones, certificates,
+the state folder) and reports it as ConfigError lines before anything listens. `make_service()`
+then builds the named MultiService tree: dns, tls, and the places later features fill (smtp,
+pop3, imap, queue). Listeners bind in privilegedStartService; the root service turns a busy port
+into one line and exit status 1, and drops root privileges before the children start.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from twisted.application import internet, service, strports
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from appliance.config import Config, HostPort
+from appliance.dns.authority import Authority, Zone
+from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
+from appliance.dns.zonefile import load_zone
+from appliance.errors import ApplianceError, ConfigError, ZoneError
+from appliance.tls.ca import CertificateAuthority
+from appliance.tls.context import check_key_permissions
+from appliance.tls.service import TLSService, TLSSettings
+
+# children that later features fill; present now so the tree's shape is stable
+PLACEHOLDERS = ("smtp", "pop3", "imap", "queue")
+
+
+@dataclass
+class Prepared:
+    """Everything loaded and checked; building services from it cannot fail on user input."""
+
+    config: Config
+    zones: list[Zone]
+    tls: TLSService
+
+
+def tls_settings(config: Config) -> TLSSettings:
+    t = config.tls
+    state = config.appliance.state_dir
+    hostname = config.appliance.hostname
+    if t.cert is not None:
+        cert, key, ca = t.cert, t.key, None
+    else:
+        cert = state / "tls" / f"{hostname}.crt"
+        key = state / "tls" / f"{hostname}.key"
+        ca = CertificateAuthority(t.ca_dir or state / "ca")
+    return TLSSettings(
+        hostname=hostname,
+        names=list(t.names),
+        cert=cert,
+        key=key,
+        chain=tuple(t.chain),
+        min_version=t.min_version,
+        ca=ca,
+        renew_before=timedelta(seconds=t.renew_before),
+        key_type=t.key_type,
+        validity_days=max(1, t.validity // 86400),
+    )
+
+
+def load_zones(config: Config, problems: list[str]) -> list[Zone]:
+    zones = []
+    for zc in config.zones:
+        try:
+            zones.append(Zone(zc.origin, load_zone(zc.file, zc.origin), zc.allow_transfer))
+        except ZoneError as e:
+            problems.append(config.problem(f"zone:{zc.origin}", "file", str(e)))
+    return zones
+
+
+def prepare(config: Config, progress: Any = print) -> Prepared:
+    """Load zones, make the state folder, issue or load certificates; ConfigError if any fails."""
+    problems: list[str] = []
+    zones = load_zones(config, problems)
+    state: Path = config.appliance.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as e:
+        problems.append(config.problem("appliance", "state_dir", f"cannot create {state}: {e.strerror}"))
+    if problems:
+        raise ConfigError(problems)
+    settings = tls_settings(config)
+    try:
+        settings.ensure(progress=progress)
+        options = settings.load()
+    except ApplianceError as e:
+        raise ConfigError([config.problem("tls", "cert", str(e))]) from None
+    warning = check_key_permissions(settings.key)
+    if warning:
+        if settings.ca is None:
+            raise ConfigError([config.problem("tls", "key", warning)])
+        os.chmod(settings.key, 0o600)  # our own key: just fix it
+    return Prepared(config=config, zones=zones, tls=TLSService(settings, options))
+
+
+def _tcp_endpoint(hp: HostPort) -> str:
+    return f"tcp:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
+
+
+def make_dns_service(prepared: Prepared, reactor: Any) -> service.MultiService:
+    dns_cfg = prepared.config.dns
+    forwarder = None
+    if dns_cfg.forwarders:
+        forwarder = Forwarder(
+            dns_cfg.forwarders,
+            recursion_desired=dns_cfg.forward_recursion,
+            timeout=dns_cfg.forward_timeout,
+            cache_size=dns_cfg.cache_size,
+            reactor=reactor,
+            source_ip=dns_cfg.listen[0].host if dns_cfg.listen else "",
+        )
+    engine = DNSEngine(
+        Authority(prepared.zones),
+        forwarder=forwarder,
+        recursion_networks=dns_cfg.recursion_networks,
+        edns_udp_size=dns_cfg.edns_udp_size,
+    )
+    dns_service = service.MultiService()
+    dns_service.setName("dns")
+    dns_service.engine = engine
+    for hp in dns_cfg.listen or ():
+        udp = internet.UDPServer(
+            hp.port, DNSUDPProtocol(engine), interface=hp.host, maxPacketSize=65535, reactor=reactor
+        )
+        udp.setName(f"udp {hp}")
+        udp.setServiceParent(dns_service)
+        factory = DNSTCPFactory(engine, dns_cfg.tcp_idle_timeout, dns_cfg.max_tcp_connections)
+        tcp = strports.service(_tcp_endpoint(hp), factory, reactor=reactor)
+        tcp.setName(f"tcp {hp}")
+        tcp.setServiceParent(dns_service)
+    return dns_service
+
+
+class _BindFailed(Exception):
+    pass
+
+
+class ApplianceService(service.MultiService):
+    """The root: a busy port is one line and exit 1; root is dropped after binding."""
+
+    log = Logger()
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def privilegedStartService(self) -> None:
+        try:
+            self._bind_all(self)
+        except _BindFailed as e:
+            # twistd has already redirected sys.stderr into the log; the admin wants the
+            # reason on the terminal, once
+            sys.__stderr__.write(f"mailappliance: {e}\n")
+            sys.__stderr__.flush()
+            raise SystemExit(1) from None
+
+    @classmethod
+    def _bind_all(cls, parent: service.MultiService, prefix: str = "") -> None:
+        """privilegedStartService for every leaf, naming the one that fails ('dns udp ...')."""
+        for child in parent:
+            name = f"{prefix}{child.name}"
+            if isinstance(child, service.MultiService):
+                cls._bind_all(child, name + " ")
+                continue
+            try:
+                child.privilegedStartService()
+            except CannotListenError as e:
+                where = f"{e.interface or '*'}:{e.port}"
+                raise _BindFailed(f"{name}: cannot listen on {where}: {e.socketError}") from None
+
+    def startService(self) -> None:
+        self.drop_privileges()
+        super().startService()
+        self.log.info(
+            "mailappliance {hostname} ready: {services}",
+            hostname=self.config.appliance.hostname,
+            services=", ".join(self._describe(self)),
+        )
+
+    @classmethod
+    def _describe(cls, parent: service.MultiService) -> list[str]:
+        """Names of the listening services, e.g. 'dns udp 127.0.1.1:53'."""
+        out = []
+        for child in parent:
+            if isinstance(child, service.MultiService):
+                out.extend(f"{child.name} {d}" for d in cls._describe(child))
+            elif child.name:
+                out.append(child.name)
+        return out
+
+    def drop_privileges(self) -> None:
+        user, group = self.config.appliance.user, self.config.appliance.group
+        if user is None and group is None:
+            return
+        if os.getuid() != 0:
+            return  # nothing to drop (already unprivileged, e.g. twistd --uid)
+        pw = pwd.getpwnam(user) if user else None
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+        uid = pw.pw_uid if pw else os.getuid()
+        state = self.config.appliance.state_dir
+        for root, dirs, files in os.walk(state):
+            for n in (root, *(os.path.join(root, f) for f in dirs + files)):
+                os.chown(n, uid, gid)
+        os.setgroups([gid])
+        os.setgid(gid)
+        if pw is not None:
+            os.setuid(uid)
+        self.log.info("dropped privileges to {user}:{group}", user=user or uid, group=gid)
+
+
+def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: PLW0621 (twistd installs it first)
+    root = ApplianceService(prepared.config)
+    prepared.tls.setName("tls")
+    prepared.tls.setServiceParent(root)
+    if prepared.config.dns.enabled and prepared.config.dns.listen:
+        make_dns_service(prepared, reactor).setServiceParent(root)
+    for name in PLACEHOLDERS:
+        placeholder = service.MultiService()
+        placeholder.setName(name)
+        placeholder.setServiceParent(root)
+    return root

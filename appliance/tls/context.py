@@ -1,0 +1,129 @@
+"""TLS server options shared by every listener (SMTPS, submission STARTTLS, POP3S, IMAPS).
+
+`make_tls_options` turns PEM files into one Twisted `CertificateOptions`; the same object is
+meant to be reused for implicit-TLS ports and for STARTTLS/STLS upgrades so every service offers
+the same protocol versions and ciphers. Problems with the files become `CAError`s that name the
+file, so start-up can print one sentence instead of an OpenSSL traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import ssl
+from twisted.internet.ssl import TLSVersion
+
+from appliance.errors import CAError
+
+MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+
+# Forward secrecy and AEAD only, for TLS 1.2. TLS 1.3 suites are configured separately by
+# OpenSSL and are all AEAD already. DHE only takes effect if DH parameters are ever loaded.
+CIPHER_STRING = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CAError(f"cannot read {what} {path}: {e.strerror or e}") from e
+
+
+def _load_certs(path: Path, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(_read(path, what))
+    except ValueError:
+        raise CAError(f"{what} {path} is not a PEM certificate file") from None
+    return certs
+
+
+def _load_key(path: Path) -> object:
+    data = _read(path, "key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CAError(
+            f"key {path} is encrypted; the server needs it without a passphrase"
+        ) from None
+    except ValueError:
+        raise CAError(f"key {path} is not a PEM private key") from None
+    return key
+
+
+def _public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def make_tls_options(
+    cert_path: Path,
+    key_path: Path,
+    chain_paths: Sequence[Path] = (),
+    min_version: str = "1.2",
+) -> ssl.CertificateOptions:
+    """Load PEM cert+key (+ extra chain certs), check the key matches the cert, and return
+    CertificateOptions limited to TLS >= min_version and forward-secret AEAD ciphers.
+
+    A certificate file holding several certificates (certbot's fullchain.pem) is accepted: the
+    first is the server certificate and the rest are sent as chain, before `chain_paths`.
+    """
+    try:
+        minimum = MIN_VERSIONS[min_version]
+    except KeyError:
+        raise CAError(
+            f"unsupported minimum TLS version {min_version!r} (choose {' or '.join(MIN_VERSIONS)})"
+        ) from None
+
+    certs = _load_certs(cert_path, "certificate")
+    cert, chain = certs[0], certs[1:]
+    for path in chain_paths:
+        chain.extend(_load_certs(path, "chain file"))
+    key = _load_key(key_path)
+    try:
+        key_public = _public_der(key.public_key())  # type: ignore[attr-defined]
+    except Exception:
+        raise CAError(f"key {key_path} is not a usable server key") from None
+    if key_public != _public_der(cert.public_key()):
+        raise CAError(f"key {key_path} does not match certificate {cert_path}")
+
+    try:
+        # pyOpenSSL takes cryptography objects directly; its own X509/PKey wrappers are
+        # deprecated and would warn on every context.
+        options = ssl.CertificateOptions(
+            privateKey=key,
+            certificate=cert,
+            extraCertChain=chain,
+            raiseMinimumTo=minimum,
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHER_STRING),
+        )
+        # Twisted builds the OpenSSL context lazily, on the first connection; build it now so a
+        # key OpenSSL cannot use fails at start-up rather than on a client's handshake.
+        options.getContext()
+    except CAError:
+        raise
+    except Exception as e:
+        raise CAError(f"cannot use certificate {cert_path} with key {key_path}: {e}") from e
+    return options
+
+
+def check_key_permissions(key_path: Path) -> str | None:
+    """A warning if the key file can be read (or written) by group or others, else None.
+
+    A missing file gives None: reporting that is make_tls_options' job.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(key_path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot check permissions of key file {key_path}: {e.strerror or e}"
+    if not mode & 0o077:
+        return None
+    how = "readable" if mode & 0o044 else "accessible"
+    return f"key file {key_path} is {how} by group/others (mode {mode:04o}); chmod 600 it"

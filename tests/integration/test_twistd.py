@@ -1,0 +1,88 @@
+"""twistd start-up as the admin sees it: bad config, busy port, first-start certificate."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+from tests.integration.conftest import TWISTD, make_lab
+
+
+def run_twistd(ini: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "mailappliance", "--config", str(ini)],
+        capture_output=True, text=True, timeout=timeout, cwd=ini.parent,
+    )
+
+
+def test_twistd_bad_config_exits_1_listing_every_problem(tmp_path: Path) -> None:
+    """Several mistakes: twistd prints each on its own line, no traceback, exit 1."""
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[appliance]\nhostname = mail_163\n[dns]\nlisten = 127.0.1.1:53x\nfoo = 1\n")
+    out = run_twistd(ini)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"mailappliance: cannot start, {ini} has problems:",
+        "  bad.ini: [appliance] hostname: expected a host name like mail.example.com, got 'mail_163'",
+        "  bad.ini: [dns] foo: unknown key (known keys: cache_size, edns_udp_size, enabled, "
+        "forward_recursion, forward_timeout, forwarders, listen, max_tcp_connections, "
+        "recursion_networks, tcp_idle_timeout)",
+        "  bad.ini: [dns] listen: expected an address like 127.0.0.1:53, got '127.0.1.1:53x'",
+    ]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_twistd_zone_error_names_file_and_line(tmp_path: Path) -> None:
+    """A broken lab zone stops start-up with the zone file's name and line."""
+    lab = make_lab(tmp_path)
+    zone = lab["163"].ini.parent / "163" / "163.com.zone"
+    zone.write_text(zone.read_text() + "broken IN MX ten mail\n")
+    out = run_twistd(lab["163"].ini)
+    assert out.returncode == 1
+    assert f"[zone:163.com] file: {zone}:" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_twistd_busy_port_exits_1_with_one_line(tmp_path: Path) -> None:
+    """Someone else holds the DNS port: one line naming service, address and reason; exit 1."""
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind((a.ip, a.port))
+    try:
+        out = run_twistd(a.ini)
+    finally:
+        blocker.close()
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"mailappliance: dns udp {a.ip}:{a.port}: cannot listen on {a.ip}:{a.port}: "
+        "[Errno 98] Address already in use"
+    )
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_twistd_first_start_issues_certificate(tmp_path: Path) -> None:
+    """On first start the appliance makes its CA and a 0600 key + certificate for its names."""
+    lab = make_lab(tmp_path)
+    a = lab["sina"].start()
+    try:
+        line = "".join(a.output)
+        assert "issued certificate for mail.sina.com" in line
+        state = tmp_path / "var" / "sina"
+        key = state / "tls" / "mail.sina.com.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert stat.S_IMODE((state / "ca" / "private" / "ca.key").stat().st_mode) == 0o600
+        out = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(state / "ca" / "ca.crt"),
+             str(state / "tls" / "mail.sina.com.crt")],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+    finally:
+        a.stop()
+    # a second start finds the certificate valid and issues nothing
+    b = lab["sina"].start()
+    b.stop()
+    assert "issued certificate" not in "".join(b.output)
