@@ -170,6 +170,18 @@ class _UpstreamTCP(Int16StringReceiver):
             self.deferred.errback(reason)
 
 
+class _UpstreamTCPFactory(protocol.ClientFactory):
+    def __init__(self, proto: _UpstreamTCP) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> _UpstreamTCP:  # noqa: N802 (Twisted's API)
+        return self.proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
+        if not self.proto.deferred.called:
+            self.proto.deferred.errback(reason)
+
+
 class Forwarder:
     """Asks the configured forwarders, in order, and caches what they say."""
 
@@ -263,7 +275,7 @@ class Forwarder:
 
     def _tcp(self, server: tuple[str, int], query: bytes) -> defer.Deferred[bytes]:
         proto = _UpstreamTCP(query)
-        factory = protocol.Factory.forProtocol(lambda: proto)
+        factory = _UpstreamTCPFactory(proto)
         connector = self.reactor.connectTCP(server[0], server[1], factory, timeout=self.timeout)
         return self._bounded(proto.deferred, connector.disconnect)
 

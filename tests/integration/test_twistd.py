@@ -86,3 +86,34 @@ def test_twistd_first_start_issues_certificate(tmp_path: Path) -> None:
     b = lab["sina"].start()
     b.stop()
     assert "issued certificate" not in "".join(b.output)
+
+
+def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
+    """With [appliance] user = nobody the process binds as root, then runs as nobody."""
+    import os
+    import pwd
+
+    if os.getuid() != 0:
+        import pytest
+
+        pytest.skip("needs root to bind and drop privileges")
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    text = a.ini.read_text().replace("[appliance]\n", "[appliance]\nuser = nobody\n", 1)
+    a.ini.write_text(text)
+    a.start()
+    try:
+        status = Path(f"/proc/{a.proc.pid}/status").read_text()
+        uids = next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1:]
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert uids == [str(nobody)] * 4
+        assert "dropped privileges to nobody" in "".join(a.output)
+        # it still answers on the port it bound as root, and owns its state folder
+        out = subprocess.run(
+            ["dig", f"@{a.ip}", "-p", str(a.port), "+short", "mail.163.com"],
+            capture_output=True, text=True, timeout=20,
+        )
+        assert out.stdout.strip() == "127.0.1.1"
+        assert (tmp_path / "var" / "163").stat().st_uid == nobody
+    finally:
+        a.stop()

@@ -1,0 +1,184 @@
+"""The forwarder on real loopback sockets: RD control, cache, coalescing, timeouts, TCP retry;
+and the TCP server protocol: answers in order, idle timeout, connection limit."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.names import dns
+
+from appliance.config import HostPort
+from appliance.dns.authority import Authority, Zone
+from appliance.dns.server import (
+    DNSEngine,
+    DNSTCPFactory,
+    DNSUDPProtocol,
+    Forwarder,
+)
+from tests.dns.test_server import LOOPBACK, example_zone, parse, query, rr
+
+
+def upstream_zone() -> Zone:
+    return Zone(
+        "example.org",
+        [
+            rr("example.org", dns.Record_SOA(b"ns.example.org", b"root.example.org", 1, 3600, 900, 604800, 60)),
+            rr("example.org", dns.Record_NS(b"ns.example.org")),
+            rr("www.example.org", dns.Record_A("127.0.0.42"), ttl=120),
+            *[rr("big.example.org", dns.Record_TXT(b"z" * 200)) for _ in range(10)],
+        ],
+    )
+
+
+class RecordingEngine(DNSEngine):
+    """The upstream: a real engine that also records the RD bit of what it was asked."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.seen: list[tuple[bytes, bool]] = []
+
+    def handle(self, data: bytes, client_ip: str, tcp: bool):
+        m = parse(data)
+        self.seen.append((m.queries[0].name.name, bool(m.recDes), tcp))
+        return super().handle(data, client_ip, tcp)
+
+
+@pytest.fixture
+def upstream():
+    engine = RecordingEngine(Authority([upstream_zone()]))
+    udp = reactor.listenUDP(0, DNSUDPProtocol(engine), interface="127.0.0.1")
+    port = udp.getHost().port
+    tcp = reactor.listenTCP(port, DNSTCPFactory(engine), interface="127.0.0.1")
+    engine.port = port
+    yield engine
+    udp.stopListening()
+    tcp.stopListening()
+
+
+def forwarder(port: int, rd: bool = False, timeout: float = 2) -> Forwarder:
+    return Forwarder([HostPort("127.0.0.1", port)], recursion_desired=rd, timeout=timeout,
+                     cache_size=100, reactor=reactor)
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_sends_rd_clear_by_default_and_caches(upstream) -> None:
+    """Peers get RD=0 (loop-proof); a second question is answered from the cache."""
+    fwd = forwarder(upstream.port)
+    answer = yield fwd.resolve(b"www.example.org", dns.A, dns.IN)
+    assert [r.payload.dottedQuad() for r in answer.answers] == ["127.0.0.42"]
+    assert not answer.aa
+    again = yield fwd.resolve(b"WWW.example.org", dns.A, dns.IN)
+    assert again.answers[0].payload.dottedQuad() == "127.0.0.42"
+    assert upstream.seen == [(b"www.example.org", False, False)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_rd_set_when_configured(upstream) -> None:
+    """forward_recursion = yes sets RD for recursive upstreams."""
+    yield forwarder(upstream.port, rd=True).resolve(b"www.example.org", dns.A, dns.IN)
+    assert upstream.seen[0][1] is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_coalesces_identical_questions(upstream) -> None:
+    """Ten simultaneous identical questions make one upstream query."""
+    fwd = forwarder(upstream.port)
+    results = yield defer.gatherResults([fwd.resolve(b"www.example.org", dns.A, dns.IN) for _ in range(10)])
+    assert len(results) == 10 and len(upstream.seen) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_nxdomain_cached_by_soa_minimum(upstream) -> None:
+    """Negative answers are relayed and cached (RFC 2308)."""
+    fwd = forwarder(upstream.port)
+    answer = yield fwd.resolve(b"none.example.org", dns.A, dns.IN)
+    assert answer.rcode == dns.ENAME
+    yield fwd.resolve(b"none.example.org", dns.A, dns.IN)
+    assert len(upstream.seen) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_refused_upstream_fails(upstream) -> None:
+    """An upstream REFUSED (a peer that does not serve the name) is a failure, not an answer."""
+    with pytest.raises(LookupError, match="rcode 5"):
+        yield forwarder(upstream.port).resolve(b"www.example.net", dns.A, dns.IN)
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_truncated_retried_over_tcp(upstream) -> None:
+    """A TC answer over UDP is asked again over TCP and comes back whole."""
+    answer = yield forwarder(upstream.port).resolve(b"big.example.org", dns.TXT, dns.IN)
+    assert len(answer.answers) == 10
+    assert [s[2] for s in upstream.seen] == [False, True]
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_silent_server_times_out() -> None:
+    """A forwarder that never answers fails after forward_timeout, not later."""
+    import socket
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    try:
+        start = reactor.seconds()
+        with pytest.raises(LookupError, match="TimeoutError"):
+            yield forwarder(sink.getsockname()[1], timeout=0.3).resolve(b"x.example.org", dns.A, dns.IN)
+        assert reactor.seconds() - start < 2
+    finally:
+        sink.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_through_engine_end_to_end(upstream) -> None:
+    """Engine + forwarder: a loopback client's foreign question is answered with RA."""
+    engine = DNSEngine(Authority([example_zone()]), forwarder=forwarder(upstream.port),
+                       recursion_networks=LOOPBACK)
+    data = yield engine.handle(query("www.example.org", dns.A), "127.0.0.1", tcp=False)
+    m = parse(data)
+    assert m.recAv and not m.auth and m.answers[0].payload.dottedQuad() == "127.0.0.42"
+
+
+def tcp_conn(factory: DNSTCPFactory, clock: Clock):
+    proto = factory.buildProtocol(None)
+    proto.callLater = clock.callLater
+    transport = StringTransport(peerAddress=type("A", (), {"host": "127.0.0.1", "port": 1})())
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def frame(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def test_tcp_answers_each_message_in_order() -> None:
+    """Two pipelined questions get two length-prefixed answers in order."""
+    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])))
+    proto, t = tcp_conn(factory, Clock())
+    proto.dataReceived(frame(query("mail.example.test", dns.A, qid=1)) + frame(query("example.test", dns.MX, qid=2)))
+    out = t.value()
+    first_len = int.from_bytes(out[:2], "big")
+    first, rest = out[2 : 2 + first_len], out[2 + first_len :]
+    assert parse(first).id == 1 and parse(rest[2:]).id == 2
+
+
+def test_tcp_idle_connection_closed_after_timeout() -> None:
+    """An idle TCP client is dropped after tcp_idle_timeout."""
+    clock = Clock()
+    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])), idle_timeout=10)
+    proto, t = tcp_conn(factory, clock)
+    clock.advance(9)
+    assert not t.disconnecting
+    clock.advance(2)
+    assert t.disconnecting or t.disconnected
+
+
+def test_tcp_connection_limit_enforced() -> None:
+    """Connections beyond max_tcp_connections are closed at once."""
+    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])), max_connections=2)
+    conns = [tcp_conn(factory, Clock()) for _ in range(3)]
+    assert [c[1].disconnecting or c[1].disconnected for c in conns] == [False, False, True]
+    conns[0][0].connectionLost(None)
+    assert factory.open_connections == 2
