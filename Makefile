@@ -35,10 +35,13 @@ debs:
 	fi
 
 test: debs venv
+	$(BIN)/ruff check appliance tests bench twisted
+	$(BIN)/ruff format --check appliance tests bench twisted
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check appliance tests bench twisted
+	$(BIN)/ruff check --fix appliance tests bench twisted
+	$(BIN)/ruff format appliance tests bench twisted
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -45,8 +45,13 @@ def cmd_ca_issue(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     key_out = Path(args.key_out) if args.key_out else None
     cert_out = Path(args.cert_out) if args.cert_out else None
     key, cert = _ca(cfg).issue(
-        args.cn, list(args.san or []), key_type=args.key_type, days=args.days,
-        key_out=key_out, cert_out=cert_out, progress=print,
+        args.cn,
+        list(args.san or []),
+        key_type=args.key_type,
+        days=args.days,
+        key_out=key_out,
+        cert_out=cert_out,
+        progress=print,
     )
     print(f"key:  {key}\ncert: {cert}")
     return 0
@@ -63,7 +68,9 @@ def cmd_ca_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     for c in issued:
         days = (c.not_after - now).days
-        print(f"{c.status}  {c.serial:X}  {c.not_after:%Y-%m-%d}  ({days} days)  {c.subject}  {c.path}")
+        print(
+            f"{c.status}  {c.serial:X}  {c.not_after:%Y-%m-%d}  ({days} days)  {c.subject}  {c.path}"
+        )
     return 0
 
 
@@ -81,26 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    c = sub.add_parser("check-config", help="validate the INI file, zones and certificates",
-                       description="Exit 0 and print 'configuration OK', or list every problem and exit 2.")
+    c = sub.add_parser(
+        "check-config",
+        help="validate the INI file, zones and certificates",
+        description="Exit 0 and print 'configuration OK', or list every problem and exit 2.",
+    )
     c.set_defaults(func=cmd_check_config)
 
-    h = sub.add_parser("config-help", help="list every section and key with defaults",
-                       description="Print the configuration schema.")
+    h = sub.add_parser(
+        "config-help",
+        help="list every section and key with defaults",
+        description="Print the configuration schema.",
+    )
     h.set_defaults(func=cmd_config_help, no_config=True)
 
-    ca = sub.add_parser("ca", help="the appliance's own certificate authority",
-                        description="Create a CA, issue server certificates, list them.")
+    ca = sub.add_parser(
+        "ca",
+        help="the appliance's own certificate authority",
+        description="Create a CA, issue server certificates, list them.",
+    )
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND")
     ca_sub.required = True
-    init = ca_sub.add_parser("init", help="create the CA (key 0600, self-signed certificate)",
-                             description="Create the CA in [tls] ca_dir (default <state_dir>/ca).")
+    init = ca_sub.add_parser(
+        "init",
+        help="create the CA (key 0600, self-signed certificate)",
+        description="Create the CA in [tls] ca_dir (default <state_dir>/ca).",
+    )
     init.add_argument("--cn", help="CA common name (default '<hostname> mailappliance CA')")
     init.add_argument("--key-type", default="ec-p256", choices=["ec-p256", "rsa-3072", "rsa-4096"])
     init.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
     init.set_defaults(func=cmd_ca_init)
-    issue = ca_sub.add_parser("issue", help="issue a server certificate",
-                              description="Issue a key and certificate signed by the CA.")
+    issue = ca_sub.add_parser(
+        "issue",
+        help="issue a server certificate",
+        description="Issue a key and certificate signed by the CA.",
+    )
     issue.add_argument("--cn", required=True, help="common name, e.g. mail.163.com")
     issue.add_argument("--san", nargs="+", metavar="NAME", help="extra subject alternative names")
     issue.add_argument("--key-type", default="ec-p256", choices=["ec-p256", "rsa-3072", "rsa-4096"])
@@ -108,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--key-out", metavar="FILE", help="where to write the key (0600)")
     issue.add_argument("--cert-out", metavar="FILE", help="where to write the certificate")
     issue.set_defaults(func=cmd_ca_issue)
-    show = ca_sub.add_parser("show", help="list issued certificates with expiry dates",
-                             description="List what the CA issued (index.txt).")
+    show = ca_sub.add_parser(
+        "show",
+        help="list issued certificates with expiry dates",
+        description="List what the CA issued (index.txt).",
+    )
     show.set_defaults(func=cmd_ca_show)
     return p
 

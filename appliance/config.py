@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.units import parse_time
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,19 +99,12 @@ def size(raw: str, ctx: _Ctx) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^(?:\d+[smhdw]?)+$", re.I)
-
-
 def parse_duration(raw: str) -> int:
-    """'90', '10m', '1h30m', '2w' -> seconds. Raises ValueError."""
-    v = raw.strip().lower()
-    if not v or not _DURATION.match(v) or (v[-1].isdigit() and re.search(r"[smhdw]", v)):
+    """'90', '10m', '1h30m', '2w' -> seconds, the way BIND reads times. Raises ValueError."""
+    seconds = parse_time(raw.strip())
+    if seconds is None:
         raise ValueError(f"expected a duration like 10m, 30s or 2d, got {raw!r}")
-    total = 0
-    for num, unit in re.findall(r"(\d+)([smhdw]?)", v):
-        total += int(num) * _DURATION_UNITS.get(unit, 1)
-    return total
+    return seconds
 
 
 def duration(raw: str, ctx: _Ctx) -> int:
@@ -159,9 +153,7 @@ def existing_files(raw: str, ctx: _Ctx) -> tuple[Path, ...]:
 
 def host_port(raw: str, default_port: int | None = None) -> HostPort:
     v = raw.strip()
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", v) or re.match(
-        r"^([0-9.]+)(?::(\d+))?$", v
-    )
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", v) or re.match(r"^([0-9.]+)(?::(\d+))?$", v)
     if not m:
         raise ValueError(f"expected an address like 127.0.0.1:53, got {raw!r}")
     host, port = m.group(1), m.group(2)
@@ -238,7 +230,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "dns": {
         "enabled": Key(boolean, "yes", "serve DNS"),
         "listen": Key(addresses(53), NONE, "addresses for UDP and TCP, e.g. 127.0.1.1:53"),
-        "forwarders": Key(addresses(53), "", "servers asked for names we are not authoritative for"),
+        "forwarders": Key(
+            addresses(53), "", "servers asked for names we are not authoritative for"
+        ),
         "forward_recursion": Key(
             boolean,
             "no",

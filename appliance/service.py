@@ -86,7 +86,9 @@ def prepare(config: Config, progress: Any = print) -> Prepared:
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as e:
-        problems.append(config.problem("appliance", "state_dir", f"cannot create {state}: {e.strerror}"))
+        problems.append(
+            config.problem("appliance", "state_dir", f"cannot create {state}: {e.strerror}")
+        )
     if problems:
         raise ConfigError(problems)
     settings = tls_settings(config)

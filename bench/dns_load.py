@@ -90,7 +90,10 @@ def start_appliance(workdir: Path, port: int) -> subprocess.Popen:
     twistd = Path(sys.executable).parent / "twistd"
     proc = subprocess.Popen(
         [str(twistd), "-n", "--pidfile=", "mailappliance", "--config", str(ini)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=workdir,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -111,18 +114,31 @@ def start_appliance(workdir: Path, port: int) -> subprocess.Popen:
 def dnsperf(port: int, qfile: Path, seconds: int) -> tuple[float, int]:
     out = subprocess.run(
         ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds)],
-        capture_output=True, text=True, timeout=seconds + 60,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     ).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
     return qps, lost
 
 
-def bind_anchor(anchor_dir: Path, reps: int, seconds: int, results: Path) -> list[tuple[float, int]]:
-    env = {**os.environ, "REPS": str(reps), "DNS_SECS": str(seconds), "RESULTS_DIR": str(results.parent),
-           "RESULTS_FILE": str(results)}
-    subprocess.run(["bash", str(anchor_dir / "dns_bind.sh")], env=env, timeout=reps * (seconds + 60) + 120,
-                   check=False)
+def bind_anchor(
+    anchor_dir: Path, reps: int, seconds: int, results: Path
+) -> list[tuple[float, int]]:
+    env = {
+        **os.environ,
+        "REPS": str(reps),
+        "DNS_SECS": str(seconds),
+        "RESULTS_DIR": str(results.parent),
+        "RESULTS_FILE": str(results),
+    }
+    subprocess.run(
+        ["bash", str(anchor_dir / "dns_bind.sh")],
+        env=env,
+        timeout=reps * (seconds + 60) + 120,
+        check=False,
+    )
     rows = []
     if results.exists():
         with results.open() as f:
@@ -138,8 +154,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per server (default 3)")
     ap.add_argument("--seconds", type=int, default=10, help="dnsperf run length (default 10)")
     ap.add_argument("--no-bind", action="store_true", help="measure only the appliance")
-    ap.add_argument("--anchor-dir", type=Path, default=REPO.parent / "shared" / "bench",
-                    help="the shared anchor scripts (default ../shared/bench)")
+    ap.add_argument(
+        "--anchor-dir",
+        type=Path,
+        default=REPO.parent / "shared" / "bench",
+        help="the shared anchor scripts (default ../shared/bench)",
+    )
     args = ap.parse_args()
     if not shutil.which("dnsperf"):
         raise SystemExit("dnsperf missing: apt-get install dnsperf")
@@ -163,12 +183,16 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
     ours_med = statistics.median(q for q, _ in ours)
-    print(f"mailappliance: {ours_med:,.0f} qps median of {[round(q) for q, _ in ours]}, "
-          f"lost {sum(lost for _, lost in ours)}")
+    print(
+        f"mailappliance: {ours_med:,.0f} qps median of {[round(q) for q, _ in ours]}, "
+        f"lost {sum(lost for _, lost in ours)}"
+    )
     if bind_rows:
         bind_med = statistics.median(q for q, _ in bind_rows)
-        print(f"bind-9.18:     {bind_med:,.0f} qps median of {[round(q) for q, _ in bind_rows]}, "
-              f"lost {sum(lost for _, lost in bind_rows)}")
+        print(
+            f"bind-9.18:     {bind_med:,.0f} qps median of {[round(q) for q, _ in bind_rows]}, "
+            f"lost {sum(lost for _, lost in bind_rows)}"
+        )
         print(f"ratio mailappliance/bind: {ours_med / bind_med:.2f}x (bar: 0.40x, 0 lost)")
     return 0
 

@@ -28,7 +28,9 @@ def logged_errors() -> Iterator[list[dict]]:
         from twisted.logger import formatEvent
 
         text = "\n".join(
-            formatEvent(e) + "\n" + (e["log_failure"].getTraceback() if e.get("log_failure") else "")
+            formatEvent(e)
+            + "\n"
+            + (e["log_failure"].getTraceback() if e.get("log_failure") else "")
             for e in errors
         )
         pytest.fail(f"test logged {len(errors)} unhandled failure(s):\n{text}")

@@ -20,20 +20,44 @@ def test_ca_init_issue_show_round_trip(tmp_path: Path, capsys) -> None:
     ini = lab_ini(tmp_path)
     assert cli_main(["--config", str(ini), "ca", "init"]) == 0
     assert "ca.key" in capsys.readouterr().out
-    assert cli_main(["--config", str(ini), "ca", "issue", "--cn", "pop3.163.com",
-                     "--san", "imap.163.com", "127.0.1.1"]) == 0
+    assert (
+        cli_main(
+            [
+                "--config",
+                str(ini),
+                "ca",
+                "issue",
+                "--cn",
+                "pop3.163.com",
+                "--san",
+                "imap.163.com",
+                "127.0.1.1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    cert = next(l.split(None, 1)[1] for l in out.splitlines() if l.startswith("cert:"))
+    cert = next(line.split(None, 1)[1] for line in out.splitlines() if line.startswith("cert:"))
     ca_crt = tmp_path / "state" / "ca" / "ca.crt"
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca_crt), cert],
-                            capture_output=True, text=True, timeout=30)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_crt), cert],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert verify.returncode == 0, verify.stderr
-    text = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName"],
-                          capture_output=True, text=True, timeout=30).stdout
-    assert "DNS:pop3.163.com" in text and "DNS:imap.163.com" in text and "IP Address:127.0.1.1" in text
+    text = subprocess.run(
+        ["openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert (
+        "DNS:pop3.163.com" in text and "DNS:imap.163.com" in text and "IP Address:127.0.1.1" in text
+    )
     assert cli_main(["--config", str(ini), "ca", "show"]) == 0
     listing = capsys.readouterr().out.splitlines()
-    (row,) = [l for l in listing if "/CN=pop3.163.com" in l]
+    (row,) = [line for line in listing if "/CN=pop3.163.com" in line]
     assert row.startswith("V  ") and ("(396 days)" in row or "(397 days)" in row)
 
 
@@ -42,7 +66,10 @@ def test_ca_show_without_ca_says_how_to_make_one(tmp_path: Path, capsys) -> None
     ini = lab_ini(tmp_path)
     assert cli_main(["--config", str(ini), "ca", "show"]) == 1
     err = capsys.readouterr().err
-    assert err.strip() == f"mailappliance: no CA in {tmp_path / 'state' / 'ca'}: run 'mailappliance ca init' first"
+    assert (
+        err.strip()
+        == f"mailappliance: no CA in {tmp_path / 'state' / 'ca'}: run 'mailappliance ca init' first"
+    )
 
 
 def test_ca_init_twice_refused(tmp_path: Path, capsys) -> None:

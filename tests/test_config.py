@@ -118,7 +118,9 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
 
 def test_load_dns_section_without_listen_is_an_error(tmp_path: Path) -> None:
     """Enabling DNS without an address to listen on is reported, not silently ignored."""
-    p = write(tmp_path, "[appliance]\nhostname = mail.example.test\n[dns]\nforwarders = 127.0.0.2\n")
+    p = write(
+        tmp_path, "[appliance]\nhostname = mail.example.test\n[dns]\nforwarders = 127.0.0.2\n"
+    )
     assert problems_of(p) == ["lab.ini: [dns] listen: required when DNS is enabled"]
 
 
@@ -139,7 +141,9 @@ def test_load_duplicate_key_is_an_error(tmp_path: Path) -> None:
 
 def test_load_missing_file_is_one_clear_line(tmp_path: Path) -> None:
     """A config path that does not exist says so."""
-    assert problems_of(tmp_path / "nope.ini") == [f"{tmp_path / 'nope.ini'}: no such configuration file"]
+    assert problems_of(tmp_path / "nope.ini") == [
+        f"{tmp_path / 'nope.ini'}: no such configuration file"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +207,9 @@ def test_cli_help_on_every_level() -> None:
     for argv in ([], ["check-config"], ["ca"], ["ca", "init"], ["ca", "issue"], ["ca", "show"]):
         out = subprocess.run(
             [sys.executable, "-m", "appliance.cli", *argv, "--help"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
         assert "usage: mailappliance" in out.stdout

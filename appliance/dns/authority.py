@@ -119,8 +119,9 @@ class Authority:
             name = target
         if result.aa and result.rcode == dns.OK and result.answers and not minimal:
             last = self.find_zone(result.answers[-1].name.name.lower()) or zone
-            if not any(rr.type == dns.NS and rr.name.name.lower() == last.origin
-                       for rr in result.answers):
+            if not any(
+                rr.type == dns.NS and rr.name.name.lower() == last.origin for rr in result.answers
+            ):
                 result.authority.extend(last.ns)
         self._add_glue(result)
         return result
@@ -143,7 +144,9 @@ class Authority:
                 result.authority.append(zone.negative_soa)
                 return None
             node = {
-                t: [dns.RRHeader(name, rr.type, rr.cls, rr.ttl, rr.payload, auth=True) for rr in rrs]
+                t: [
+                    dns.RRHeader(name, rr.type, rr.cls, rr.ttl, rr.payload, auth=True) for rr in rrs
+                ]
                 for t, rrs in node.items()
             }
         if qtype == ANY:

@@ -113,7 +113,11 @@ class ForwardCache:
             ]
 
         return Answer(
-            answer.rcode, False, aged(answer.answers), aged(answer.authority), aged(answer.additional)
+            answer.rcode,
+            False,
+            aged(answer.answers),
+            aged(answer.authority),
+            aged(answer.additional),
         )
 
     def put(self, key: tuple[bytes, int, int], answer: Answer) -> None:
@@ -124,7 +128,9 @@ class ForwardCache:
         ttls = [rr.ttl for rr in answer.answers]
         if not ttls:
             # negative answer: cached for min(SOA TTL, SOA minimum) (RFC 2308), else not at all
-            ttls = [min(rr.ttl, rr.payload.minimum) for rr in answer.authority if rr.type == dns.SOA]
+            ttls = [
+                min(rr.ttl, rr.payload.minimum) for rr in answer.authority if rr.type == dns.SOA
+            ]
         if not ttls or min(ttls) <= 0:
             return
         while len(self._entries) >= self.max_entries:
@@ -146,7 +152,11 @@ class _UpstreamUDP(protocol.DatagramProtocol):
         self.transport.write(self.query, self.server)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[:2] != self.server or len(data) < 12 or struct.unpack("!H", data[:2])[0] != self.qid:
+        if (
+            addr[:2] != self.server
+            or len(data) < 12
+            or struct.unpack("!H", data[:2])[0] != self.qid
+        ):
             return  # not our answer: ignore, keep waiting
         if not self.deferred.called:
             self.deferred.callback(data)
@@ -248,18 +258,16 @@ class Forwarder:
             except Exception as e:  # timeouts, refused ports, garbage answers: try the next one
                 last_error = f"{type(e).__name__}: {e}"
                 continue
-            if not response.answer or [
-                (q.name.name.lower(), q.type) for q in response.queries
-            ] != [(name.lower(), qtype)]:
+            if not response.answer or [(q.name.name.lower(), q.type) for q in response.queries] != [
+                (name.lower(), qtype)
+            ]:
                 last_error = "answer does not match the question"
                 continue
             if response.rCode not in (dns.OK, dns.ENAME):
                 last_error = f"rcode {response.rCode}"
                 continue
             additional = [rr for rr in response.additional if rr.type != OPT]
-            return Answer(
-                response.rCode, False, response.answers, response.authority, additional
-            )
+            return Answer(response.rCode, False, response.answers, response.authority, additional)
         self.log.info(
             "forwarding {name} type {qtype} failed: {reason}",
             name=name.decode("ascii", "replace"),
@@ -282,7 +290,7 @@ class Forwarder:
     def _bounded(self, d: defer.Deferred[bytes], cleanup: Any) -> defer.Deferred[bytes]:
         def expire() -> None:
             if not d.called:
-                d.errback(TxTimeoutError("no answer within %ss" % self.timeout))
+                d.errback(TxTimeoutError(f"no answer within {self.timeout}s"))
 
         timer = self.reactor.callLater(self.timeout, expire)
 
@@ -336,7 +344,9 @@ class DNSEngine:
             self._acl_cache[ip] = allowed
         return allowed
 
-    def handle(self, data: bytes, client_ip: str, tcp: bool) -> bytes | defer.Deferred[bytes] | None:
+    def handle(
+        self, data: bytes, client_ip: str, tcp: bool
+    ) -> bytes | defer.Deferred[bytes] | None:
         """Answer one DNS message; None means drop it (not a query, or not even a header)."""
         if len(data) < 12 or data[2] & 0x80:  # too short, or a response: never answer those
             return None
@@ -396,8 +406,11 @@ class DNSEngine:
                 peer=client_ip,
             )
             return encode_response(
-                query, Answer(rcode=dns.EREFUSED, aa=False), recursion_available=ra,
-                edns_size=None, limit=512,
+                query,
+                Answer(rcode=dns.EREFUSED, aa=False),
+                recursion_available=ra,
+                edns_size=None,
+                limit=512,
             )
         self.log.info(
             "zone transfer of {zone} to {peer}", zone=name.decode("ascii"), peer=client_ip
@@ -507,4 +520,3 @@ class DNSTCPFactory(protocol.ServerFactory):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.open_connections = 0
-

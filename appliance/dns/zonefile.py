@@ -29,13 +29,11 @@ from pathlib import Path
 from twisted.names import dns
 
 from appliance.errors import ZoneError
+from appliance.units import parse_time
 
 CAA = 257  # RFC 8659; twisted.names has no Record_CAA, so CAA travels as an UnknownRecord
 MAX_INCLUDE_DEPTH = 10
 MAX_TTL = 2**31 - 1  # RFC 2181 section 8; also the largest SOA timer Twisted can pack
-_TIME_RE = re.compile(r"[0-9]+|(?:[0-9]+[wdhms])+", re.IGNORECASE)
-_TIME_PART_RE = re.compile(r"([0-9]+)([wdhms])", re.IGNORECASE)
-_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _NUMBER_RE = re.compile(r"[0-9]+")
 _CLASS_RE = re.compile(r"IN|CH|CHAOS|HS|HESIOD|ANY|NONE|CLASS[0-9]+", re.IGNORECASE)
 _CAA_TAG_RE = re.compile(rb"[A-Za-z0-9]{1,255}")
@@ -130,13 +128,14 @@ class _Bad(Exception):
     """A problem in the current entry; the loader adds the file and line."""
 
 
-def parse_time(text: str) -> int | None:
-    """Seconds in a BIND time value (3600, 1h, 1h30m, 2W), or None if it is not one."""
-    if not _TIME_RE.fullmatch(text):
-        return None
-    if _NUMBER_RE.fullmatch(text):
-        return int(text)
-    return sum(int(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _TIME_PART_RE.findall(text))
+def _checked_time(text: str, what: str) -> int:
+    """A TTL or SOA timer in seconds; _Bad with what went wrong otherwise."""
+    seconds = parse_time(text)
+    if seconds is None:
+        raise _Bad(f"{what} must be a time like 3600, 1h or 1w2d, got '{text}'")
+    if seconds > MAX_TTL:
+        raise _Bad(f"{what} must be at most {MAX_TTL} seconds, got '{text}'")
+    return seconds
 
 
 def _unescape(raw: bytes) -> bytes:
@@ -242,13 +241,7 @@ class _Rdata:
         return int(text)
 
     def time(self, field: str) -> int:
-        text = self.word(field)
-        seconds = parse_time(text)
-        if seconds is None:
-            raise _Bad(f"{self.rtype} {field} must be a time like 3600, 1h or 1w2d, got '{text}'")
-        if seconds > MAX_TTL:
-            raise _Bad(f"{self.rtype} {field} must be at most {MAX_TTL} seconds, got '{text}'")
-        return seconds
+        return _checked_time(self.word(field), f"{self.rtype} {field}")
 
     def string(self, field: str) -> bytes:
         """A character-string: quoted or a single unquoted word."""
@@ -378,6 +371,8 @@ class _FileState:
 
 
 class _Loader:
+    """Reads one zone (its file and the files it includes) into checked RRHeaders."""
+
     def __init__(self, top_path: str, origin: bytes) -> None:
         self.top_path = top_path
         self.apex = origin
@@ -471,12 +466,7 @@ class _Loader:
             self.state = including
 
     def ttl(self, text: str) -> int:
-        seconds = parse_time(text)
-        if seconds is None:
-            raise _Bad(f"TTL must be a time like 3600, 1h or 1w2d, got '{text}'")
-        if seconds > MAX_TTL:
-            raise _Bad(f"TTL must be at most {MAX_TTL} seconds, got '{text}'")
-        return seconds
+        return _checked_time(text, "TTL")
 
     def record(self, entry: _Entry) -> None:
         tokens = entry.tokens

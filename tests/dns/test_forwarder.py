@@ -25,7 +25,10 @@ def upstream_zone() -> Zone:
     return Zone(
         "example.org",
         [
-            rr("example.org", dns.Record_SOA(b"ns.example.org", b"root.example.org", 1, 3600, 900, 604800, 60)),
+            rr(
+                "example.org",
+                dns.Record_SOA(b"ns.example.org", b"root.example.org", 1, 3600, 900, 604800, 60),
+            ),
             rr("example.org", dns.Record_NS(b"ns.example.org")),
             rr("www.example.org", dns.Record_A("127.0.0.42"), ttl=120),
             *[rr("big.example.org", dns.Record_TXT(b"z" * 200)) for _ in range(10)],
@@ -59,8 +62,13 @@ def upstream():
 
 
 def forwarder(port: int, rd: bool = False, timeout: float = 2) -> Forwarder:
-    return Forwarder([HostPort("127.0.0.1", port)], recursion_desired=rd, timeout=timeout,
-                     cache_size=100, reactor=reactor)
+    return Forwarder(
+        [HostPort("127.0.0.1", port)],
+        recursion_desired=rd,
+        timeout=timeout,
+        cache_size=100,
+        reactor=reactor,
+    )
 
 
 @pytest_twisted.inlineCallbacks
@@ -86,7 +94,9 @@ def test_forwarder_rd_set_when_configured(upstream) -> None:
 def test_forwarder_coalesces_identical_questions(upstream) -> None:
     """Ten simultaneous identical questions make one upstream query."""
     fwd = forwarder(upstream.port)
-    results = yield defer.gatherResults([fwd.resolve(b"www.example.org", dns.A, dns.IN) for _ in range(10)])
+    results = yield defer.gatherResults(
+        [fwd.resolve(b"www.example.org", dns.A, dns.IN) for _ in range(10)]
+    )
     assert len(results) == 10 and len(upstream.seen) == 1
 
 
@@ -125,7 +135,9 @@ def test_forwarder_silent_server_times_out() -> None:
     try:
         start = reactor.seconds()
         with pytest.raises(LookupError, match="TimeoutError"):
-            yield forwarder(sink.getsockname()[1], timeout=0.3).resolve(b"x.example.org", dns.A, dns.IN)
+            yield forwarder(sink.getsockname()[1], timeout=0.3).resolve(
+                b"x.example.org", dns.A, dns.IN
+            )
         assert reactor.seconds() - start < 2
     finally:
         sink.close()
@@ -134,8 +146,9 @@ def test_forwarder_silent_server_times_out() -> None:
 @pytest_twisted.inlineCallbacks
 def test_forwarder_through_engine_end_to_end(upstream) -> None:
     """Engine + forwarder: a loopback client's foreign question is answered with RA."""
-    engine = DNSEngine(Authority([example_zone()]), forwarder=forwarder(upstream.port),
-                       recursion_networks=LOOPBACK)
+    engine = DNSEngine(
+        Authority([example_zone()]), forwarder=forwarder(upstream.port), recursion_networks=LOOPBACK
+    )
     data = yield engine.handle(query("www.example.org", dns.A), "127.0.0.1", tcp=False)
     m = parse(data)
     assert m.recAv and not m.auth and m.answers[0].payload.dottedQuad() == "127.0.0.42"
@@ -157,7 +170,10 @@ def test_tcp_answers_each_message_in_order() -> None:
     """Two pipelined questions get two length-prefixed answers in order."""
     factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])))
     proto, t = tcp_conn(factory, Clock())
-    proto.dataReceived(frame(query("mail.example.test", dns.A, qid=1)) + frame(query("example.test", dns.MX, qid=2)))
+    proto.dataReceived(
+        frame(query("mail.example.test", dns.A, qid=1))
+        + frame(query("example.test", dns.MX, qid=2))
+    )
     out = t.value()
     first_len = int.from_bytes(out[:2], "big")
     first, rest = out[2 : 2 + first_len], out[2 + first_len :]

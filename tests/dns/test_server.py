@@ -6,8 +6,8 @@ import ipaddress
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.names import dns
 from twisted.internet.testing import FakeDatagramTransport
+from twisted.names import dns
 
 from appliance.dns.authority import Answer, Authority, Zone
 from appliance.dns.server import DNSEngine, DNSUDPProtocol, ForwardCache, encode_response
@@ -22,7 +22,10 @@ def rr(name: str, payload, ttl: int = 3600) -> dns.RRHeader:
 
 def example_zone(allow_transfer=()) -> Zone:
     records = [
-        rr("example.test", dns.Record_SOA(b"ns.example.test", b"root.example.test", 7, 3600, 900, 604800, 300)),
+        rr(
+            "example.test",
+            dns.Record_SOA(b"ns.example.test", b"root.example.test", 7, 3600, 900, 604800, 300),
+        ),
         rr("example.test", dns.Record_NS(b"ns.example.test")),
         rr("example.test", dns.Record_MX(10, b"mail.example.test")),
         rr("ns.example.test", dns.Record_A("127.0.1.1")),
@@ -34,17 +37,26 @@ def example_zone(allow_transfer=()) -> Zone:
         rr("*.wild.example.test", dns.Record_A("127.0.1.7")),
         rr("sub.example.test", dns.Record_NS(b"ns.sub.example.test")),
         rr("ns.sub.example.test", dns.Record_A("127.0.1.8")),
-        *[rr(f"big.example.test", dns.Record_TXT(b"x" * 200)) for _ in range(10)],
+        *[rr("big.example.test", dns.Record_TXT(b"x" * 200)) for _ in range(10)],
     ]
     return Zone("example.test", records, allow_transfer)
 
 
-def query(name: str, qtype: int, rd: bool = True, edns: int | None = None, qid: int = 4242) -> bytes:
+def query(
+    name: str, qtype: int, rd: bool = True, edns: int | None = None, qid: int = 4242
+) -> bytes:
     m = dns.Message(id=qid, recDes=rd)
     m.queries = [dns.Query(name, qtype, dns.IN)]
     data = m.toStr()
     if edns is not None:
-        data = data[:10] + b"\x00\x01" + data[12:] + b"\x00\x00\x29" + edns.to_bytes(2, "big") + b"\x00" * 6
+        data = (
+            data[:10]
+            + b"\x00\x01"
+            + data[12:]
+            + b"\x00\x00\x29"
+            + edns.to_bytes(2, "big")
+            + b"\x00" * 6
+        )
     return data
 
 
@@ -76,7 +88,10 @@ def test_answer_mx_is_authoritative_with_glue() -> None:
     m = parse(engine().handle(query("example.test", dns.MX), "127.0.0.1", tcp=False))
     assert m.auth and m.answer and m.rCode == dns.OK
     assert names(m.answers) == [("example.test", dns.MX)]
-    assert sorted(names(m.additional)) == [("mail.example.test", dns.A), ("mail.example.test", dns.AAAA)]
+    assert sorted(names(m.additional)) == [
+        ("mail.example.test", dns.A),
+        ("mail.example.test", dns.AAAA),
+    ]
     assert m.id == 4242
 
 
@@ -230,8 +245,14 @@ def test_forward_failure_is_servfail() -> None:
 def test_axfr_refused_over_udp_and_for_unlisted_peer() -> None:
     """AXFR: UDP never; TCP only from allow_transfer networks."""
     e = engine(allow_transfer=(ipaddress.ip_network("127.0.0.2/32"),))
-    assert parse(e.handle(query("example.test", dns.AXFR), "127.0.0.2", tcp=False)).rCode == dns.EREFUSED
-    assert parse(e.handle(query("example.test", dns.AXFR), "127.0.0.1", tcp=True)).rCode == dns.EREFUSED
+    assert (
+        parse(e.handle(query("example.test", dns.AXFR), "127.0.0.2", tcp=False)).rCode
+        == dns.EREFUSED
+    )
+    assert (
+        parse(e.handle(query("example.test", dns.AXFR), "127.0.0.1", tcp=True)).rCode
+        == dns.EREFUSED
+    )
     m = parse(e.handle(query("example.test", dns.AXFR), "127.0.0.2", tcp=True))
     assert m.rCode == dns.OK
     assert m.answers[0].type == dns.SOA and m.answers[-1].type == dns.SOA
@@ -303,6 +324,8 @@ def test_encode_response_drops_glue_before_truncating() -> None:
     """If additional records make it too big, glue goes first and the answer stays whole."""
     q = parse(query("example.test", dns.MX))
     big_glue = [rr("mail.example.test", dns.Record_TXT(b"y" * 250)) for _ in range(3)]
-    a = Answer(answers=[rr("example.test", dns.Record_MX(10, b"mail.example.test"))], additional=big_glue)
+    a = Answer(
+        answers=[rr("example.test", dns.Record_MX(10, b"mail.example.test"))], additional=big_glue
+    )
     m = parse(encode_response(q, a, recursion_available=False, edns_size=None, limit=512))
     assert not m.trunc and len(m.answers) == 1 and m.additional == []

@@ -77,7 +77,9 @@ def make_lab(tmp_path: Path, port: int | None = None) -> dict[str, Appliance]:
     etc = tmp_path / "etc"
     shutil.copytree(REPO / "etc", etc)
     if port is None:
-        port = next(p for p in iter(lambda: free_port("127.0.1.1"), None) if _free_on("127.0.1.4", p))
+        port = next(
+            p for p in iter(lambda: free_port("127.0.1.1"), None) if _free_on("127.0.1.4", p)
+        )
     lab = {}
     for name, ip in LAB.items():
         ini = etc / f"{name}.ini"

@@ -14,13 +14,15 @@ pytestmark = pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-
 def dig(server, *args: str, timeout: float = 20) -> str:
     out = subprocess.run(
         ["dig", f"@{server.ip}", "-p", str(server.port), "+time=2", "+tries=1", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return out.stdout + out.stderr
 
 
 def flags(text: str) -> set[str]:
-    line = next(l for l in text.splitlines() if l.startswith(";; flags:"))
+    line = next(line for line in text.splitlines() if line.startswith(";; flags:"))
     return set(line.split(";")[2].split(":")[1].split())
 
 
@@ -105,7 +107,7 @@ def test_lab_axfr_refused(lab) -> None:
     """AXFR is refused to a client not listed in allow_transfer."""
     out = dig(lab["163"], "163.com", "AXFR")
     assert "Transfer failed" in out
-    assert "SOA" not in "".join(l for l in out.splitlines() if not l.startswith(";"))
+    assert "SOA" not in "".join(line for line in out.splitlines() if not line.startswith(";"))
 
 
 def test_lab_soa_and_ns_at_apex(lab) -> None:

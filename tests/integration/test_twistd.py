@@ -13,7 +13,10 @@ from tests.integration.conftest import TWISTD, make_lab
 def run_twistd(ini: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [TWISTD, "-n", "--pidfile=", "mailappliance", "--config", str(ini)],
-        capture_output=True, text=True, timeout=timeout, cwd=ini.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ini.parent,
     )
 
 
@@ -75,9 +78,16 @@ def test_twistd_first_start_issues_certificate(tmp_path: Path) -> None:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert stat.S_IMODE((state / "ca" / "private" / "ca.key").stat().st_mode) == 0o600
         out = subprocess.run(
-            ["openssl", "verify", "-CAfile", str(state / "ca" / "ca.crt"),
-             str(state / "tls" / "mail.sina.com.crt")],
-            capture_output=True, text=True, timeout=30,
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(state / "ca" / "ca.crt"),
+                str(state / "tls" / "mail.sina.com.crt"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert out.returncode == 0, out.stderr
     finally:
@@ -104,14 +114,16 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
     a.start()
     try:
         status = Path(f"/proc/{a.proc.pid}/status").read_text()
-        uids = next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1:]
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         nobody = pwd.getpwnam("nobody").pw_uid
         assert uids == [str(nobody)] * 4
         assert "dropped privileges to nobody" in "".join(a.output)
         # it still answers on the port it bound as root, and owns its state folder
         out = subprocess.run(
             ["dig", f"@{a.ip}", "-p", str(a.port), "+short", "mail.163.com"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         assert out.stdout.strip() == "127.0.1.1"
         assert (tmp_path / "var" / "163").stat().st_uid == nobody
