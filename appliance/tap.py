@@ -32,6 +32,11 @@ class Options(usage.Options):
                 sys.stderr.write(f"  {problem}\n")
             sys.stderr.flush()
             raise SystemExit(1) from None
+        parent = getattr(self, "parent", None)
+        if parent is not None and parent.get("pidfile") == "twistd.pid":
+            # twistd's default pid file sits in the cwd, so the second lab appliance started
+            # from the same folder would refuse to run: keep it in our own state folder
+            parent["pidfile"] = str(cfg.appliance.state_dir / "twistd.pid")
 
 
 def makeService(options: Options):  # noqa: N802 (twistd's API)

@@ -9,7 +9,9 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import ssl, task
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from appliance.errors import ApplianceError
 from appliance.tls.ca import CertificateAuthority, cert_needs_renewal, ensure_server_certificate
@@ -64,6 +66,7 @@ class TLSSettings:
         return make_tls_options(self.cert, self.key, self.chain, self.min_version)
 
 
+@implementer(IOpenSSLContextFactory)
 class RotatingContextFactory:
     """A context factory that always hands out the tls service's current context.
 

@@ -51,7 +51,7 @@ class Appliance:
     def start(self) -> Appliance:
         self.output = []
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "mailappliance", "--config", str(self.ini)],
+            [TWISTD, "-n", "mailappliance", "--config", str(self.ini)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -122,7 +122,7 @@ class ClientResult:
 
 
 @defer.inlineCallbacks
-def run_s_client(options, ca_file: Path, *extra: str):  # type: ignore[no-untyped-def]
+def run_s_client(options, ca_file: Path, *extra: str, servername: str = "mail.test"):  # type: ignore[no-untyped-def]
     """Serve `options` on a loopback port, run openssl s_client against it, return its result."""
     factory = protocol.Factory.forProtocol(Greeter)
     port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
@@ -130,7 +130,7 @@ def run_s_client(options, ca_file: Path, *extra: str):  # type: ignore[no-untype
         args = [
             CLIENT_TIMEOUT, "openssl", "s_client",
             "-connect", f"127.0.0.1:{port.getHost().port}",
-            "-servername", "mail.test", "-verify_hostname", "mail.test",
+            "-servername", servername, "-verify_hostname", servername,
             "-verify_return_error", "-CAfile", str(ca_file), "-ign_eof", *extra,
         ]  # fmt: skip
         # stdinBytes=b"" closes s_client's stdin at once; -ign_eof keeps it waiting for the
