@@ -1,13 +1,16 @@
-"""The `mailappliance` admin command: check-config, ca init|issue|show, config-help."""
+"""The `mailappliance` admin command: check-config, ca init|issue|show, user, config-help."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance import config as config_mod
+from appliance.auth.passwd import STRONG_SCHEMES, PasswdFile, PasswdFileError, valid_address
 from appliance.errors import ApplianceError, ConfigError
 from appliance.service import load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
@@ -74,6 +77,98 @@ def cmd_ca_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def passwd_path(cfg: config_mod.Config) -> Path:
+    """[auth] passwd_file if the configuration has it, else <state_dir>/passwd."""
+    auth = getattr(cfg, "auth", None)
+    configured = auth.get("passwd_file") if auth is not None else None
+    return Path(configured) if configured else cfg.appliance.state_dir / "passwd"
+
+
+def _user_address(raw: str) -> str:
+    address = raw.strip().lower()
+    if not valid_address(address):
+        raise ApplianceError(f"expected an address like user@example.com, got {raw!r}")
+    return address
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise ApplianceError("no password on standard input")
+        return password
+    password = getpass.getpass("Password: ")
+    if not password:
+        raise ApplianceError("empty password")
+    if getpass.getpass("Password again: ") != password:
+        raise ApplianceError("passwords do not match")
+    return password
+
+
+def _passwd_file(cfg: config_mod.Config) -> tuple[PasswdFile, list[str]]:
+    """The file and its users; every problem in it is an error for the admin to fix."""
+    passwd = PasswdFile(passwd_path(cfg))
+    try:
+        return passwd, passwd.read_users()
+    except PasswdFileError as e:
+        raise ApplianceError("\n".join(e.problems)) from None
+
+
+def _user_edit(action: str, edit: Callable[[], None]) -> None:
+    try:
+        edit()
+    except PasswdFileError as e:
+        raise ApplianceError("\n".join(e.problems)) from None
+    except ValueError as e:  # hash_password: e.g. a BLF-CRYPT password over 72 bytes
+        raise ApplianceError(f"cannot {action}: {e}") from None
+
+
+def cmd_user_add(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    address = _user_address(args.address)
+    passwd, users = _passwd_file(cfg)
+    if address in users:
+        raise ApplianceError(f"{address} already exists in {passwd.path}")
+    password = _read_password(args)
+    _user_edit(
+        "add the user",
+        lambda: passwd.add(address, password, scheme=args.scheme, cram_md5=args.cram_md5),
+    )
+    print(f"added {address} to {passwd.path}")
+    return 0
+
+
+def cmd_user_passwd(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    address = _user_address(args.address)
+    passwd, users = _passwd_file(cfg)
+    if address not in users:
+        raise ApplianceError(f"no such user: {address} (in {passwd.path})")
+    password = _read_password(args)
+    _user_edit(
+        "change the password",
+        lambda: passwd.set_password(address, password, scheme=args.scheme, cram_md5=args.cram_md5),
+    )
+    print(f"changed the password of {address}")
+    return 0
+
+
+def cmd_user_del(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    address = _user_address(args.address)
+    passwd, users = _passwd_file(cfg)
+    if address not in users:
+        raise ApplianceError(f"no such user: {address} (in {passwd.path})")
+    _user_edit("delete the user", lambda: passwd.delete(address))
+    print(f"deleted {address}")
+    return 0
+
+
+def cmd_user_list(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    _, users = _passwd_file(cfg)
+    for address in users:
+        print(address)
+    return 0
+
+
 def cmd_config_help(cfg: config_mod.Config | None, args: argparse.Namespace) -> int:
     print(config_mod.describe_schema())
     return 0
@@ -82,7 +177,8 @@ def cmd_config_help(cfg: config_mod.Config | None, args: argparse.Namespace) -> 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailappliance",
-        description="Administer a mailappliance: check its configuration, run its CA.",
+        description="Administer a mailappliance: check its configuration, run its CA, "
+        "manage users.",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="the appliance's INI file")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -136,6 +232,80 @@ def build_parser() -> argparse.ArgumentParser:
         description="List what the CA issued (index.txt).",
     )
     show.set_defaults(func=cmd_ca_show)
+
+    user = sub.add_parser(
+        "user",
+        help="add, change, delete and list passwd-file users",
+        description="Edit the passwd file ([auth] passwd_file, default <state_dir>/passwd). "
+        "Passwords are read from the terminal (twice) or with --password-stdin.",
+    )
+    user_sub = user.add_subparsers(dest="user_command", metavar="USER_COMMAND")
+    user_sub.required = True
+
+    def password_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("address", metavar="ADDRESS", help="user@domain (stored lower-case)")
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password as one line from standard input instead of prompting",
+        )
+        p.add_argument(
+            "--scheme",
+            default="BLF-CRYPT",
+            type=str.upper,
+            choices=STRONG_SCHEMES,
+            help="password hash scheme (default BLF-CRYPT)",
+        )
+
+    add = user_sub.add_parser(
+        "add",
+        help="add a user",
+        description="Add ADDRESS with a new password; fails if the user exists.",
+    )
+    password_options(add)
+    add.add_argument(
+        "--cram-md5",
+        action="store_true",
+        help="also store a CRAM-MD5 secret (cleartext-equivalent) so CRAM-MD5 login works",
+    )
+    add.set_defaults(func=cmd_user_add)
+    pw = user_sub.add_parser(
+        "passwd",
+        help="change a user's password",
+        description="Set a new password for ADDRESS, keeping its other fields. A CRAM-MD5 "
+        "secret is renewed if the user had one, unless --no-cram-md5 is given.",
+    )
+    password_options(pw)
+    cram = pw.add_mutually_exclusive_group()
+    cram.add_argument(
+        "--cram-md5",
+        dest="cram_md5",
+        action="store_const",
+        const=True,
+        default=None,
+        help="store a CRAM-MD5 secret too",
+    )
+    cram.add_argument(
+        "--no-cram-md5",
+        dest="cram_md5",
+        action="store_const",
+        const=False,
+        help="remove the user's CRAM-MD5 secret",
+    )
+    pw.set_defaults(func=cmd_user_passwd)
+    delete = user_sub.add_parser(
+        "del",
+        help="delete a user",
+        description="Remove ADDRESS from the passwd file (its mail stays on disk).",
+    )
+    delete.add_argument("address", metavar="ADDRESS", help="user@domain")
+    delete.set_defaults(func=cmd_user_del)
+    listing = user_sub.add_parser(
+        "list",
+        help="list users",
+        description="Print every user's address, one per line.",
+    )
+    listing.set_defaults(func=cmd_user_list)
     return p
 
 

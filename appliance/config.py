@@ -187,6 +187,26 @@ def networks(raw: str, ctx: _Ctx) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def text(raw: str, ctx: _Ctx) -> str:
+    return raw.strip()
+
+
+def mechanisms(raw: str, ctx: _Ctx) -> tuple[str, ...]:
+    out = tuple(w.upper() for w in words(raw))
+    for m in out:
+        if m not in ("PLAIN", "LOGIN", "CRAM-MD5"):
+            raise ValueError(f"expected PLAIN, LOGIN and/or CRAM-MD5, got {m!r}")
+    return out
+
+
+def ldap_urls(raw: str, ctx: _Ctx) -> tuple[str, ...]:
+    out = tuple(words(raw))
+    for u in out:
+        if not re.match(r"^ldaps?://[^/\s]+/?$", u):
+            raise ValueError(f"expected URLs like ldap://127.0.0.1:389, got {u!r}")
+    return out
+
+
 def choice(*options: str) -> Converter:
     def convert(raw: str, ctx: _Ctx) -> str:
         v = raw.strip().lower()
@@ -247,6 +267,54 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "edns_udp_size": Key(integer(512, 4096), "1232", "largest UDP answer we send with EDNS"),
         "tcp_idle_timeout": Key(duration, "10s", "close idle DNS TCP connections"),
         "max_tcp_connections": Key(integer(1, 100_000), "200", "concurrent DNS TCP connections"),
+    },
+    "smtp": {
+        "listen": Key(addresses(25), "", "MTA port (25): STARTTLS offered, AUTH after TLS"),
+        "smtps_listen": Key(addresses(465), "", "implicit-TLS submission port (465)"),
+        "submission_listen": Key(addresses(587), "", "submission port (587): AUTH required"),
+        "banner": Key(text, "", "greeting text after 220 (default '<hostname> ESMTP mailappliance')"),
+        "local_domains": Key(hostnames, "", "domains we accept mail for (besides local_host_names)"),
+        "local_host_names": Key(existing_file, NONE, "sendmail local-host-names file"),
+        "access": Key(existing_file, NONE, "sendmail access file (OK, RELAY, REJECT, ...)"),
+        "virtusertable": Key(existing_file, NONE, "sendmail virtusertable"),
+        "aliases": Key(existing_file, NONE, "aliases(5) file"),
+        "max_message_size": Key(size, "25M", "largest message accepted (SIZE)"),
+        "max_recipients": Key(integer(1, 100_000), "100", "recipients per message (452 4.5.3)"),
+        "max_command_line": Key(integer(512, 65536), "2048", "longest command line, CRLF included"),
+        "max_text_line": Key(integer(1000, 1_000_000), "1000", "longest message line, CRLF included"),
+        "idle_timeout": Key(duration, "5m", "close a client idle this long (421 4.4.2)"),
+        "max_connections": Key(integer(1, 100_000), "500", "concurrent SMTP connections"),
+        "max_connections_per_ip": Key(integer(1, 100_000), "50", "concurrent connections per client"),
+        "max_errors": Key(integer(1, 1000), "20", "bad commands before 421 and close"),
+        "min_free_space": Key(size, "64M", "refuse mail (452 4.3.1) when the disk has less free"),
+    },
+    "auth": {
+        "backend": Key(choice("passwd", "ldap", "none"), "passwd", "where users and passwords live"),
+        "passwd_file": Key(path, NONE, "Dovecot passwd-file (default <state_dir>/passwd)"),
+        "mechanisms": Key(
+            mechanisms, "PLAIN LOGIN CRAM-MD5", "SASL mechanisms offered (CRAM-MD5 only if stored)"
+        ),
+        "plaintext_networks": Key(
+            networks, "", "clients allowed PLAIN/LOGIN without TLS (the lab lists loopback)"
+        ),
+        "failure_delay": Key(duration, "1s", "first delay after a failed login, doubling per failure"),
+        "max_failures": Key(integer(1, 10_000), "10", "failed logins per IP before 421 (15 minutes)"),
+        "ldap_urls": Key(ldap_urls, "", "ldap:// or ldaps:// servers (failover in order)"),
+        "ldap_base_dn": Key(text, "", "where users are searched"),
+        "ldap_filter": Key(text, "(mail=%s)", "search filter; %s is the escaped login name"),
+        "ldap_bind_dn": Key(text, "", "service account DN (empty: anonymous search)"),
+        "ldap_bind_password_file": Key(existing_file, NONE, "file holding the service password"),
+        "ldap_starttls": Key(boolean, "no", "StartTLS on ldap:// URLs"),
+        "ldap_ca_file": Key(existing_file, NONE, "CA certificate that signed the LDAP server's"),
+        "ldap_pool_size": Key(integer(1, 64), "4", "LDAP connections (and threads)"),
+        "ldap_timeout": Key(duration, "5s", "LDAP connect/response timeout"),
+    },
+    "queue": {
+        "fsync_threads": Key(integer(1, 256), "16", "threads that fsync messages in parallel"),
+        "retry_interval": Key(duration, "60s", "how often failed local deliveries are retried"),
+    },
+    "log": {
+        "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
     },
     "tls": {
         "cert": Key(path, NONE, "externally issued certificate (PEM); default: issued by our CA"),
@@ -422,6 +490,11 @@ def _cross_checks(
     # a listen value that failed to convert is absent here and already reported
     if "dns" in present and dns.get("enabled") and "listen" in dns and dns["listen"] is None:
         problems.append(f"{label}: [dns] listen: required when DNS is enabled")
+    auth = sections["auth"]
+    if auth.get("backend") == "ldap":
+        for key in ("ldap_urls", "ldap_base_dn"):
+            if key in auth and not auth[key]:
+                problems.append(f"{label}: [auth] {key}: required when backend = ldap")
     seen: set[str] = set()
     for z in zones:
         if z.origin in seen:
