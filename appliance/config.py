@@ -272,8 +272,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "listen": Key(addresses(25), "", "MTA port (25): STARTTLS offered, AUTH after TLS"),
         "smtps_listen": Key(addresses(465), "", "implicit-TLS submission port (465)"),
         "submission_listen": Key(addresses(587), "", "submission port (587): AUTH required"),
-        "banner": Key(text, "", "greeting text after 220 (default '<hostname> ESMTP mailappliance')"),
-        "local_domains": Key(hostnames, "", "domains we accept mail for (besides local_host_names)"),
+        "banner": Key(
+            text, "", "greeting text after 220 (default '<hostname> ESMTP mailappliance')"
+        ),
+        "local_domains": Key(
+            hostnames, "", "domains we accept mail for (besides local_host_names)"
+        ),
         "local_host_names": Key(existing_file, NONE, "sendmail local-host-names file"),
         "access": Key(existing_file, NONE, "sendmail access file (OK, RELAY, REJECT, ...)"),
         "virtusertable": Key(existing_file, NONE, "sendmail virtusertable"),
@@ -281,15 +285,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_message_size": Key(size, "25M", "largest message accepted (SIZE)"),
         "max_recipients": Key(integer(1, 100_000), "100", "recipients per message (452 4.5.3)"),
         "max_command_line": Key(integer(512, 65536), "2048", "longest command line, CRLF included"),
-        "max_text_line": Key(integer(1000, 1_000_000), "1000", "longest message line, CRLF included"),
+        "max_text_line": Key(
+            integer(1000, 1_000_000), "1000", "longest message line, CRLF included"
+        ),
         "idle_timeout": Key(duration, "5m", "close a client idle this long (421 4.4.2)"),
         "max_connections": Key(integer(1, 100_000), "500", "concurrent SMTP connections"),
-        "max_connections_per_ip": Key(integer(1, 100_000), "50", "concurrent connections per client"),
+        "max_connections_per_ip": Key(
+            integer(1, 100_000), "50", "concurrent connections per client"
+        ),
         "max_errors": Key(integer(1, 1000), "20", "bad commands before 421 and close"),
         "min_free_space": Key(size, "64M", "refuse mail (452 4.3.1) when the disk has less free"),
     },
     "auth": {
-        "backend": Key(choice("passwd", "ldap", "none"), "passwd", "where users and passwords live"),
+        "backend": Key(
+            choice("passwd", "ldap", "none"), "passwd", "where users and passwords live"
+        ),
         "passwd_file": Key(path, NONE, "Dovecot passwd-file (default <state_dir>/passwd)"),
         "mechanisms": Key(
             mechanisms, "PLAIN LOGIN CRAM-MD5", "SASL mechanisms offered (CRAM-MD5 only if stored)"
@@ -297,8 +307,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "plaintext_networks": Key(
             networks, "", "clients allowed PLAIN/LOGIN without TLS (the lab lists loopback)"
         ),
-        "failure_delay": Key(duration, "1s", "first delay after a failed login, doubling per failure"),
-        "max_failures": Key(integer(1, 10_000), "10", "failed logins per IP before 421 (15 minutes)"),
+        "failure_delay": Key(
+            duration, "1s", "first delay after a failed login, doubling per failure"
+        ),
+        "max_failures": Key(
+            integer(1, 10_000), "10", "failed logins per IP before 421 (15 minutes)"
+        ),
         "ldap_urls": Key(ldap_urls, "", "ldap:// or ldaps:// servers (failover in order)"),
         "ldap_base_dn": Key(text, "", "where users are searched"),
         "ldap_filter": Key(text, "(mail=%s)", "search filter; %s is the escaped login name"),

@@ -19,7 +19,6 @@ from twisted.internet.testing import StringTransport
 from appliance.interfaces import DiskFull, Envelope, Mailbox, Resolution, Verdict
 from appliance.smtp.server import MTA, ListenerMode, SMTPFactory, SMTPSettings
 
-
 STARTTLS_CONTEXT = object()  # stands for the TLS context factory; only its identity is checked
 
 
