@@ -32,6 +32,7 @@ class Recipient:
     address: str  # as the client gave it (without <>)
     mailboxes: tuple[Mailbox, ...] = ()  # local delivery targets (aliases may give several)
     remote: bool = False  # to be relayed (stays in the spool for the relay issue)
+    forward_to: tuple[str, ...] = ()  # remote addresses to relay to (aliases may rewrite)
     notify: str | None = None  # DSN NOTIFY=, e.g. "SUCCESS,FAILURE"
     orcpt: str | None = None  # DSN ORCPT=, e.g. "rfc822;user@example.com"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service, strports
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -27,6 +28,7 @@ from appliance.dns.authority import Authority, Zone
 from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
 from appliance.dns.zonefile import load_zone
 from appliance.errors import ApplianceError, ConfigError, ZoneError
+from appliance.log import MailLog
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import check_key_permissions
 from appliance.tls.service import TLSService, TLSSettings
@@ -213,11 +215,163 @@ class ApplianceService(service.MultiService):
         for root, dirs, files in os.walk(state):
             for n in (root, *(os.path.join(root, f) for f in dirs + files)):
                 os.chown(n, uid, gid)
+        maillog = self.config.log.maillog
+        if maillog is not None and maillog.exists():
+            os.chown(maillog, uid, gid)
         os.setgroups([gid])
         os.setgid(gid)
         if pw is not None:
             os.setuid(uid)
         self.log.info("dropped privileges to {user}:{group}", user=user or uid, group=gid)
+
+
+class MailService(service.MultiService):
+    """Starts and stops the non-listening parts the smtp listeners share (spool, users, log)."""
+
+    def __init__(self, parts: list[Any], maillog: MailLog) -> None:
+        super().__init__()
+        self.parts = parts
+        self.maillog = maillog
+
+    def privilegedStartService(self) -> None:
+        # opened while still root: the log may live where the dropped user cannot create it
+        self.maillog.open()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.maillog.open()
+        for part in self.parts:
+            part.start()
+        super().startService()
+        spool = self.parts[0]
+        spool.recover()
+
+    def stopService(self) -> Any:
+        d = defer.maybeDeferred(super().stopService)
+
+        def stop_parts(_: Any) -> Any:
+            return defer.gatherResults(
+                [defer.maybeDeferred(part.stop) for part in reversed(self.parts)]
+            )
+
+        return d.addCallback(stop_parts).addBoth(lambda r: self.maillog.close() or r)
+
+
+def smtp_enabled(config: Config) -> bool:
+    c = config.smtp
+    return bool(c.listen or c.smtps_listen or c.submission_listen)
+
+
+def make_smtp_service(prepared: Prepared, reactor: Any) -> MailService:
+    """The queue (spool), users, policy and the three SMTP listeners."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from appliance.auth.sasl import SaslExchange
+    from appliance.auth.throttle import FailureThrottle
+    from appliance.queue.spool import Spool
+    from appliance.smtp.policy import Policy
+    from appliance.smtp.server import MTA, SMTPS, SUBMISSION, SMTPFactory, SMTPSettings
+
+    cfg = prepared.config
+    state: Path = cfg.appliance.state_dir
+    hostname = cfg.appliance.hostname
+    maillog = MailLog(cfg.log.maillog or state / "maillog", hostname)
+    spool = Spool(
+        state,
+        hostname=hostname,
+        reactor=reactor,
+        maillog=maillog.for_component("local"),
+        fsync_threads=cfg.queue.fsync_threads,
+    )
+    users, checker, cram = make_users(cfg, reactor)
+    c = cfg.smtp
+    policy = Policy(
+        local_domains=[
+            *c.local_domains,
+            *(z.origin for z in cfg.zones if not z.origin.endswith(".arpa")),
+        ],
+        local_host_names=c.local_host_names,
+        access=c.access,
+        virtusertable=c.virtusertable,
+        aliases=c.aliases,
+        users=users,
+    )
+    a = cfg.auth
+    settings = SMTPSettings(
+        hostname=hostname,
+        banner=c.banner,
+        max_message_size=c.max_message_size,
+        max_recipients=c.max_recipients,
+        max_command_line=c.max_command_line,
+        max_text_line=c.max_text_line,
+        idle_timeout=c.idle_timeout,
+        max_connections=c.max_connections,
+        max_connections_per_ip=c.max_connections_per_ip,
+        max_errors=c.max_errors,
+        plaintext_networks=a.plaintext_networks,
+        min_free_space=c.min_free_space,
+        mechanisms=a.mechanisms,
+        spool_dir=str(state),
+    )
+    throttle = FailureThrottle(reactor, base_delay=a.failure_delay, max_failures=a.max_failures)
+    smtp_log = maillog.for_component("smtpd")
+    mail = MailService([spool, *([users] if hasattr(users, "start") else [])], maillog)
+    mail.setName("smtp")
+    mail.spool = spool
+    tls = prepared.tls.context_factory
+    for mode, addresses in (
+        (MTA, c.listen),
+        (SMTPS, c.smtps_listen),
+        (SUBMISSION, c.submission_listen),
+    ):
+        factory = SMTPFactory(
+            settings,
+            mode,
+            sink=spool,
+            policy=policy,
+            checker=checker if a.backend != "none" else None,
+            tls=tls,
+            throttle=throttle,
+            maillog=smtp_log,
+            reactor=reactor,
+            sasl_factory=SaslExchange,
+            cram_supported=cram,
+        )
+        wrapped = TLSMemoryBIOFactory(tls, False, factory) if mode.implicit_tls else factory
+        for hp in addresses:
+            listener = strports.service(_tcp_endpoint(hp), wrapped, reactor=reactor)
+            listener.setName(f"{mode.name} {hp}")
+            listener.setServiceParent(mail)
+    return mail
+
+
+def make_users(cfg: Config, reactor: Any) -> tuple[Any, Any, Any]:
+    """(user directory, cred checker, 'can do CRAM-MD5' callable) for [auth] backend."""
+    a = cfg.auth
+    if a.backend == "ldap":
+        from appliance.auth.ldap import LDAPDirectory
+
+        password = None
+        if a.ldap_bind_password_file is not None:
+            password = a.ldap_bind_password_file.read_text().strip()
+        directory = LDAPDirectory(
+            urls=list(a.ldap_urls),
+            base_dn=a.ldap_base_dn,
+            user_filter=a.ldap_filter,
+            bind_dn=a.ldap_bind_dn or None,
+            bind_password=password,
+            starttls=a.ldap_starttls,
+            ca_file=a.ldap_ca_file,
+            pool_size=a.ldap_pool_size,
+            timeout=a.ldap_timeout,
+            reactor=reactor,
+        )
+        return directory, directory, lambda: False
+    from appliance.auth.passwd import PasswdFile, PasswdFileChecker
+
+    passwd = PasswdFile(a.passwd_file or cfg.appliance.state_dir / "passwd", reactor=reactor)
+    checker = PasswdFileChecker(passwd)
+    return passwd, checker, checker.cram_md5_available
 
 
 def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
@@ -228,7 +382,11 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
     prepared.tls.setServiceParent(root)
     if prepared.config.dns.enabled and prepared.config.dns.listen:
         make_dns_service(prepared, reactor).setServiceParent(root)
+    if smtp_enabled(prepared.config):
+        make_smtp_service(prepared, reactor).setServiceParent(root)
     for name in PLACEHOLDERS:
+        if name == "smtp" and smtp_enabled(prepared.config):
+            continue
         placeholder = service.MultiService()
         placeholder.setName(name)
         placeholder.setServiceParent(root)

@@ -599,6 +599,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
                     address,
                     tuple(resolution.mailboxes),
                     remote=resolution.remote,
+                    forward_to=tuple(getattr(resolution, "forward_to", ())),
                     notify=notify,
                     orcpt=orcpt,
                 )

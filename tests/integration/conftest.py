@@ -28,8 +28,18 @@ class Appliance:
     ip: str
     port: int
     ini: Path
+    ports: dict[int, int] = field(default_factory=dict)  # standard port -> test port
+    state: Path | None = None  # the appliance's state_dir
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
+
+    def maildir(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.state / "mail" / domain / local / "Maildir"
+
+    def messages(self, address: str) -> list[bytes]:
+        new = self.maildir(address) / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
 
     def read_until(self, pattern: str, timeout: float = 60) -> str:
         """Block until a line matching pattern is printed (bounded); return that line."""
@@ -72,21 +82,31 @@ class Appliance:
             self.proc.wait(timeout=5)
 
 
-def make_lab(tmp_path: Path, port: int | None = None) -> dict[str, Appliance]:
-    """Copy etc/ to tmp_path and move both appliances' DNS to one free high port."""
+STANDARD_PORTS = (53, 25, 465, 587)
+
+
+def make_lab(tmp_path: Path) -> dict[str, Appliance]:
+    """Copy etc/ to tmp_path and move both appliances' ports to free high ports.
+
+    Each standard port (53, 25, 465, 587) maps to one free port used on both lab addresses.
+    """
     etc = tmp_path / "etc"
     shutil.copytree(REPO / "etc", etc)
-    if port is None:
-        port = next(
-            p for p in iter(lambda: free_port("127.0.1.1"), None) if _free_on("127.0.1.4", p)
-        )
+    ports: dict[int, int] = {}
+    for std in STANDARD_PORTS:
+        while True:
+            candidate = free_port("127.0.1.1")
+            if candidate not in ports.values() and _free_on("127.0.1.4", candidate):
+                ports[std] = candidate
+                break
     lab = {}
     for name, ip in LAB.items():
         ini = etc / f"{name}.ini"
         text = ini.read_text()
-        text = re.sub(r"(127\.0\.1\.[14]):53\b", rf"\1:{port}", text)
+        for std, port in ports.items():
+            text = re.sub(rf"(127\.0\.1\.[14]):{std}\b", rf"\g<1>:{port}", text)
         ini.write_text(text)
-        lab[name] = Appliance(name, ip, port, ini)
+        lab[name] = Appliance(name, ip, ports[53], ini, ports=ports, state=tmp_path / "var" / name)
     return lab
 
 

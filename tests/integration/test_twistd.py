@@ -109,6 +109,9 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
         pytest.skip("needs root to bind and drop privileges")
     lab = make_lab(tmp_path)
     a = lab["163"]
+    # pytest's tmp folders are 0700 root: let the dropped user reach its state folder
+    for parent in (tmp_path, *tmp_path.parents[:2]):
+        parent.chmod(parent.stat().st_mode | 0o711)
     text = a.ini.read_text().replace("[appliance]\n", "[appliance]\nuser = nobody\n", 1)
     a.ini.write_text(text)
     a.start()
