@@ -91,6 +91,7 @@ def prepare(config: Config, progress: Any = print) -> Prepared:
         problems.append(
             config.problem("appliance", "state_dir", f"cannot create {state}: {e.strerror}")
         )
+    problems += unreadable_after_drop(config)
     if problems:
         raise ConfigError(problems)
     settings = tls_settings(config)
@@ -105,6 +106,50 @@ def prepare(config: Config, progress: Any = print) -> Prepared:
             raise ConfigError([config.problem("tls", "key", warning)])
         os.chmod(settings.key, 0o600)  # our own key: just fix it
     return Prepared(config=config, zones=zones, tls=TLSService(settings, options))
+
+
+def readable_by(path: Path, user: str, group: str | None) -> bool:
+    """Whether `user` (with `group`, or its own groups) may read path, by its mode bits."""
+    try:
+        st = path.stat()
+    except OSError:
+        return True  # a missing file is reported elsewhere
+    pw = pwd.getpwnam(user)
+    gids = {grp.getgrnam(group).gr_gid} if group else {pw.pw_gid}
+    if not group:
+        gids |= {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & 0o400)
+    if st.st_gid in gids:
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)
+
+
+def unreadable_after_drop(config: Config) -> list[str]:
+    """Files re-read at run time must stay readable once root is dropped (Dovecot's rule)."""
+    user = config.appliance.user
+    if user is None:
+        return []
+    group = config.appliance.group
+    watched = [
+        ("smtp", k, config.smtp.get(k))
+        for k in ("local_host_names", "access", "virtusertable", "aliases")
+    ]
+    if config.auth.backend == "passwd" and smtp_enabled(config):
+        watched.append(("auth", "passwd_file", config.auth.passwd_file))
+    problems = []
+    for section, key, path in watched:
+        if path is not None and not readable_by(path, user, group):
+            who = f"{user}:{group}" if group else user
+            problems.append(
+                config.problem(
+                    section,
+                    key,
+                    f"{path} is not readable by {who}, the user the appliance "
+                    f"runs as after start-up (chgrp {group or user} it and chmod 640)",
+                )
+            )
+    return problems
 
 
 def _tcp_endpoint(hp: HostPort) -> str:

@@ -114,6 +114,10 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
         parent.chmod(parent.stat().st_mode | 0o711)
     text = a.ini.read_text().replace("[appliance]\n", "[appliance]\nuser = nobody\n", 1)
     a.ini.write_text(text)
+    # what the start-up check asks the admin to do with the passwd-file
+    passwd = a.ini.parent / "163" / "passwd"
+    os.chown(passwd, 0, pwd.getpwnam("nobody").pw_gid)
+    passwd.chmod(0o640)
     a.start()
     try:
         status = Path(f"/proc/{a.proc.pid}/status").read_text()
@@ -132,3 +136,24 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
         assert (tmp_path / "var" / "163").stat().st_uid == nobody
     finally:
         a.stop()
+
+
+def test_twistd_passwd_unreadable_by_dropped_user_refused(tmp_path: Path) -> None:
+    """user = nobody with a 0600 root passwd-file: start-up refused with the fix to apply."""
+    import os
+
+    if os.getuid() != 0:
+        import pytest
+
+        pytest.skip("needs root")
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    a.ini.write_text(a.ini.read_text().replace("[appliance]\n", "[appliance]\nuser = nobody\n", 1))
+    passwd = a.ini.parent / "163" / "passwd"
+    passwd.chmod(0o600)
+    out = run_twistd(a.ini)
+    assert out.returncode == 1
+    assert (
+        f"  163.ini: [auth] passwd_file: {passwd} is not readable by nobody, the user the "
+        "appliance runs as after start-up (chgrp nobody it and chmod 640)"
+    ) in out.stderr.splitlines()
