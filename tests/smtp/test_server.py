@@ -425,3 +425,39 @@ def test_auth_malformed_and_cancelled_501(smtp) -> None:
     assert s.cmd("*") == "501 5.5.2 Authentication cancelled"
     assert s.cmd("AUTH GSSAPI") == "504 5.5.4 Unrecognized authentication type"
     assert s.cmd("NOOP") == "250 2.0.0 Ok"
+
+
+def test_auth_failures_delayed_per_ip_then_blocked(smtp) -> None:
+    """Each failed login from one IP waits longer before its 535; past max_failures: 421."""
+    from appliance.auth.throttle import FailureThrottle
+
+    s = plaintext_ok(smtp).ready()
+    s.factory.throttle = FailureThrottle(smtp.clock, base_delay=1.0, max_delay=16.0, max_failures=3)
+    bad = "AUTH PLAIN " + b64("\0user1@example.test\0wrong") + "\r\n"
+    assert s.send(bad) == []  # held back: 1 s for the first failure
+    smtp.clock.advance(1)
+    assert s.read() == ["535 5.7.8 Error: authentication failed"]
+    assert s.send(bad) == []
+    smtp.clock.advance(1)
+    assert s.read() == []  # the second waits 2 s
+    smtp.clock.advance(1)
+    assert s.read() == ["535 5.7.8 Error: authentication failed"]
+    assert s.send("NOOP\r\n") == ["250 2.0.0 Ok"]
+    s.send(bad)
+    smtp.clock.advance(10)
+    assert s.read() == ["535 5.7.8 Error: authentication failed"]
+    assert s.cmd("AUTH PLAIN " + b64("\0user1@example.test\0secret")) == (
+        "421 4.7.0 mail.example.test Error: too many failed logins"
+    )
+    assert s.transport.disconnecting
+
+
+def test_commands_wait_while_delayed_reply_pending(smtp) -> None:
+    """Pipelined input after a delayed AUTH failure is answered only after that 535."""
+    from appliance.auth.throttle import FailureThrottle
+
+    s = plaintext_ok(smtp).ready()
+    s.factory.throttle = FailureThrottle(smtp.clock, base_delay=1.0)
+    assert s.send("AUTH PLAIN " + b64("\0user1@example.test\0wrong") + "\r\nNOOP\r\n") == []
+    smtp.clock.advance(1)
+    assert s.read() == ["535 5.7.8 Error: authentication failed", "250 2.0.0 Ok"]
