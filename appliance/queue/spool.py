@@ -57,6 +57,7 @@ from appliance.store.maildir import (
     DirSync,
     Maildir,
     MaildirStore,
+    fill_and_sync,
     fsync_dir,
     is_disk_full,
     unlink_quietly,
@@ -180,16 +181,7 @@ def delivery_prefix(mail_from: str, mailbox: Mailbox) -> bytes:
 
 def _write_file(path: str | Path, data: bytes) -> None:
     """Create path (it must not exist), write data and fsync it; nothing is left on failure."""
-    fd = os.open(path, _OPEN_NEW, FILE_MODE)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        unlink_quietly(path)
-        raise
+    fill_and_sync(os.open(path, _OPEN_NEW, FILE_MODE), path, [data])
 
 
 # -- messages being received ------------------------------------------------------------------

@@ -20,7 +20,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,6 +80,35 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fill_and_sync(fd: int, path: str | Path, chunks: Iterable[bytes]) -> int:
+    """Write chunks to the new file fd, fsync and close it; on any failure remove path.
+
+    Returns the number of bytes written. The one way every file we create becomes durable.
+    """
+    size = 0
+    try:
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+                size += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(path)
+        raise
+    return size
+
+
+def read_chunks(path: str | Path) -> Iterator[bytes]:
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(src, COPY_CHUNK):
+            yield chunk
+    finally:
+        os.close(src)
 
 
 def unlink_quietly(path: str | Path) -> None:
@@ -245,39 +274,17 @@ class Maildir:
     def deliver(self, data: bytes, hostname: str, dirsync: DirSync | None = None) -> str:
         """Deliver one whole message durably; returns its name in new/."""
         fd, name = self.create_tmp(hostname)
-        try:
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            unlink_quietly(self.tmp_path(name))
-            raise
-        return self.publish(name, len(data), dirsync)
+        size = fill_and_sync(fd, self.tmp_path(name), [data])
+        return self.publish(name, size, dirsync)
 
     def deliver_copy(
         self, prefix: bytes, source: str | Path, hostname: str, dirsync: DirSync | None = None
     ) -> str:
         """Deliver prefix + the bytes of the file source durably; returns its name in new/."""
         fd, name = self.create_tmp(hostname)
-        try:
-            try:
-                write_all(fd, prefix)
-                size = len(prefix)
-                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    while chunk := os.read(src, COPY_CHUNK):
-                        write_all(fd, chunk)
-                        size += len(chunk)
-                finally:
-                    os.close(src)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            unlink_quietly(self.tmp_path(name))
-            raise
+        size = fill_and_sync(
+            fd, self.tmp_path(name), itertools.chain([prefix], read_chunks(source))
+        )
         return self.publish(name, size, dirsync)
 
     # -- reading and moving (for POP3 / IMAP) ------------------------------------------------
