@@ -307,7 +307,9 @@ def smtp_enabled(config: Config) -> bool:
     return bool(c.listen or c.smtps_listen or c.submission_listen)
 
 
-def make_smtp_service(prepared: Prepared, reactor: Any) -> MailService:
+def make_smtp_service(
+    prepared: Prepared, reactor: Any, dns_engine: DNSEngine | None = None
+) -> MailService:
     """The queue (spool), users, policy and the three SMTP listeners."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -364,6 +366,12 @@ def make_smtp_service(prepared: Prepared, reactor: Any) -> MailService:
     mail.setName("smtp")
     mail.spool = spool
     tls = prepared.tls.context_factory
+    rdns = None
+    if dns_engine is not None:
+        from appliance.dns.resolver import LocalResolver
+        from appliance.smtp.rdns import ReverseLookup
+
+        rdns = ReverseLookup(LocalResolver(dns_engine), reactor)
     for mode, addresses in (
         (MTA, c.listen),
         (SMTPS, c.smtps_listen),
@@ -381,6 +389,7 @@ def make_smtp_service(prepared: Prepared, reactor: Any) -> MailService:
             reactor=reactor,
             sasl_factory=SaslExchange,
             cram_supported=cram,
+            rdns=rdns,
         )
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if mode.implicit_tls else factory
         for hp in addresses:
@@ -425,10 +434,13 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
     root = ApplianceService(prepared.config)
     prepared.tls.setName("tls")
     prepared.tls.setServiceParent(root)
+    engine = None
     if prepared.config.dns.enabled and prepared.config.dns.listen:
-        make_dns_service(prepared, reactor).setServiceParent(root)
+        dns_service = make_dns_service(prepared, reactor)
+        dns_service.setServiceParent(root)
+        engine = dns_service.engine
     if smtp_enabled(prepared.config):
-        make_smtp_service(prepared, reactor).setServiceParent(root)
+        make_smtp_service(prepared, reactor, engine).setServiceParent(root)
     for name in PLACEHOLDERS:
         if name == "smtp" and smtp_enabled(prepared.config):
             continue

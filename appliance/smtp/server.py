@@ -89,6 +89,7 @@ class SMTPFactory(protocol.ServerFactory):
         reactor: Any,
         sasl_factory: Callable[..., Any] | None = None,
         cram_supported: Callable[[], bool] = lambda: False,
+        rdns: Any | None = None,
     ) -> None:
         self.settings = settings
         self.mode = mode
@@ -101,6 +102,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.reactor = reactor
         self.sasl_factory = sasl_factory
         self.cram_supported = cram_supported
+        self.rdns = rdns  # ReverseLookup, or None: clients stay 'unknown'
         self.connections: dict[str, int] = {}
         self.total = 0
 
@@ -155,12 +157,31 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         f.connections[self.peer_ip] = f.connections.get(self.peer_ip, 0) + 1
         self.counted = True
         self.setTimeout(s.idle_timeout)
-        f.maillog(f"connect from {self.client_label()}")
-        if f.total > s.max_connections or f.connections[self.peer_ip] > s.max_connections_per_ip:
-            self.reply(421, "4.7.0", f"{s.hostname} Error: too many connections", close=True)
-            return
         if f.mode.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
+        if f.total > s.max_connections or f.connections[self.peer_ip] > s.max_connections_per_ip:
+            f.maillog(f"connect from {self.client_label()}")
+            self.reply(421, "4.7.0", f"{s.hostname} Error: too many connections", close=True)
+            return
+        if f.rdns is None:
+            self.greet()
+            return
+        # hold input (and the greeting) until we know who the client is, as Postfix does
+        self.busy = True
+
+        def named(name: str | None) -> None:
+            self.peer_name = name
+            self.busy = False
+            if self.transport is not None and not self.closing:
+                self.greet()
+                self.process()
+
+        f.rdns.lookup(self.peer_ip).addCallback(named)
+
+    def greet(self) -> None:
+        f = self.factory
+        s = f.settings
+        f.maillog(f"connect from {self.client_label()}")
         verdict = self.connect_verdict = f.policy.check_connect(self.peer_ip, self.peer_name)
         if not verdict.ok and not verdict.discard:
             self.rejected_at_connect = verdict
@@ -634,6 +655,10 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
             max_line=self.factory.settings.max_text_line,
         )
         if message is not None:
+            sasl = ""
+            if self.auth_user is not None:
+                sasl = f", sasl_method={self.auth_mech}, sasl_username={self.auth_user}"
+            self.factory.maillog(f"{message.queue_id}: client={self.client_label()}{sasl}")
             try:
                 message.write(self.received_header(envelope, message.queue_id))
             except DiskFull:

@@ -189,6 +189,11 @@ class DirSync:
             raise current.error
 
 
+# Maildir folders this process has made sure of (created and fsync'd all the way up); set
+# operations are atomic under the GIL, and a folder is added only after ensure() finished.
+_ready: set[str] = set()
+
+
 class Maildir:
     """One Maildir folder (the directory holding tmp/, new/, cur/)."""
 
@@ -208,22 +213,31 @@ class Maildir:
         return self.new.is_dir()
 
     def ensure(self) -> None:
-        """Create the folder (and missing parents) 0700, durably: a new/ that vanishes in a crash
-        would take its messages with it, so each created directory's parent is fsync'd."""
-        missing: list[Path] = []
+        """Create the folder (and missing parents) 0700, durably, and remember it as ready.
+
+        A new/ that vanishes in a crash would take its messages with it, so every directory
+        entry on the way (mail root -> domain -> user -> Maildir -> tmp/new/cur) is fsync'd
+        before the first delivery of this process uses the folder. Another thread may be
+        creating the same folder: its mkdirs happen before our fsyncs or fail ours with
+        EEXIST, so after our fsyncs every entry is durable whoever made it. tmp/ is made last,
+        so a tmp/ that exists means new/ and cur/ do too.
+        """
+        chain: list[Path] = []
         p = self.path
         while not p.is_dir():
-            missing.append(p)
+            chain.append(p)
             p = p.parent
-        missing.reverse()
-        missing.extend(d for d in (self.tmp, self.new, self.cur) if not d.is_dir())
-        for d in missing:
+        chain.reverse()
+        for d in (*chain, self.new, self.cur, self.tmp):
             try:
                 os.mkdir(d, DIR_MODE)
             except FileExistsError:
-                pass  # another thread won the race; still fsync below, we may finish first
-        for parent in dict.fromkeys(d.parent for d in missing):
-            fsync_dir(parent)
+                pass
+        for d in (self.path.parent.parent.parent, self.path.parent.parent, self.path.parent,
+                  self.path):  # fmt: skip
+            if d.is_dir():
+                fsync_dir(d)
+        _ready.add(str(self.path))
 
     # -- writing (blocking; run in a thread) -------------------------------------------------
 
@@ -233,16 +247,20 @@ class Maildir:
         A missing folder is created (with fsyncs) unless create_folder is false; then
         FileNotFoundError is raised, for a caller on the reactor thread that must not fsync.
         """
+        if str(self.path) not in _ready:
+            if not create_folder:
+                raise FileNotFoundError(f"{self.path} not yet checked in this process")
+            self.ensure()
         name = unique_name(hostname)
-        path = f"{self._tmp}/{name}"
         try:
-            fd = os.open(path, _OPEN_NEW, FILE_MODE)
+            fd = os.open(f"{self._tmp}/{name}", _OPEN_NEW, FILE_MODE)
         except FileNotFoundError:
-            # The folder appears on first delivery; checking first would cost a stat every time.
+            # removed behind our back (an admin deleted the mailbox): make it again
+            _ready.discard(str(self.path))
             if not create_folder:
                 raise
             self.ensure()
-            fd = os.open(path, _OPEN_NEW, FILE_MODE)
+            fd = os.open(f"{self._tmp}/{name}", _OPEN_NEW, FILE_MODE)
         return fd, name
 
     def tmp_path(self, name: str) -> str:

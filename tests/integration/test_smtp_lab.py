@@ -256,3 +256,13 @@ def test_kill_9_after_250_message_still_delivered(tmp_path) -> None:
             assert f"id {queue_id}".encode() in msg
     finally:
         a.stop()
+
+
+def test_client_named_by_verified_reverse_dns(lab) -> None:
+    """A client from 127.0.1.1 is mail.163.com (PTR + A agree) in Received and the maillog."""
+    a = lab["163"]
+    with smtplib.SMTP(a.ip, a.ports[25], timeout=10, source_address=("127.0.1.1", 0)) as c:
+        c.sendmail("x@example.org", ["user2@163.com"], b"Subject: rdns\r\n\r\nrdns check\r\n")
+    (msg,) = wait_for(lambda: [m for m in a.messages("user2@163.com") if b"rdns check" in m])
+    assert b"(mail.163.com [127.0.1.1])" in msg
+    assert "connect from mail.163.com[127.0.1.1]" in (a.state / "maillog").read_text()

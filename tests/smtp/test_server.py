@@ -105,6 +105,7 @@ def test_full_transaction_queued_with_received_header(smtp) -> None:
         "250 2.0.0 Ok: queued as 0000000001"
     ]
     (m,) = smtp.sink.committed
+    assert "0000000001: client=unknown[127.0.0.1]" in smtp.logs
     text = bytes(m.data).decode()
     assert text.startswith("Received: from client.example.org (unknown [127.0.0.1])\r\n")
     assert "\tby mail.example.test (mailappliance) with ESMTP id 0000000001\r\n" in text

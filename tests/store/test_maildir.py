@@ -265,3 +265,41 @@ def test_dirsync_failure_reaches_every_waiter() -> None:
     assert errors.count(None) == 1
     assert sum(isinstance(e, OSError) for e in errors) == 5
     assert count[0] == 2
+
+
+def test_maildir_first_deliveries_racing_in_threads_all_land(tmp_path) -> None:
+    """Many threads delivering at once into a mailbox that does not exist yet: none fails.
+
+    Regression: a thread found tmp/ already made by another and renamed into a new/ that
+    the other had not made yet (ENOENT, the copy deferred).
+    """
+    import threading
+
+    for round_ in range(20):
+        md = Maildir(tmp_path / f"d{round_}" / "user" / "Maildir")
+        errors: list[BaseException] = []
+
+        def deliver(i: int, md: Maildir = md, errors: list = errors) -> None:
+            try:
+                md.deliver(f"message {i}\r\n".encode(), "mx.test")
+            except BaseException as e:  # noqa: BLE001 (collected for the assertion)
+                errors.append(e)
+
+        threads = [threading.Thread(target=deliver, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert errors == []
+        assert len(md.list_new()) == 8
+
+
+def test_maildir_removed_at_run_time_is_made_again(tmp_path) -> None:
+    """A mailbox deleted after its first delivery is recreated by the next one."""
+    import shutil
+
+    md = Maildir(tmp_path / "example.test" / "user" / "Maildir")
+    md.deliver(b"one\r\n", "mx.test")
+    shutil.rmtree(tmp_path / "example.test" / "user")
+    md.deliver(b"two\r\n", "mx.test")
+    assert [md.read_message("new", n) for n in md.list_new()] == [b"two\r\n"]
