@@ -273,6 +273,8 @@ class ApplianceService(service.MultiService):
 class MailService(service.MultiService):
     """Starts and stops the non-listening parts the smtp listeners share (spool, users, log)."""
 
+    log = Logger()
+
     def __init__(self, parts: list[Any], maillog: MailLog) -> None:
         super().__init__()
         self.parts = parts
@@ -289,7 +291,11 @@ class MailService(service.MultiService):
             part.start()
         super().startService()
         spool = self.parts[0]
-        spool.recover()
+        d = defer.maybeDeferred(spool.recover)
+        d.addCallback(
+            lambda ids: ids and self.log.info("recovered {count} queued message(s)", count=len(ids))
+        )
+        d.addErrback(lambda f: self.log.failure("queue recovery failed; retried in a minute", f))
 
     def stopService(self) -> Any:
         d = defer.maybeDeferred(super().stopService)
