@@ -328,7 +328,7 @@ def make_smtp_service(
     cfg = prepared.config
     state: Path = cfg.appliance.state_dir
     hostname = cfg.appliance.hostname
-    maillog = MailLog(cfg.log.maillog or state / "maillog", hostname)
+    maillog = MailLog(cfg.log.maillog or state / "maillog", hostname, reactor=reactor)
     spool = Spool(
         state,
         hostname=hostname,

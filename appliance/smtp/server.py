@@ -105,6 +105,20 @@ class SMTPFactory(protocol.ServerFactory):
         self.rdns = rdns  # ReverseLookup, or None: clients stay 'unknown'
         self.connections: dict[str, int] = {}
         self.total = 0
+        self._free = 0
+        self._free_checked_at = float("-inf")
+
+    def free_space(self) -> int:
+        """Bytes free where the spool lives; statvfs at most once a second."""
+        now = self.reactor.seconds()
+        if now - self._free_checked_at >= 1.0:
+            self._free_checked_at = now
+            try:
+                st = os.statvfs(self.settings.spool_dir)
+                self._free = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free = 1 << 62  # unknown: let the write itself find out (452 on ENOSPC)
+        return self._free
 
     def buildProtocol(self, addr: Any) -> SMTPSession:  # noqa: N802 (Twisted's API)
         p = SMTPSession()
@@ -555,11 +569,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         self.wait(d.addCallback(decided), "sender check")
 
     def enough_space(self, size: int) -> bool:
-        try:
-            st = os.statvfs(self.factory.settings.spool_dir)
-        except OSError:
-            return True
-        return st.f_bavail * st.f_frsize >= self.factory.settings.min_free_space + 2 * size
+        return self.factory.free_space() >= self.factory.settings.min_free_space + 2 * size
 
     def do_rcpt(self, arg: str) -> None:
         f = self.factory
