@@ -266,3 +266,58 @@ def test_client_named_by_verified_reverse_dns(lab) -> None:
     (msg,) = wait_for(lambda: [m for m in a.messages("user2@163.com") if b"rdns check" in m])
     assert b"(mail.163.com [127.0.1.1])" in msg
     assert "connect from mail.163.com[127.0.1.1]" in (a.state / "maillog").read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs for the appliance's state (root only; skipped elsewhere)."""
+    mount_point = tmp_path / "var"
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {out.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_452_and_nothing_left(tmp_path, small_disk) -> None:
+    """A message bigger than the free space: 452 4.3.1 after DATA, no file left anywhere;
+    the next message that fits is delivered."""
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    text = a.ini.read_text().replace("[smtp]\n", "[smtp]\nmin_free_space = 0\n", 1)
+    a.ini.write_text(text)
+    a.start()
+    try:
+        with smtplib.SMTP(a.ip, a.ports[25], timeout=30) as c:
+            c.ehlo("x")
+            big = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 2000  # about 2 MB
+            # announced with SIZE=, it is refused at MAIL already
+            with pytest.raises(smtplib.SMTPSenderRefused) as early:
+                c.sendmail("x@example.org", ["user1@163.com"], big)
+            assert early.value.smtp_code == 452
+            # not announced: it fills the disk during DATA and is refused at its end
+            assert c.mail("x@example.org")[0] == 250
+            assert c.rcpt("user1@163.com")[0] == 250
+            assert c.data(big) == (452, b"4.3.1 Insufficient system storage")
+            maildir = a.maildir("user1@163.com")
+            leftovers = [p for p in (a.state / "queue").rglob("*") if p.is_file()]
+            leftovers += [p for p in maildir.rglob("*") if p.is_file()] if maildir.exists() else []
+            assert leftovers == []
+            c.sendmail("x@example.org", ["user1@163.com"], b"Subject: small\r\n\r\nfits\r\n")
+        wait_for(lambda: any(b"fits" in m for m in a.messages("user1@163.com")))
+    finally:
+        a.stop()
+
+
+def test_low_space_refused_at_mail(tmp_path, small_disk) -> None:
+    """Below [smtp] min_free_space, MAIL itself gets 452 4.3.1 (the client keeps the message)."""
+    lab = make_lab(tmp_path)
+    a = lab["163"].start()
+    try:
+        with smtplib.SMTP(a.ip, a.ports[25], timeout=30) as c:
+            c.ehlo("x")
+            assert c.mail("x@example.org") == (452, b"4.3.1 Insufficient system storage")
+    finally:
+        a.stop()
