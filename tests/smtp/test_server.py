@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from appliance.interfaces import DiskFull, Verdict
 from appliance.smtp.server import SMTPS, SUBMISSION
@@ -462,3 +463,36 @@ def test_commands_wait_while_delayed_reply_pending(smtp) -> None:
     assert s.send("AUTH PLAIN " + b64("\0user1@example.test\0wrong") + "\r\nNOOP\r\n") == []
     smtp.clock.advance(1)
     assert s.read() == ["535 5.7.8 Error: authentication failed", "250 2.0.0 Ok"]
+
+
+def test_random_input_never_raises_or_logs_failure(smtp) -> None:
+    """Thousands of random and half-valid lines: only SMTP replies, never a traceback."""
+    import random
+
+    rng = random.Random(20261129)
+    words = [
+        "EHLO x", "HELO", "MAIL FROM:<a@example.org>", "MAIL FROM:<>", "RCPT TO:<user1@example.test>",
+        "RCPT TO:<x@elsewhere.org> NOTIFY=SUCCESS", "DATA", ".", "RSET", "NOOP", "AUTH PLAIN",
+        "AUTH LOGIN", "*", "STARTTLS", "VRFY x", "MAIL FROM:<a@b> SIZE=99999999999", "RCPT TO:",
+        "AUTH CRAM-MD5", "BDAT 10", "MAIL FROM:<\x00@x>", "AUTH PLAIN AGZvbwBiYXI=",
+    ]  # fmt: skip
+    for _session in range(20):
+        s = plaintext_ok(smtp, max_errors=1000)
+        s.read()
+        for _ in range(150):
+            r = rng.random()
+            if r < 0.5:
+                data = rng.choice(words).encode() + rng.choice([b"\r\n", b"\n", b"\r", b""])
+            elif r < 0.8:
+                data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80)))
+            else:
+                data = b"." * rng.randrange(3) + b"\r\n" * rng.randrange(3)
+            s.proto.dataReceived(data)
+            if s.transport.disconnecting:
+                break
+        lines = s.read()
+        assert len(lines) > 20, lines  # the session went on through the garbage
+        bad = [line for line in lines if not re.match(r"^[2-5]\d\d[ -]", line)]
+        assert bad == []
+        s.proto.connectionLost(None)
+    # and the autouse logged_errors fixture fails the test on any logged traceback
