@@ -154,6 +154,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         self.skipping = False  # discarding an over-long command line up to its CRLF
         self.busy = False  # an asynchronous step is running: hold further commands
         self.paused = False
+        self.out: list[bytes] | None = None  # replies held back while process() runs
         self.closing = False
         self.helo: str | None = None
         self.esmtp = False
@@ -235,15 +236,30 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
 
     def send_line(self, line: str) -> None:
         if self.transport is not None and not self.closing:
-            self.transport.write(line.encode("utf-8") + CRLF)
+            if self.out is not None:  # inside process(): one write for all its replies
+                self.out.append(line.encode("utf-8") + CRLF)
+            else:
+                self.transport.write(line.encode("utf-8") + CRLF)
+
+    def flush(self) -> None:
+        """Send the replies gathered in process(): one write, one wake-up of the socket."""
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            if self.transport is not None:
+                self.transport.write(data)
+
+    def close_connection(self) -> None:
+        self.flush()  # the last reply before the FIN
+        self.closing = True
+        self.transport.loseConnection()
 
     def reply(self, code: int, enhanced: str, text: str, close: bool = False) -> None:
         self.send_line(f"{code} {enhanced} {text}")
         if code >= 500 or code in (421,):
             self.count_error(code)
         if close:
-            self.closing = True
-            self.transport.loseConnection()
+            self.close_connection()
 
     def reply_error(self, e: ReplyError) -> None:
         self.reply(e.code, e.enhanced, e.text)
@@ -252,8 +268,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         self.errors += 1
         if self.errors > self.factory.settings.max_errors and not self.closing:
             self.send_line(f"421 4.7.0 {self.factory.settings.hostname} Error: too many errors")
-            self.closing = True
-            self.transport.loseConnection()
+            self.close_connection()
 
     # ------------------------------------------------------------------ input framing
 
@@ -265,7 +280,22 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         self.process()
 
     def process(self) -> None:
-        """Handle whatever complete input is buffered, until something asynchronous starts."""
+        """Handle whatever complete input is buffered, until something asynchronous starts.
+
+        Replies made meanwhile are sent together at the end (a pipelining client's whole
+        MAIL/RCPT/DATA burst costs one write); a nested call leaves that to the outer one.
+        """
+        if self.out is not None:
+            self._process()
+            return
+        self.out = []
+        try:
+            self._process()
+        finally:
+            self.flush()
+            self.out = None
+
+    def _process(self) -> None:
         while not self.busy and not self.closing and self.buffer:
             if self.data_state is not None:
                 if not self.feed_data():
@@ -388,6 +418,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
         # RFC 3207 / CVE-2011-0411: nothing pipelined before the handshake may be executed
         self.buffer = b""
         self.send_line("220 2.0.0 Ready to start TLS")
+        self.flush()  # the 220 goes out in plaintext, everything after it inside TLS
         self.transport.startTLS(self.factory.tls)
         self.tls_info = "TLS"
         self.helo = None
@@ -822,8 +853,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
 
     def do_quit(self, arg: str) -> None:
         self.send_line(f"221 2.0.0 {self.factory.settings.hostname} Bye")
-        self.closing = True
-        self.transport.loseConnection()
+        self.close_connection()
 
     COMMANDS: dict[str, Callable[[SMTPSession, str], None]] = {}
 
