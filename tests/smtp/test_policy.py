@@ -218,7 +218,7 @@ def test_access_bad_entries_every_problem_reported(tmp_path: Path) -> None:
         From:192.0.2.1 REJECT
         127.0.0.1 OK
         lonely
-        10.0.0.300 OK
+        127.0.0.300 OK
         evil.example ERROR:5.7.1:450 mixed up
         evil2.example ERROR:go away
         good.example OK # comment
@@ -236,7 +236,7 @@ def test_access_bad_entries_every_problem_reported(tmp_path: Path) -> None:
         " network: '192.0.2.1'",
         f"{path}:6: duplicate key '127.0.0.1' (first on line 1)",
         f"{path}:7: expected 'KEY VALUE', got 'lonely'",
-        f"{path}:8: not an IPv4 address or network: '10.0.0.300'",
+        f"{path}:8: not an IPv4 address or network: '127.0.0.300'",
         f"{path}:9: reply code 450 and enhanced status code 5.7.1 disagree",
         f"{path}:10: expected a reply code like 550 or an enhanced status code like 5.7.1,"
         " got 'go away'",
@@ -315,10 +315,10 @@ def test_check_connect_lab_network_prefix_relay(tmp_path: Path) -> None:
 
 def test_check_connect_longer_prefix_wins(tmp_path: Path) -> None:
     """A longer network prefix beats a shorter one, the host address beats both."""
-    policy = build(tmp_path, access="10.0.0.0/8 REJECT\n10.1 OK\n10.1.2.3 RELAY\n")
-    assert policy.check_connect("10.1.2.3", None) == Verdict(relay=True)
-    assert policy.check_connect("10.1.9.9", None) == Verdict()
-    assert policy.check_connect("10.2.0.1", None).code == 550
+    policy = build(tmp_path, access="127.0.0.0/8 REJECT\n127.1 OK\n127.1.2.3 RELAY\n")
+    assert policy.check_connect("127.1.2.3", None) == Verdict(relay=True)
+    assert policy.check_connect("127.1.9.9", None) == Verdict()
+    assert policy.check_connect("127.2.0.1", None).code == 550
 
 
 def test_check_connect_tagged_beats_untagged(tmp_path: Path) -> None:
