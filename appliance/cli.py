@@ -12,7 +12,7 @@ from pathlib import Path
 from appliance import config as config_mod
 from appliance.auth.passwd import STRONG_SCHEMES, PasswdFile, PasswdFileError, valid_address
 from appliance.errors import ApplianceError, ConfigError
-from appliance.service import load_zones, tls_settings
+from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
 
 
@@ -23,6 +23,7 @@ def _ca(cfg: config_mod.Config) -> CertificateAuthority:
 def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     problems: list[str] = []
     zones = load_zones(cfg, problems)
+    load_mail_parts(cfg, problems)
     settings = tls_settings(cfg)
     if settings.ca is None:
         from appliance.tls.context import make_tls_options

@@ -44,6 +44,17 @@ class Prepared:
     config: Config
     zones: list[Zone]
     tls: TLSService
+    mail: MailParts | None = None
+
+
+@dataclass
+class MailParts:
+    """The smtp side's loaded files: users (passwd-file or LDAP) and the sendmail maps."""
+
+    users: Any
+    checker: Any
+    cram_supported: Any
+    policy: Any
 
 
 def tls_settings(config: Config) -> TLSSettings:
@@ -80,6 +91,43 @@ def load_zones(config: Config, problems: list[str]) -> list[Zone]:
     return zones
 
 
+def load_mail_parts(config: Config, problems: list[str], reactor: Any = None) -> MailParts | None:
+    """Users and policy files for SMTP, checked now; every problem appended as a config line."""
+    if not smtp_enabled(config):
+        return None
+    from appliance.auth.passwd import PasswdFileError
+    from appliance.smtp.policy import Policy
+
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        users, checker, cram = make_users(config, reactor)
+    except ValueError as e:  # LDAP settings ldap3 refuses
+        problems.append(config.problem("auth", "backend", str(e)))
+        return None
+    if config.auth.backend == "passwd" and hasattr(users, "read_users"):
+        try:
+            users.read_users()
+        except PasswdFileError as e:
+            problems.extend(config.problem("auth", "passwd_file", p) for p in e.problems)
+    c = config.smtp
+    files = {k: c.get(k) for k in ("local_host_names", "access", "virtusertable", "aliases")}
+    try:
+        policy = Policy(
+            local_domains=list(c.local_domains),
+            users=users,
+            **files,
+        )
+    except ConfigError as e:
+        for p in e.problems:
+            key = next((k for k, f in files.items() if f is not None and p.startswith(str(f))), "")
+            problems.append(
+                config.problem("smtp", key, p) if key else f"{config.label}: [smtp]: {p}"
+            )
+        return None
+    return MailParts(users, checker, cram, policy)
+
+
 def prepare(config: Config, progress: Any = print) -> Prepared:
     """Load zones, make the state folder, issue or load certificates; ConfigError if any fails."""
     problems: list[str] = []
@@ -92,6 +140,7 @@ def prepare(config: Config, progress: Any = print) -> Prepared:
             config.problem("appliance", "state_dir", f"cannot create {state}: {e.strerror}")
         )
     problems += unreadable_after_drop(config)
+    mail = load_mail_parts(config, problems)
     if problems:
         raise ConfigError(problems)
     settings = tls_settings(config)
@@ -105,7 +154,7 @@ def prepare(config: Config, progress: Any = print) -> Prepared:
         if settings.ca is None:
             raise ConfigError([config.problem("tls", "key", warning)])
         os.chmod(settings.key, 0o600)  # our own key: just fix it
-    return Prepared(config=config, zones=zones, tls=TLSService(settings, options))
+    return Prepared(config=config, zones=zones, tls=TLSService(settings, options), mail=mail)
 
 
 def readable_by(path: Path, user: str, group: str | None) -> bool:
@@ -322,7 +371,6 @@ def make_smtp_service(
     from appliance.auth.sasl import SaslExchange
     from appliance.auth.throttle import FailureThrottle
     from appliance.queue.spool import Spool
-    from appliance.smtp.policy import Policy
     from appliance.smtp.server import MTA, SMTPS, SUBMISSION, SMTPFactory, SMTPSettings
 
     cfg = prepared.config
@@ -336,19 +384,9 @@ def make_smtp_service(
         maillog=maillog.for_component("local"),
         fsync_threads=cfg.queue.fsync_threads,
     )
-    users, checker, cram = make_users(cfg, reactor)
+    parts = prepared.mail
+    users, checker, cram, policy = parts.users, parts.checker, parts.cram_supported, parts.policy
     c = cfg.smtp
-    policy = Policy(
-        local_domains=[
-            *c.local_domains,
-            *(z.origin for z in cfg.zones if not z.origin.endswith(".arpa")),
-        ],
-        local_host_names=c.local_host_names,
-        access=c.access,
-        virtusertable=c.virtusertable,
-        aliases=c.aliases,
-        users=users,
-    )
     a = cfg.auth
     settings = SMTPSettings(
         hostname=hostname,

@@ -157,3 +157,31 @@ def test_twistd_passwd_unreadable_by_dropped_user_refused(tmp_path: Path) -> Non
         f"  163.ini: [auth] passwd_file: {passwd} is not readable by nobody, the user the "
         "appliance runs as after start-up (chgrp nobody it and chmod 640)"
     ) in out.stderr.splitlines()
+
+
+def test_twistd_program_alias_refused_with_config_error(tmp_path: Path) -> None:
+    """aliases with a |program target: start-up refused naming file and line, no traceback."""
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    aliases = a.ini.parent / "163" / "aliases"
+    aliases.write_text(aliases.read_text() + "evil: |/usr/bin/procmail\n")
+    line = len(aliases.read_text().splitlines())
+    out = run_twistd(a.ini)
+    assert out.returncode == 1
+    assert (
+        f"  163.ini: [smtp] aliases: {aliases}:{line}: program and file targets are not "
+        "supported: '|/usr/bin/procmail'"
+    ) in out.stderr.splitlines()
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_twistd_broken_passwd_file_refused(tmp_path: Path) -> None:
+    """A passwd-file line without a password scheme stops start-up with file:line."""
+    lab = make_lab(tmp_path)
+    a = lab["163"]
+    passwd = a.ini.parent / "163" / "passwd"
+    passwd.write_text(passwd.read_text() + "broken-line-without-colon\n")
+    out = run_twistd(a.ini)
+    assert out.returncode == 1
+    assert f"  163.ini: [auth] passwd_file: {passwd}:" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
