@@ -32,6 +32,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from appliance.config import Network
+from appliance.errors import ApplianceError
 from appliance.interfaces import DiskFull, Envelope, MessageSink, Recipient, Verdict
 from appliance.log import printable
 from appliance.smtp.address import ReplyError, check_address, is_xtext, parse_path
@@ -506,8 +507,6 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
             self.reply(235, "2.7.0", "Authentication successful")
 
         def bad(failure: Any) -> Any:
-            from appliance.errors import ApplianceError
-
             if failure.check(UnauthorizedLogin):
                 return self.login_failed(username)
             # the backend could not answer (directory down, unreadable file): try again later
