@@ -329,3 +329,29 @@ def test_encode_response_drops_glue_before_truncating() -> None:
     )
     m = parse(encode_response(q, a, recursion_available=False, edns_size=None, limit=512))
     assert not m.trunc and len(m.answers) == 1 and m.additional == []
+
+
+def test_random_datagrams_never_raise() -> None:
+    """Garbage and mutated queries: dropped or answered with a parseable message, never raising."""
+    import random
+
+    rng = random.Random(1129)
+    e = engine()
+    seeds = [query("example.test", dns.MX), query("big.example.test", dns.TXT, edns=4096),
+             query("nope.example.test", dns.A, rd=False)]  # fmt: skip
+    answered = 0
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data[: rng.randrange(len(data) + 1)])
+        else:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        out = e.handle(data, "127.0.0.1", tcp=rng.random() < 0.3)
+        if out is None:
+            continue
+        assert isinstance(out, bytes) and out[:2] == data[:2]
+        assert out[2] & 0x80  # QR set: it is a response
+        answered += 1
+    assert answered > 500
