@@ -835,6 +835,14 @@ class Spool(Service):
             if qid not in names or f"{qid}.env" not in names:
                 unlink_quietly(f"{self._incoming}/{name}")
                 self.log.info("removed incomplete queue/incoming/{name}", name=name)
+        # Maildir tmp/ files of deliveries cut short: the Maildir rule is to remove them after
+        # 36 hours (a younger one may belong to another node sharing the store)
+        for tmp in self.mail_root.glob("*/*/Maildir/tmp"):
+            removed = Maildir(tmp.parent).clean_tmp()
+            if removed:
+                self.log.info(
+                    "removed {count} stale file(s) from {path}", count=removed, path=str(tmp)
+                )
 
     @defer.inlineCallbacks
     def recover(self) -> Any:

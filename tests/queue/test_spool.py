@@ -678,3 +678,18 @@ def test_spool_queue_id_taken_on_disk_new_id_drawn(tmp_path, make_spool, monkeyp
         remote("x@sina.test"),
     )
     assert json.loads((m.spool.deferred_dir / "0000000002.env").read_bytes())["queue_id"] == qid
+
+
+@pytest_twisted.inlineCallbacks
+def test_spool_recover_removes_stale_maildir_tmp_files(tmp_path, make_spool):
+    """recover() removes Maildir tmp/ files older than 36 hours, keeps younger ones."""
+    m = make_spool(tmp_path)
+    md = m.spool.store.maildir(box("user1@163.test"))
+    md.ensure()
+    old, young = md.tmp / "old-crash", md.tmp / "young"
+    old.write_bytes(b"x")
+    young.write_bytes(b"y")
+    stamp = time.time() - 37 * 3600
+    os.utime(old, (stamp, stamp))
+    yield m.spool.recover()
+    assert not old.exists() and young.exists()
