@@ -33,6 +33,9 @@ from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import check_key_permissions
 from appliance.tls.service import TLSService, TLSSettings
 
+# [smtp] keys naming the sendmail maps (re-read at run time)
+POLICY_FILES = ("local_host_names", "access", "virtusertable", "aliases")
+
 # children that later features fill; present now so the tree's shape is stable
 PLACEHOLDERS = ("smtp", "pop3", "imap", "queue")
 
@@ -111,7 +114,7 @@ def load_mail_parts(config: Config, problems: list[str], reactor: Any = None) ->
         except PasswdFileError as e:
             problems.extend(config.problem("auth", "passwd_file", p) for p in e.problems)
     c = config.smtp
-    files = {k: c.get(k) for k in ("local_host_names", "access", "virtusertable", "aliases")}
+    files = {k: c.get(k) for k in POLICY_FILES}
     try:
         policy = Policy(
             local_domains=list(c.local_domains),
@@ -180,10 +183,7 @@ def unreadable_after_drop(config: Config) -> list[str]:
     if user is None:
         return []
     group = config.appliance.group
-    watched = [
-        ("smtp", k, config.smtp.get(k))
-        for k in ("local_host_names", "access", "virtusertable", "aliases")
-    ]
+    watched = [("smtp", k, config.smtp.get(k)) for k in POLICY_FILES]
     if config.auth.backend == "passwd" and smtp_enabled(config):
         watched.append(("auth", "passwd_file", config.auth.passwd_file))
     problems = []
@@ -319,28 +319,39 @@ class ApplianceService(service.MultiService):
         self.log.info("dropped privileges to {user}:{group}", user=user or uid, group=gid)
 
 
+class _OpenLog(service.Service):
+    """Opens the maillog in privilegedStartService, i.e. while still root: the log may live
+    where the dropped user cannot create files. A leaf, because the root's _bind_all calls
+    the leaves' privilegedStartService, not their parents'."""
+
+    def __init__(self, maillog: MailLog) -> None:
+        self.maillog = maillog
+
+    def privilegedStartService(self) -> None:
+        self.maillog.open()
+
+
 class MailService(service.MultiService):
     """Starts and stops the non-listening parts the smtp listeners share (spool, users, log)."""
 
     log = Logger()
 
-    def __init__(self, parts: list[Any], maillog: MailLog) -> None:
+    def __init__(self, spool: Any, users: Any, maillog: MailLog) -> None:
         super().__init__()
-        self.parts = parts
+        self.spool = spool
+        # the LDAP directory has a thread pool to start and stop; the passwd file has not
+        self.parts = [spool, *([users] if hasattr(users, "start") else [])]
         self.maillog = maillog
-
-    def privilegedStartService(self) -> None:
-        # opened while still root: the log may live where the dropped user cannot create it
-        self.maillog.open()
-        super().privilegedStartService()
+        opener = _OpenLog(maillog)
+        opener.setName("maillog")
+        opener.setServiceParent(self)
 
     def startService(self) -> None:
-        self.maillog.open()
+        self.maillog.open()  # no-op when twistd already opened it as root
         for part in self.parts:
             part.start()
         super().startService()
-        spool = self.parts[0]
-        d = defer.maybeDeferred(spool.recover)
+        d = defer.maybeDeferred(self.spool.recover)
         d.addCallback(
             lambda ids: ids and self.log.info("recovered {count} queued message(s)", count=len(ids))
         )
@@ -354,6 +365,7 @@ class MailService(service.MultiService):
                 [defer.maybeDeferred(part.stop) for part in reversed(self.parts)]
             )
 
+        # closed last: the spool logs the deliveries it finishes while stopping
         return d.addCallback(stop_parts).addBoth(lambda r: self.maillog.close() or r)
 
 
@@ -383,6 +395,7 @@ def make_smtp_service(
         reactor=reactor,
         maillog=maillog.for_component("local"),
         fsync_threads=cfg.queue.fsync_threads,
+        retry_interval=cfg.queue.retry_interval,
     )
     parts = prepared.mail
     users, checker, cram, policy = parts.users, parts.checker, parts.cram_supported, parts.policy
@@ -406,9 +419,8 @@ def make_smtp_service(
     )
     throttle = FailureThrottle(reactor, base_delay=a.failure_delay, max_failures=a.max_failures)
     smtp_log = maillog.for_component("smtpd")
-    mail = MailService([spool, *([users] if hasattr(users, "start") else [])], maillog)
+    mail = MailService(spool, users, maillog)
     mail.setName("smtp")
-    mail.spool = spool
     tls = prepared.tls.context_factory
     rdns = None
     if dns_engine is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import stat
 import subprocess
 from pathlib import Path
 
 from tests.integration.conftest import TWISTD, make_lab
+from tests.integration.test_smtp_lab import wait_for
 
 
 def run_twistd(ini: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -114,6 +116,11 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
         parent.chmod(parent.stat().st_mode | 0o711)
     text = a.ini.read_text().replace("[appliance]\n", "[appliance]\nuser = nobody\n", 1)
     a.ini.write_text(text)
+    # a log folder only root may write in: the maillog must be opened before the drop
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o755)
+    text = text.replace("maillog = ../var/163/maillog", f"maillog = {logs / 'maillog'}")
+    a.ini.write_text(text)
     # what the start-up check asks the admin to do with the passwd-file
     passwd = a.ini.parent / "163" / "passwd"
     os.chown(passwd, 0, pwd.getpwnam("nobody").pw_gid)
@@ -134,6 +141,11 @@ def test_twistd_drops_privileges_after_binding(tmp_path: Path) -> None:
         )
         assert out.stdout.strip() == "127.0.1.1"
         assert (tmp_path / "var" / "163").stat().st_uid == nobody
+        # the maillog, opened as root, is written after the drop
+        assert "connect from" not in (logs / "maillog").read_text()
+        with smtplib.SMTP(a.ip, a.ports[25], timeout=10) as c:
+            c.noop()
+        assert wait_for(lambda: "connect from" in (logs / "maillog").read_text())
     finally:
         a.stop()
 
