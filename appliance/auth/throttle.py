@@ -20,16 +20,15 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from appliance.ip import client_ip
+
 
 def client_key(ip: str) -> str:
     """The unit we count failures for: the IPv4 address, or the IPv6 /64."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = client_ip(ip)
+    if addr is None:
         return ip
     if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
 

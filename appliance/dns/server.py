@@ -13,7 +13,6 @@ answers repeats with one dict lookup and one sendto.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import struct
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from appliance.config import HostPort, Network
 from appliance.dns.authority import Answer, Authority
+from appliance.ip import in_networks
 
 OPT = 41
 AXFR = dns.AXFR
@@ -330,15 +330,7 @@ class DNSEngine:
     def recursion_allowed(self, ip: str) -> bool:
         allowed = self._acl_cache.get(ip)
         if allowed is None:
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                return False
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-                addr = addr.ipv4_mapped
-            allowed = self.forwarder is not None and any(
-                addr in net for net in self.recursion_networks
-            )
+            allowed = self.forwarder is not None and in_networks(ip, self.recursion_networks)
             if len(self._acl_cache) > 10_000:
                 self._acl_cache.clear()
             self._acl_cache[ip] = allowed
@@ -394,11 +386,7 @@ class DNSEngine:
         self, query: dns.Message, name: bytes, client_ip: str, tcp: bool, ra: bool
     ) -> bytes:
         zone = self.authority.zones.get(name.rstrip(b".").lower())
-        allowed = (
-            zone is not None
-            and tcp
-            and any(ipaddress.ip_address(client_ip) in net for net in zone.allow_transfer)
-        )
+        allowed = zone is not None and tcp and in_networks(client_ip, zone.allow_transfer)
         if not allowed:
             self.log.info(
                 "zone transfer of {zone} refused for {peer}",

@@ -96,6 +96,7 @@ from twisted.python.failure import Failure
 
 from appliance.errors import ConfigError
 from appliance.interfaces import Mailbox, Resolution, UserDirectory, Verdict
+from appliance.ip import client_ip
 
 MAX_ALIAS_DEPTH = 10
 STAT_INTERVAL = 1.0  # seconds between stat() calls per file
@@ -165,16 +166,6 @@ def _suffixes(domain: str) -> Iterator[str]:
     labels = domain.lower().rstrip(".").split(".")
     for i in range(len(labels)):
         yield ".".join(labels[i:])
-
-
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.partition("%")[0])  # drop an IPv6 zone id
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped  # dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d
-    return ip
 
 
 def routing_trick(address: str) -> bool:
@@ -273,7 +264,7 @@ class AccessMap:
 
     def connect(self, ip: str, hostname: str | None) -> AccessRule | None:
         """The rule for a client: its address and networks, then its host name."""
-        addr = _parse_ip(ip)
+        addr = client_ip(ip)
         if addr is not None:
             # networks are sorted most specific first, tagged before untagged
             for network, _tag, rule in self.networks:

@@ -31,14 +31,15 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from appliance.auth.sasl import MAX_LINE as SASL_MAX_LINE
 from appliance.config import Network
 from appliance.errors import ApplianceError
 from appliance.interfaces import DiskFull, Envelope, MessageSink, Recipient, Verdict
+from appliance.ip import in_networks
 from appliance.log import printable
 from appliance.smtp.address import ReplyError, check_address, is_xtext, parse_path
 
 CRLF = b"\r\n"
-SASL_LINE_MAX = 12288  # RFC 4954 4: room for large initial responses
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
                     return
                 continue
             limit = (
-                SASL_LINE_MAX if self.sasl is not None else self.factory.settings.max_command_line
+                SASL_MAX_LINE if self.sasl is not None else self.factory.settings.max_command_line
             )
             end = self.buffer.find(CRLF)
             if self.skipping:
@@ -397,8 +398,7 @@ class SMTPSession(protocol.Protocol, TimeoutMixin):
     def plaintext_allowed(self) -> bool:
         if self.tls_info is not None:
             return True
-        ip = _ip(self.peer_ip)
-        return ip is not None and any(ip in net for net in self.factory.settings.plaintext_networks)
+        return in_networks(self.peer_ip, self.factory.settings.plaintext_networks)
 
     def offered_mechanisms(self) -> list[str]:
         s = self.factory.settings
@@ -880,18 +880,6 @@ def _split_text(text: str) -> tuple[str, str]:
     if head.count(".") == 2 and head.replace(".", "").isdigit():
         return head, rest
     return "5.0.0", text
-
-
-def _ip(text: str):
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return ip.ipv4_mapped
-    return ip
 
 
 class _DataState:
