@@ -8,7 +8,7 @@ CONFIG ?= etc/163.ini
 DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv debs lint clean
+.PHONY: run test venv debs lint typecheck clean
 
 $(STAMP): setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ debs:
 test: debs venv
 	$(BIN)/ruff check appliance tests bench twisted
 	$(BIN)/ruff format --check appliance tests bench twisted
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+typecheck: venv
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 lint: venv
 	$(BIN)/ruff check --fix appliance tests bench twisted

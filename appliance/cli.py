@@ -10,14 +10,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance import config as config_mod
-from appliance.auth.passwd import STRONG_SCHEMES, PasswdFile, PasswdFileError, valid_address
+from appliance.auth.passwd import PasswdFile
+from appliance.auth.passwd_admin import add_user, delete_user, set_password
+from appliance.auth.passwd_format import PasswdFileError
+from appliance.auth.schemes import STRONG_SCHEMES
 from appliance.errors import ApplianceError, ConfigError
+from appliance.names import is_user_address
+from appliance.paths import Paths
 from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
+from appliance.tls.context import make_tls_options
 
 
 def _ca(cfg: config_mod.Config) -> CertificateAuthority:
-    return CertificateAuthority(cfg.tls.ca_dir or cfg.appliance.state_dir / "ca")
+    return CertificateAuthority(Paths.of(cfg).ca_dir)
 
 
 def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -26,8 +32,6 @@ def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     load_mail_parts(cfg, problems)
     settings = tls_settings(cfg)
     if settings.ca is None:
-        from appliance.tls.context import make_tls_options
-
         try:
             make_tls_options(settings.cert, settings.key, settings.chain, settings.min_version)
         except ApplianceError as e:
@@ -78,16 +82,9 @@ def cmd_ca_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def passwd_path(cfg: config_mod.Config) -> Path:
-    """[auth] passwd_file if the configuration has it, else <state_dir>/passwd."""
-    auth = getattr(cfg, "auth", None)
-    configured = auth.get("passwd_file") if auth is not None else None
-    return Path(configured) if configured else cfg.appliance.state_dir / "passwd"
-
-
 def _user_address(raw: str) -> str:
     address = raw.strip().lower()
-    if not valid_address(address):
+    if not is_user_address(address):
         raise ApplianceError(f"expected an address like user@example.com, got {raw!r}")
     return address
 
@@ -109,7 +106,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _passwd_file(cfg: config_mod.Config) -> tuple[PasswdFile, list[str]]:
     """The file and its users; every problem in it is an error for the admin to fix."""
-    passwd = PasswdFile(passwd_path(cfg))
+    passwd = PasswdFile(Paths.of(cfg).passwd_file)
     try:
         return passwd, passwd.read_users()
     except PasswdFileError as e:
@@ -133,7 +130,7 @@ def cmd_user_add(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     password = _read_password(args)
     _user_edit(
         "add the user",
-        lambda: passwd.add(address, password, scheme=args.scheme, cram_md5=args.cram_md5),
+        lambda: add_user(passwd, address, password, scheme=args.scheme, cram_md5=args.cram_md5),
     )
     print(f"added {address} to {passwd.path}")
     return 0
@@ -147,7 +144,7 @@ def cmd_user_passwd(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     password = _read_password(args)
     _user_edit(
         "change the password",
-        lambda: passwd.set_password(address, password, scheme=args.scheme, cram_md5=args.cram_md5),
+        lambda: set_password(passwd, address, password, scheme=args.scheme, cram_md5=args.cram_md5),
     )
     print(f"changed the password of {address}")
     return 0
@@ -158,7 +155,7 @@ def cmd_user_del(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     passwd, users = _passwd_file(cfg)
     if address not in users:
         raise ApplianceError(f"no such user: {address} (in {passwd.path})")
-    _user_edit("delete the user", lambda: passwd.delete(address))
+    _user_edit("delete the user", lambda: delete_user(passwd, address))
     print(f"deleted {address}")
     return 0
 

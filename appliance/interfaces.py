@@ -1,21 +1,33 @@
-"""The seams between packages: values that cross them and the contracts written on them.
+"""The seams between packages: the values that cross them and the contracts written on them.
 
-Protocol packages (smtp, pop3, imap) depend on these, never on each other; only service.py
-knows the implementations.
+A package talks to another only through what is here. Protocol packages (smtp, later pop3 and
+imap) see a `Policy`, an `Authenticator`, a `LoginThrottle`, a `MessageSink` and a `Resolver`;
+the queue sees `DeliveryTarget`s; delivery targets see a `MailStore`. Only service.py (and
+cli.py) know which class implements which seam, and wire them together.
+
+Threads: every method here is called on the reactor thread unless its docstring says
+"blocking", which means: call it from a worker thread (it does file system work and fsyncs).
+Deferreds fire on the reactor thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
+from twisted.cred.credentials import CramMD5Credentials, UsernamePassword
 from twisted.internet.defer import Deferred
+
+from appliance.errors import ApplianceError
+
+# ---------------------------------------------------------------------------- mail values
 
 
 @dataclass(frozen=True)
 class Mailbox:
-    """A local mailbox: state_dir/mail/<domain>/<localpart>/Maildir."""
+    """A local mailbox, named by its owner's address (stored lower-case)."""
 
     domain: str  # lower-case
     localpart: str  # lower-case, as stored on disk
@@ -24,6 +36,12 @@ class Mailbox:
     def address(self) -> str:
         return f"{self.localpart}@{self.domain}"
 
+    @classmethod
+    def of(cls, address: str) -> Mailbox:
+        """The mailbox of a lower-case user@domain address."""
+        localpart, _, domain = address.rpartition("@")
+        return cls(domain, localpart)
+
 
 @dataclass(frozen=True)
 class Recipient:
@@ -31,7 +49,7 @@ class Recipient:
 
     address: str  # as the client gave it (without <>)
     mailboxes: tuple[Mailbox, ...] = ()  # local delivery targets (aliases may give several)
-    remote: bool = False  # to be relayed (stays in the spool for the relay issue)
+    remote: bool = False  # some of it is to be relayed
     forward_to: tuple[str, ...] = ()  # remote addresses to relay to (aliases may rewrite)
     notify: str | None = None  # DSN NOTIFY=, e.g. "SUCCESS,FAILURE"
     orcpt: str | None = None  # DSN ORCPT=, e.g. "rfc822;user@example.com"
@@ -56,20 +74,43 @@ class Envelope:
     received_at: float = 0.0  # time.time() when MAIL FROM was accepted
     session_id: str = ""
 
+    @property
+    def mailboxes(self) -> list[Mailbox]:
+        """Local targets, each once (two aliases of one user get one copy), in RCPT order."""
+        return list(dict.fromkeys(m for r in self.recipients for m in r.mailboxes))
+
+    @property
+    def remote_recipients(self) -> tuple[Recipient, ...]:
+        return tuple(r for r in self.recipients if r.remote)
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message the queue holds: its id, envelope, arrival time and size in bytes."""
+
+    queue_id: str
+    envelope: Envelope
+    arrival: float  # time.time() the message arrived (delays are measured from it)
+    size: int  # message bytes as received (our Received header included)
+
 
 class DiskFull(Exception):
     """Writing the message failed for lack of space: answer 452 4.3.1, leave nothing behind."""
 
 
+# ---------------------------------------------------------------------------- smtp -> queue
+
+
 class IncomingMessage(Protocol):
-    """Two-phase delivery of one message: write()* then commit() or abort().
+    """Two-phase acceptance of one message: write()* then commit() or abort().
 
     write() may be called many times with the message bytes (CRLF line ends, dot-unstuffed,
     headers we add already in front). It raises DiskFull when space runs out; the caller then
     calls abort(). commit() returns a Deferred that fires with the queue id only once the
-    message is durable (file and directory fsync'd, in the spool or in every local Maildir);
+    message is durable (file and directory fsync'd, in the spool or at its destination);
     it fails with DiskFull or OSError otherwise, and then nothing is left half-written.
-    abort() discards everything written so far and may be called at any time, even twice.
+    abort() discards everything written so far and may be called at any time, even twice;
+    once commit() has been called it does nothing (the message may already be durable).
     """
 
     queue_id: str
@@ -82,9 +123,19 @@ class IncomingMessage(Protocol):
 
 
 class MessageSink(Protocol):
-    """Where accepted messages go (the queue)."""
+    """Where accepted messages go: the queue."""
 
-    def begin(self, envelope: Envelope) -> IncomingMessage: ...
+    def begin(self, envelope: Envelope) -> IncomingMessage:
+        """Start accepting one message; RuntimeError if the queue is not running."""
+        ...
+
+    def has_room(self, size: int) -> bool:
+        """Whether a message of size bytes fits (with the configured reserve); cheap, may be
+        answered from a reading at most a second old. False means: answer 452 4.3.1."""
+        ...
+
+
+# ---------------------------------------------------------------------------- policy
 
 
 @dataclass(frozen=True)
@@ -103,11 +154,51 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Resolution:
-    """Where one recipient address goes, or why it is refused."""
+    """Where one recipient address goes, or why it is refused.
+
+    mailboxes are the local mailboxes (virtusertable and aliases applied, each checked to
+    exist); forward_to the remote addresses to relay to: the address itself for a relayed
+    recipient, or what our maps rewrote a local address to (not the RCPT address then).
+    """
 
     verdict: Verdict = field(default_factory=Verdict)
     mailboxes: Sequence[Mailbox] = ()
     remote: bool = False
+    forward_to: tuple[str, ...] = ()
+
+
+class Policy(Protocol):
+    """The connect, sender and recipient decisions SMTP asks for.
+
+    Addresses are as the client gave them (without <>); ip is the client's address, hostname
+    its verified reverse-DNS name or None, auth_user the SASL login or None. A decision may
+    be answered at once or later (a Deferred); it never fails: a lookup that cannot be made
+    is answered with a 4xx Verdict.
+    """
+
+    def check_connect(self, ip: str, hostname: str | None) -> Verdict:
+        """Whether this client may talk to us at all (and whether it may relay)."""
+        ...
+
+    def check_sender(
+        self, address: str, ip: str, hostname: str | None, auth_user: str | None
+    ) -> Verdict | Deferred[Verdict]:
+        """The MAIL FROM decision ("" is the null sender, always allowed unless refused)."""
+        ...
+
+    def resolve_recipient(
+        self,
+        address: str,
+        ip: str,
+        hostname: str | None,
+        auth_user: str | None,
+        client_relay: bool,
+    ) -> Resolution | Deferred[Resolution]:
+        """The RCPT TO decision: where the address goes, or the reply refusing it.
+
+        client_relay: the connect verdict let this client relay.
+        """
+        ...
 
 
 class UserDirectory(Protocol):
@@ -115,4 +206,279 @@ class UserDirectory(Protocol):
 
     def exists(self, address: str) -> Deferred[bool]:
         """Whether address (lower-cased user@domain) is a user who has a mailbox."""
+        ...
+
+
+# ---------------------------------------------------------------------------- authentication
+
+SaslCredentials = UsernamePassword | CramMD5Credentials
+
+
+class AuthUnavailable(ApplianceError):
+    """The user backend could not answer (directory down, file unreadable): try again later.
+
+    str() is a sentence for the log; clients only get a generic temporary failure."""
+
+
+class Authenticator(Protocol):
+    """SASL credential checks against the user backend.
+
+    authenticate() fires with the login (the lower-cased user@domain the backend knows) for
+    good credentials. It fails with twisted.cred's UnauthorizedLogin for bad ones (wrong
+    password, unknown user, a mechanism the user has no secret for: the same answer after
+    about the same work, so timing does not tell who exists), and with AuthUnavailable when
+    the backend cannot answer.
+    """
+
+    def authenticate(self, credentials: SaslCredentials) -> Deferred[str]: ...
+
+    def cram_md5_available(self) -> bool:
+        """Whether CRAM-MD5 may be offered at all: some user has a secret it can check."""
+        ...
+
+
+class LoginThrottle(Protocol):
+    """Slows down password guessing, per client address."""
+
+    def blocked(self, ip: str) -> bool:
+        """True: refuse the login attempt without checking anything."""
+        ...
+
+    def record_failure(self, ip: str) -> float:
+        """Count a failed login; returns the seconds to wait before answering it."""
+        ...
+
+    def record_success(self, ip: str) -> None: ...
+
+
+# ---------------------------------------------------------------------------- DNS
+
+
+class LookupFailed(Exception):
+    """A DNS lookup got no usable answer (SERVFAIL, REFUSED, timeout): try again later."""
+
+
+class NoSuchDomain(LookupFailed):
+    """The name does not exist (NXDOMAIN): a permanent answer."""
+
+
+class Resolver(Protocol):
+    """Asynchronous lookups through the appliance's own DNS (zones, then forwarders).
+
+    Each fires with the records' data (an empty list when the name exists without records
+    of that type), or fails with NoSuchDomain or LookupFailed. Names are given without the
+    trailing dot and returned without it, lower-cased.
+    """
+
+    def lookup_a(self, name: str) -> Deferred[list[str]]:
+        """IPv4 addresses as dotted quads."""
+        ...
+
+    def lookup_aaaa(self, name: str) -> Deferred[list[str]]:
+        """IPv6 addresses in their compressed text form."""
+        ...
+
+    def lookup_mx(self, name: str) -> Deferred[list[tuple[int, str]]]:
+        """(preference, exchange host) pairs, as served (not sorted)."""
+        ...
+
+    def lookup_ptr(self, ip: str) -> Deferred[list[str]]:
+        """The PTR names of an IPv4 or IPv6 address (given as an address, not as in-addr)."""
+        ...
+
+    def lookup_txt(self, name: str) -> Deferred[list[bytes]]:
+        """Each TXT record's strings joined (SPF and DKIM records are read this way)."""
+        ...
+
+
+# ---------------------------------------------------------------------------- queue -> delivery
+
+
+class Outcome(enum.Enum):
+    """What happened to one recipient, in the maillog's words."""
+
+    SENT = "sent"  # delivered: the message is at its destination, durably
+    DEFERRED = "deferred"  # a temporary failure: the queue retries
+    BOUNCED = "bounced"  # a permanent failure: the queue returns it to the sender
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """The result for one address given to Delivery.add_recipient()."""
+
+    address: str
+    outcome: Outcome
+    text: str  # the reply or reason: "delivered to maildir", "cannot write to maildir: ..."
+    relay: str  # where it went: "local", "mail.sina.com[127.0.1.4]:25"
+
+
+class MessageBody(Protocol):
+    """The bytes of a queued message, readable as often as needed."""
+
+    size: int
+
+    def chunks(self) -> Iterator[bytes]:
+        """Blocking: the bytes in order, in chunks of a megabyte at most."""
+        ...
+
+
+class Delivery(Protocol):
+    """One message on its way through one target (Maddy's two-phase contract).
+
+    add_recipient() for each final address, body() once, then commit() or abort(). commit()
+    fires with one RecipientResult per address (it does not fail: trouble is a DEFERRED or
+    BOUNCED result); a SENT result means durable at the destination. abort() gives up
+    everything not yet committed and may be called at any time.
+    """
+
+    def add_recipient(self, address: str) -> None: ...
+
+    def body(self, body: MessageBody) -> None: ...
+
+    def commit(self) -> Deferred[list[RecipientResult]]: ...
+
+    def abort(self) -> None: ...
+
+
+class StreamingDelivery(Protocol):
+    """A delivery of one recipient that takes the bytes as they are received.
+
+    The fast path: the message becomes durable at its destination before the client's 250,
+    with no spool file. write() may raise DiskFull; commit() fires with the result only once
+    the message is durable, or fails (DiskFull, OSError) with nothing left behind; abort()
+    as for IncomingMessage.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> Deferred[RecipientResult]: ...
+
+    def abort(self) -> None: ...
+
+
+class DeliveryTarget(Protocol):
+    """Where the queue hands messages: local mailboxes now, the relay next."""
+
+    name: str  # "local", "relay"
+
+    def start(self, message: QueuedMessage) -> Delivery: ...
+
+    def start_streaming(self, message: QueuedMessage, address: str) -> StreamingDelivery | None:
+        """A streaming delivery to address, or None if this target cannot take one."""
+        ...
+
+    def check_address(self, address: str) -> None:
+        """ValueError if address can never be delivered here (checked when the message
+        arrives rather than on every retry)."""
+        ...
+
+    def clean_stale(self) -> None:
+        """Blocking: after a start, remove what deliveries cut short by a crash left behind."""
+        ...
+
+
+# ---------------------------------------------------------------------------- mail store
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message in a mailbox folder, as the read side lists it."""
+
+    uid: int  # stable across sessions and restarts while uidvalidity stays the same
+    key: str  # the store's own name for it (its Maildir base name)
+    size: int  # octets, exactly what reading it gives
+    flags: frozenset[str]  # IMAP system flags: \\Seen \\Answered \\Flagged \\Deleted \\Draft
+    received: float  # delivery time, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """A folder's messages in UID order, with the folder's UID validity and next UID."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: tuple[StoredMessage, ...]
+
+
+class NewMessage(Protocol):
+    """A message being written into one mailbox (blocking methods: worker thread).
+
+    open_now() may be called on the reactor thread: it creates the file only if that needs
+    no fsync (the mailbox folder is known to exist), else returns False and the file is made
+    by write_rest(). write()/write_rest() append bytes; publish() makes it durable and
+    visible and returns its key; discard() removes whatever was written.
+    """
+
+    def open_now(self) -> bool: ...
+
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    def write_rest(self, data: bytes) -> None:
+        """Blocking: create the file if needed, append data, fsync it."""
+        ...
+
+    def publish(self) -> str:
+        """Blocking: move it into the mailbox durably; returns the message key."""
+        ...
+
+    def discard(self) -> None: ...
+
+
+class MailStore(Protocol):
+    """The mailboxes: durable delivery (write side) and what POP3/IMAP read (read side).
+
+    Folder names are IMAP names: "INBOX", "Sent", "Archive/2026" ('/' separates levels).
+    Nothing here assumes it is the only process using the store: another node may deliver
+    into the same mailboxes over shared storage.
+    """
+
+    # -- write side
+
+    def check(self, mailbox: Mailbox) -> None:
+        """ValueError for a mailbox whose name could not be stored safely."""
+        ...
+
+    def new_message(self, mailbox: Mailbox) -> NewMessage:
+        """A message to be written into the mailbox's INBOX (nothing is created yet)."""
+        ...
+
+    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes]) -> str:
+        """Blocking: one durable copy of the bytes in the INBOX; returns the message key."""
+        ...
+
+    def clean_stale(self) -> int:
+        """Blocking: remove files left half-written by a crash long ago; returns the count."""
+        ...
+
+    def announce(self, mailbox: Mailbox) -> None:
+        """Tell watchers that new mail was delivered into mailbox (reactor thread)."""
+        ...
+
+    def watch(self, callback: Callable[[Mailbox], None]) -> Callable[[], None]:
+        """Call callback(mailbox) after each announce(); returns a function that stops it."""
+        ...
+
+    # -- read side (all blocking)
+
+    def folders(self, mailbox: Mailbox) -> list[str]:
+        """The mailbox's folders, INBOX first."""
+        ...
+
+    def create_folder(self, mailbox: Mailbox, folder: str) -> None: ...
+
+    def list_messages(self, mailbox: Mailbox, folder: str = "INBOX") -> FolderListing:
+        """The folder's messages with stable UIDs (new ones are numbered now)."""
+        ...
+
+    def open_message(self, mailbox: Mailbox, folder: str, key: str) -> BinaryIO:
+        """The message's bytes, opened for reading in binary mode; FileNotFoundError if it
+        was expunged meanwhile."""
+        ...
+
+    def set_flags(self, mailbox: Mailbox, folder: str, key: str, flags: frozenset[str]) -> str:
+        """Replace the message's flags; returns its (possibly changed) key."""
+        ...
+
+    def expunge(self, mailbox: Mailbox, folder: str, keys: Sequence[str]) -> None:
+        """Remove messages for good; a key already gone is not an error."""
         ...

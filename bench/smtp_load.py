@@ -481,7 +481,7 @@ class Appliance:
     def __init__(self, work: Path, port: int) -> None:
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        from appliance.auth.passwd import hash_password
+        from appliance.auth.schemes import hash_password
 
         self.work = work
         self.port = port

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from twisted.internet import defer, reactor  # noqa: E402
 
 from appliance.interfaces import Envelope, Mailbox, Recipient  # noqa: E402
-from appliance.queue.spool import Spool  # noqa: E402
+from appliance.service import build_queue  # noqa: E402
 
 
 def recipients(path: str, session: int) -> tuple[Recipient, ...]:
@@ -54,7 +54,7 @@ def message(size: int) -> bytes:
 
 @defer.inlineCallbacks
 def run(args: argparse.Namespace, state: Path) -> defer.Generator:
-    spool = Spool(state, hostname="bench.test", reactor=reactor, fsync_threads=args.threads)
+    spool, _store = build_queue(state, "bench.test", reactor, fsync_threads=args.threads)
     spool.start()
     data = message(args.size)
     chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]

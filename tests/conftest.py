@@ -56,3 +56,18 @@ def free_port(host: str = "127.0.0.1", udp_too: bool = True) -> int:
 @pytest.fixture
 def port_factory():
     return free_port
+
+
+@pytest.fixture
+def caplog_lines() -> Iterator[list[str]]:
+    """Every twisted log event emitted during the test, formatted."""
+    from twisted.logger import formatEvent
+
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)

@@ -1,4 +1,5 @@
-"""Users from an LDAP directory (OpenLDAP, replicated by syncrepl): cred checker and UserDirectory.
+"""Users from an LDAP directory (OpenLDAP, replicated by syncrepl): Authenticator, cred checker
+and UserDirectory.
 
 Several appliances share one directory, which replaces Cyrus SASL's saslauthd and the passwd
 file. A login is the classic search-then-bind:
@@ -22,8 +23,9 @@ later. A StartTLS that fails is an error, never a fallback to plaintext. Several
 in order (ldap3 ServerPool, FIRST, active: the first server that accepts a connection).
 
 A directory that cannot be reached, times out, refuses our service account or answers with an
-error fails the request with LDAPUnavailable, which SMTP turns into 454 4.7.0 (AUTH) or 451
-(RCPT), not into a permanent refusal.
+error fails the request with LDAPUnavailable (an AuthUnavailable), which SMTP turns into
+454 4.7.0 (AUTH) or 451 (RCPT), not into a permanent refusal. The directory keeps no CRAM-MD5
+secrets, so CRAM-MD5 is never offered with it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import ldap3
@@ -51,7 +53,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from appliance.errors import ApplianceError
+from appliance.interfaces import AuthUnavailable, SaslCredentials
+
+if TYPE_CHECKING:
+    from appliance.interfaces import Authenticator, UserDirectory
 
 T = TypeVar("T")
 
@@ -66,7 +71,7 @@ _REFUSED_BIND = {48, 49, 50, 53}
 _SEARCH_OK = {0, 4}  # success, sizeLimitExceeded (we ask for at most 2 entries)
 
 
-class LDAPUnavailable(ApplianceError):
+class LDAPUnavailable(AuthUnavailable):
     """The directory could not answer (down, timed out, TLS or service-bind failure)."""
 
 
@@ -169,7 +174,7 @@ def _result_text(conn: ldap3.Connection) -> str:
 
 @implementer(ICredentialsChecker)
 class LDAPDirectory(Service):
-    """twisted.cred checker (IUsernamePassword) and UserDirectory backed by LDAP.
+    """Authenticator, twisted.cred checker (IUsernamePassword) and UserDirectory backed by LDAP.
 
     The avatar id is the lower-cased address. Wrong password, unknown user, an address that
     matches several entries and an empty password fail with UnauthorizedLogin; a directory that
@@ -260,6 +265,14 @@ class LDAPDirectory(Service):
         self.stop()
 
     # ------------------------------------------------------------------ public API
+
+    def authenticate(self, credentials: SaslCredentials) -> Deferred[str]:
+        """The login for good credentials, as requestAvatarId; CRAM-MD5 is always refused."""
+        return self.requestAvatarId(credentials)
+
+    def cram_md5_available(self) -> bool:
+        """Never: the directory holds no CRAM-MD5 secrets (a user bind needs the password)."""
+        return False
 
     def requestAvatarId(self, credentials: Any) -> Deferred[str]:
         if not IUsernamePassword.providedBy(credentials):
@@ -472,5 +485,9 @@ def _stale(error: Exception) -> bool:
 def _is_ldaps(url: str) -> bool:
     return url.lower().startswith("ldaps://")
 
+
+if TYPE_CHECKING:
+    _authenticator: type[Authenticator] = LDAPDirectory
+    _user_directory: type[UserDirectory] = LDAPDirectory
 
 __all__ = ["LDAPDirectory", "LDAPUnavailable"]

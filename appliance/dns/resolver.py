@@ -1,52 +1,101 @@
-"""Our own DNS, asked in-process: the same answers clients get, without a socket round trip.
+"""Our own DNS, asked in-process: the `Resolver` seam over the zones and the forwarders.
 
-Other services (SMTP's reverse lookups, later the relay's MX lookups) resolve through the
-appliance's zones and forwarders, never through the system resolver, so the lab's names work
-and nothing is asked of servers the admin did not configure.
+Other services (SMTP's reverse lookups, later the relay's MX lookups and SPF) resolve through
+the appliance's zones and forwarders, never through the system resolver, so the lab's names
+work and nothing is asked of servers the admin did not configure. The answers are the ones
+clients get on port 53, without a socket round trip.
 """
 
 from __future__ import annotations
 
-from twisted.internet import defer
-from twisted.names import dns, error
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import TypeVar
 
+from twisted.internet import defer
+from twisted.names import dns
+from twisted.python.failure import Failure
+
+from appliance.dns.authority import Answer
 from appliance.dns.server import DNSEngine
+from appliance.interfaces import LookupFailed, NoSuchDomain
+
+T = TypeVar("T")
+
+
+def _name(value: dns.Name) -> str:
+    return value.name.decode("ascii", "replace").rstrip(".").lower()
+
+
+def _a(rr: dns.RRHeader) -> str:
+    return str(rr.payload.dottedQuad())
+
+
+def _aaaa(rr: dns.RRHeader) -> str:
+    return socket.inet_ntop(socket.AF_INET6, rr.payload.address)
+
+
+def _mx(rr: dns.RRHeader) -> tuple[int, str]:
+    return int(rr.payload.preference), _name(rr.payload.name)
+
+
+def _ptr(rr: dns.RRHeader) -> str:
+    return _name(rr.payload.name)
+
+
+def _txt(rr: dns.RRHeader) -> bytes:
+    return b"".join(rr.payload.data)
 
 
 class LocalResolver:
-    """The IResolver methods we need, answered by a DNSEngine's authority and forwarder."""
+    """interfaces.Resolver answered by a DNSEngine's authority, then its forwarder."""
 
     def __init__(self, engine: DNSEngine) -> None:
         self.engine = engine
 
-    def _lookup(self, name: str | bytes, qtype: int) -> defer.Deferred:
-        qname = name.encode("ascii") if isinstance(name, str) else name
+    def _lookup(
+        self, name: str, qtype: int, extract: Callable[[dns.RRHeader], T]
+    ) -> defer.Deferred[list[T]]:
+        qname = name.encode("idna") if not name.isascii() else name.encode("ascii")
         qname = qname.rstrip(b".")
         answer = self.engine.authority.answer(qname, qtype, minimal=True)
         if answer is not None:
-            d = defer.succeed(answer)
+            d: defer.Deferred[Answer] = defer.succeed(answer)
         elif self.engine.forwarder is not None:
             d = self.engine.forwarder.resolve(qname, qtype, dns.IN)
         else:
-            return defer.fail(error.DNSServerError(f"no forwarder for {qname!r}"))
+            return defer.fail(LookupFailed(f"{name}: not in our zones and no forwarder"))
 
-        def sections(a):
+        def records(a: Answer) -> list[T]:
             if a.rcode == dns.ENAME:
-                raise error.DNSNameError(qname.decode("ascii", "replace"))
+                raise NoSuchDomain(f"{name}: no such domain")
             if a.rcode != dns.OK:
-                raise error.DNSServerError(f"rcode {a.rcode}")
-            return a.answers, a.authority, a.additional
+                raise LookupFailed(f"{name}: the server answered rcode {a.rcode}")
+            return [extract(rr) for rr in a.answers if rr.type == qtype]
 
-        return d.addCallback(sections)
+        def failed(failure: Failure) -> Failure:
+            if failure.check(LookupFailed):
+                return failure
+            return Failure(LookupFailed(f"{name}: {failure.getErrorMessage()}"))
 
-    def lookupPointer(self, name, timeout=None):  # noqa: N802 (IResolver)
-        return self._lookup(name, dns.PTR)
+        return d.addCallback(records).addErrback(failed)
 
-    def lookupAddress(self, name, timeout=None):  # noqa: N802
-        return self._lookup(name, dns.A)
+    def lookup_a(self, name: str) -> defer.Deferred[list[str]]:
+        return self._lookup(name, dns.A, _a)
 
-    def lookupIPV6Address(self, name, timeout=None):  # noqa: N802
-        return self._lookup(name, dns.AAAA)
+    def lookup_aaaa(self, name: str) -> defer.Deferred[list[str]]:
+        return self._lookup(name, dns.AAAA, _aaaa)
 
-    def lookupMailExchange(self, name, timeout=None):  # noqa: N802
-        return self._lookup(name, dns.MX)
+    def lookup_mx(self, name: str) -> defer.Deferred[list[tuple[int, str]]]:
+        return self._lookup(name, dns.MX, _mx)
+
+    def lookup_ptr(self, ip: str) -> defer.Deferred[list[str]]:
+        try:
+            pointer = ipaddress.ip_address(ip).reverse_pointer
+        except ValueError:
+            return defer.fail(LookupFailed(f"{ip!r} is not an IP address"))
+        return self._lookup(pointer, dns.PTR, _ptr)
+
+    def lookup_txt(self, name: str) -> defer.Deferred[list[bytes]]:
+        return self._lookup(name, dns.TXT, _txt)

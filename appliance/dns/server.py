@@ -453,7 +453,9 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
             self.transport.write(result, addr)
             return
         result.addCallback(self._send_later, addr)
-        result.addErrback(self.log.failure, "DNS forwarding for {peer} failed", peer=addr[0])
+        result.addErrback(
+            lambda f: self.log.failure("DNS forwarding for {peer} failed", f, peer=addr[0])
+        )
 
     def _send_later(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
@@ -490,7 +492,9 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             return
         # answers go out in the order the questions came in
         self._queue.addCallback(lambda _: result).addCallback(self._send)
-        self._queue.addErrback(self.log.failure, "DNS TCP answer to {peer} failed", peer=peer)
+        self._queue.addErrback(
+            lambda f: self.log.failure("DNS TCP answer to {peer} failed", f, peer=peer)
+        )
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and self.connected:

@@ -2,29 +2,33 @@
 
 A client's name is trusted only when its PTR name resolves back to its address (what Postfix
 calls a verified name); otherwise it is 'unknown', like Postfix. Names feed the Received
-header, the maillog and access-map host entries (Connect:163.com). Lookups are bounded by a
-timeout and cached briefly, so a dead resolver never holds a greeting for long.
+header, the maillog and access-map host entries (Connect:163.com). Lookups go through the
+Resolver seam, are bounded by a timeout and cached briefly, so a dead resolver never holds a
+greeting for long.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.names import dns
 
-from appliance.config import is_hostname
+from appliance.interfaces import Resolver
+from appliance.names import is_hostname
+
+MAX_NAMES = 3  # PTR names tried at most: each costs a forward lookup
 
 
 class ReverseLookup:
     log = Logger()
 
-    def __init__(self, resolver: Any, clock: Any, *, timeout: float = 2.0, ttl: float = 300.0,
-                 max_entries: int = 10_000) -> None:  # fmt: skip
-        self.resolver = resolver  # twisted.names IResolver (lookupPointer, lookupAddress...)
+    def __init__(self, resolver: Resolver, clock: IReactorTime, *, timeout: float = 2.0,
+                 ttl: float = 300.0, max_entries: int = 10_000) -> None:  # fmt: skip
+        self.resolver = resolver
         self.clock = clock
         self.timeout = timeout
         self.ttl = ttl
@@ -50,35 +54,27 @@ class ReverseLookup:
         return name
 
     @defer.inlineCallbacks
-    def _verified(self, ip: str):
+    def _verified(self, ip: str) -> Generator[defer.Deferred[Any], Any, str | None]:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return None
-        answers, _, _ = yield self.resolver.lookupPointer(addr.reverse_pointer)
-        names = [
-            rr.payload.name.name.decode("ascii", "replace").rstrip(".").lower()
-            for rr in answers
-            if rr.type == dns.PTR
-        ]
-        for name in names[:3]:  # a few PTRs at most: each costs a forward lookup
+        names: list[str] = yield self.resolver.lookup_ptr(str(addr))
+        lookup = self.resolver.lookup_aaaa if addr.version == 6 else self.resolver.lookup_a
+        for name in [n.rstrip(".").lower() for n in names][:MAX_NAMES]:
             if not is_hostname(name):
                 continue
-            lookup = (
-                self.resolver.lookupIPV6Address
-                if addr.version == 6
-                else self.resolver.lookupAddress
-            )
             try:
-                forward, _, _ = yield lookup(name)
+                forward: list[str] = yield lookup(name)
             except Exception:
                 continue
-            if any(_address_of(rr) == addr for rr in forward if rr.type in (dns.A, dns.AAAA)):
+            if any(_same_address(a, addr) for a in forward):
                 return name
         return None
 
 
-def _address_of(rr: dns.RRHeader) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if rr.type == dns.A:
-        return ipaddress.ip_address(rr.payload.dottedQuad())
-    return ipaddress.ip_address(socket.inet_ntop(socket.AF_INET6, rr.payload.address))
+def _same_address(text: str, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(text) == addr
+    except ValueError:
+        return False

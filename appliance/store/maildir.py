@@ -1,44 +1,43 @@
-"""Our own Maildir store: durable delivery (tmp -> fsync -> new -> fsync dir) and simple reads.
+"""One Maildir folder: durable delivery (tmp -> fsync -> new -> fsync dir) and simple reads.
 
 twisted.mail.maildir cannot be used (str/bytes paths on Python 3, text-mode reads, no fsync), so
-this module is the one place that knows the on-disk layout:
+this module is the one place that knows a Maildir folder's layout (appliance.store.store maps
+mailboxes to folders):
 
-    <mail_root>/<domain>/<localpart>/Maildir/{tmp,new,cur}     (directories 0700, files 0600)
+    <folder>/{tmp,new,cur}     (directories 0700, files 0600)
 
 Names follow Dovecot: ``<secs>.M<usecs>P<pid>Q<counter>.<host>`` in tmp/, and the same with
 ``,S=<size>`` appended in new/ (``:2,<flags>`` added once moved to cur/). Messages are stored
 exactly as received on the wire (CRLF line ends), so POP3/IMAP can serve the bytes unchanged.
 
 Everything here blocks (file system calls, fsync): callers run it in a thread pool, never on the
-reactor thread. `DirSync` lets many threads share one fsync of the same directory.
+reactor thread. appliance.durable's `DirSync` lets many threads share one fsync of a directory.
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from appliance.interfaces import Mailbox
+from appliance.durable import (
+    DIR_MODE,
+    FILE_MODE,
+    OPEN_NEW,
+    DirSync,
+    fill_and_sync,
+    fsync_dir,
+    read_chunks,
+    unlink_quietly,
+)
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-COPY_CHUNK = 1024 * 1024
 TMP_MAX_AGE = 36 * 3600  # Dovecot's limit for stale tmp/ files left by a crash
 
 # itertools.count.__next__ is atomic under the GIL, so pool threads can share it.
 _counter = itertools.count(1)
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether exc means "no space" (or quota exceeded): the caller answers 452 4.3.1."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def escape_hostname(hostname: str) -> str:
@@ -63,130 +62,6 @@ def size_from_name(name: str) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """os.write until everything is written (a write near a full disk may be short)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make the directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fill_and_sync(fd: int, path: str | Path, chunks: Iterable[bytes]) -> int:
-    """Write chunks to the new file fd, fsync and close it; on any failure remove path.
-
-    Returns the number of bytes written. The one way every file we create becomes durable.
-    """
-    size = 0
-    try:
-        try:
-            for chunk in chunks:
-                write_all(fd, chunk)
-                size += len(chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        unlink_quietly(path)
-        raise
-    return size
-
-
-def read_chunks(path: str | Path) -> Iterator[bytes]:
-    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while chunk := os.read(src, COPY_CHUNK):
-            yield chunk
-    finally:
-        os.close(src)
-
-
-def unlink_quietly(path: str | Path) -> None:
-    """Remove a file during cleanup; a file that is already gone is fine."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-class _Round:
-    """One fsync of one directory, shared by every thread that joined it."""
-
-    __slots__ = ("finished", "error")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.error: OSError | None = None
-
-
-class _DirState:
-    __slots__ = ("running", "pending")
-
-    def __init__(self) -> None:
-        self.running: _Round | None = None
-        self.pending: _Round | None = None
-
-
-class DirSync:
-    """Coalesced directory fsync: `sync(dir)` returns once an fsync that began after the call ended.
-
-    A rename is durable only after an fsync of its directory that *started* after the rename.
-    When an fsync of that directory is already running, a caller cannot use it; it joins the
-    next round instead, and one thread runs that round for every caller that joined meanwhile.
-    Under load this turns N directory fsyncs into about two.
-    """
-
-    def __init__(self, fsync: Callable[[str], None] = fsync_dir) -> None:
-        self._fsync = fsync
-        self._cond = threading.Condition()
-        self._dirs: dict[str, _DirState] = {}
-
-    def sync(self, path: str | Path) -> None:
-        key = str(path)
-        with self._cond:
-            state = self._dirs.get(key)
-            if state is None:
-                state = self._dirs[key] = _DirState()
-            if state.running is None:
-                # Nothing running: lead the pending round (others may wait on it) or a new one.
-                current = state.pending or _Round()
-                state.pending = None
-                state.running = current
-            else:
-                if state.pending is None:
-                    state.pending = _Round()
-                current = state.pending
-                while not current.finished:
-                    if state.running is None and state.pending is current:
-                        state.running, state.pending = current, None
-                        break
-                    self._cond.wait()
-                else:
-                    if current.error is not None:
-                        raise current.error
-                    return
-        try:
-            self._fsync(key)
-        except OSError as e:
-            current.error = e
-        with self._cond:
-            current.finished = True
-            state.running = None
-            if state.pending is None and self._dirs.get(key) is state:
-                del self._dirs[key]  # no one is waiting: keep the table small
-            self._cond.notify_all()
-        if current.error is not None:
-            raise current.error
 
 
 # Maildir folders this process has made sure of (created and fsync'd all the way up); set
@@ -253,14 +128,14 @@ class Maildir:
             self.ensure()
         name = unique_name(hostname)
         try:
-            fd = os.open(f"{self._tmp}/{name}", _OPEN_NEW, FILE_MODE)
+            fd = os.open(f"{self._tmp}/{name}", OPEN_NEW, FILE_MODE)
         except FileNotFoundError:
             # removed behind our back (an admin deleted the mailbox): make it again
             _ready.discard(str(self.path))
             if not create_folder:
                 raise
             self.ensure()
-            fd = os.open(f"{self._tmp}/{name}", _OPEN_NEW, FILE_MODE)
+            fd = os.open(f"{self._tmp}/{name}", OPEN_NEW, FILE_MODE)
         return fd, name
 
     def tmp_path(self, name: str) -> str:
@@ -295,15 +170,21 @@ class Maildir:
         size = fill_and_sync(fd, self.tmp_path(name), [data])
         return self.publish(name, size, dirsync)
 
+    def deliver_chunks(
+        self, chunks: Iterable[bytes], hostname: str, dirsync: DirSync | None = None
+    ) -> str:
+        """Deliver the concatenated chunks durably; returns the message's name in new/."""
+        fd, name = self.create_tmp(hostname)
+        size = fill_and_sync(fd, self.tmp_path(name), chunks)
+        return self.publish(name, size, dirsync)
+
     def deliver_copy(
         self, prefix: bytes, source: str | Path, hostname: str, dirsync: DirSync | None = None
     ) -> str:
         """Deliver prefix + the bytes of the file source durably; returns its name in new/."""
-        fd, name = self.create_tmp(hostname)
-        size = fill_and_sync(
-            fd, self.tmp_path(name), itertools.chain([prefix], read_chunks(source))
+        return self.deliver_chunks(
+            itertools.chain([prefix], read_chunks(source)), hostname, dirsync
         )
-        return self.publish(name, size, dirsync)
 
     # -- reading and moving (for POP3 / IMAP) ------------------------------------------------
 
@@ -367,31 +248,3 @@ class Maildir:
             except FileNotFoundError:
                 pass
         return removed
-
-
-def _safe_component(value: str, what: str) -> str:
-    # Domains and local parts come from policy, but a '/' or '..' must never reach a path.
-    if not value or value in (".", "..") or "/" in value or "\0" in value:
-        raise ValueError(f"unsafe mailbox {what}: {value!r}")
-    return value
-
-
-class MaildirStore:
-    """Maps a Mailbox to its Maildir under mail_root."""
-
-    def __init__(self, mail_root: str | Path, cache_size: int = 4096) -> None:
-        self.mail_root = Path(mail_root)
-        self._cache: dict[Mailbox, Maildir] = {}
-        self._cache_size = cache_size
-
-    def maildir(self, mailbox: Mailbox) -> Maildir:
-        """The mailbox's Maildir (not created); ValueError for a name that would escape mail_root."""
-        md = self._cache.get(mailbox)
-        if md is None:
-            domain = _safe_component(mailbox.domain, "domain")
-            localpart = _safe_component(mailbox.localpart, "local part")
-            md = Maildir(self.mail_root / domain / localpart / "Maildir")
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # crude, but a cache miss only costs a few path joins
-            self._cache[mailbox] = md
-        return md

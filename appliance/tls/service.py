@@ -14,8 +14,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from appliance.errors import ApplianceError
-from appliance.tls.ca import CertificateAuthority, cert_needs_renewal, ensure_server_certificate
+from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
+from appliance.tls.renewal import cert_needs_renewal, ensure_server_certificate
 
 
 class TLSSettings:

@@ -18,6 +18,7 @@ from twisted.internet.task import LoopingCall
 
 from appliance.auth.ldap import LDAPDirectory, LDAPUnavailable
 from appliance.errors import ApplianceError
+from appliance.interfaces import AuthUnavailable
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
 from tests.auth.slapd import Slapd, slapd  # noqa: F401 - the fixture
@@ -219,6 +220,27 @@ async def test_request_avatar_id_not_started_unavailable(slapd: Slapd) -> None: 
 def test_ldap_unavailable_is_appliance_error() -> None:
     """LDAPUnavailable carries a user-facing message like every ApplianceError."""
     assert issubclass(LDAPUnavailable, ApplianceError)
+
+
+def test_ldap_unavailable_is_auth_unavailable() -> None:
+    """LDAPUnavailable is the Authenticator seam's AuthUnavailable."""
+    assert issubclass(LDAPUnavailable, AuthUnavailable)
+
+
+@pytest_twisted.ensureDeferred
+async def test_authenticate_as_request_avatar_id_no_cram_md5(
+    slapd: Slapd,  # noqa: F811
+    make_directory: MakeDirectory,
+) -> None:
+    """The Authenticator seam: authenticate() logs in like requestAvatarId; no CRAM-MD5."""
+    directory = make_directory()
+    good = login("User1@163.com", slapd.users["user1@163.com"])
+    assert await directory.authenticate(good) == "user1@163.com"
+    with pytest.raises(UnauthorizedLogin):
+        await directory.authenticate(login("user1@163.com", "wrong"))
+    with pytest.raises(UnauthorizedLogin):
+        await directory.authenticate(CramMD5Credentials())
+    assert directory.cram_md5_available() is False
 
 
 @pytest.mark.parametrize(

@@ -29,21 +29,14 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appliance import cli
-from appliance.auth import passwd as passwd_mod
-from appliance.auth.passwd import (
-    PasswdFile,
-    PasswdFileChecker,
-    PasswdFileError,
-    cram_md5_digest,
-    cram_md5_secret,
-    hash_password,
-    md5_resume,
-    parse_passwd,
-    sha512_crypt,
-    verify_cram_md5,
-    verify_password,
-)
+from appliance import cli, paths
+from appliance.auth import cram, passwd_checker, schemes
+from appliance.auth.cram import cram_md5_digest, cram_md5_secret, md5_resume, verify_cram_md5
+from appliance.auth.passwd import PasswdFile
+from appliance.auth.passwd_admin import add_user, delete_user, set_password
+from appliance.auth.passwd_checker import PasswdFileChecker
+from appliance.auth.passwd_format import PasswdFileError, parse_passwd
+from appliance.auth.schemes import hash_password, sha512_crypt, verify_password
 from appliance.config import Config, Section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,10 +123,10 @@ class InlineThreadPool:
 @pytest.fixture(autouse=True)
 def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """New hashes use the cheapest costs; tests about the real cost undo it themselves."""
-    monkeypatch.setattr(passwd_mod, "BCRYPT_ROUNDS", 4)
-    monkeypatch.setattr(passwd_mod, "SHA512_ROUNDS", 1000)
-    monkeypatch.setattr(passwd_mod, "ARGON2_MEMORY_KIB", 1024)
-    monkeypatch.setattr(passwd_mod, "ARGON2_TIME_COST", 1)
+    monkeypatch.setattr(schemes, "BCRYPT_ROUNDS", 4)
+    monkeypatch.setattr(schemes, "SHA512_ROUNDS", 1000)
+    monkeypatch.setattr(schemes, "ARGON2_MEMORY_KIB", 1024)
+    monkeypatch.setattr(schemes, "ARGON2_TIME_COST", 1)
 
 
 @pytest.fixture
@@ -218,7 +211,7 @@ def test_sha512_crypt_hash_password_rounds_recorded_true() -> None:
 def test_md5_resume_from_initial_state_equals_hashlib(length: int) -> None:
     """The pure-Python MD5 compression agrees with hashlib across padding boundaries."""
     data = (bytes(range(256)) * 4)[:length]
-    assert md5_resume(passwd_mod._MD5_IV, data, 0) == hashlib.md5(data).digest()
+    assert md5_resume(cram._MD5_IV, data, 0) == hashlib.md5(data).digest()
 
 
 @pytest.mark.parametrize(("password", "secret"), sorted(DOVECOT_CRAM_MD5.items()))
@@ -293,7 +286,7 @@ def test_verify_password_malformed_hash_false(stored: str) -> None:
 
 def test_hash_password_bcrypt_verifies_with_library() -> None:
     """Our default BLF-CRYPT hash has the configured cost and bcrypt.checkpw accepts it."""
-    stored = hash_password("s3cret", rounds=passwd_mod.BCRYPT_ROUNDS)
+    stored = hash_password("s3cret", rounds=schemes.BCRYPT_ROUNDS)
     raw = stored.removeprefix("{BLF-CRYPT}").encode()
     assert raw.startswith(b"$2b$04$")
     assert bcrypt.checkpw(b"s3cret", raw)
@@ -302,8 +295,8 @@ def test_hash_password_bcrypt_verifies_with_library() -> None:
 
 def test_hash_password_argon2_verifies_with_library(monkeypatch: pytest.MonkeyPatch) -> None:
     """Our ARGON2ID hash (real parameters: t=3, 64 MiB, one lane) verifies with argon2-cffi."""
-    monkeypatch.setattr(passwd_mod, "ARGON2_MEMORY_KIB", 65536)
-    monkeypatch.setattr(passwd_mod, "ARGON2_TIME_COST", 3)
+    monkeypatch.setattr(schemes, "ARGON2_MEMORY_KIB", 65536)
+    monkeypatch.setattr(schemes, "ARGON2_TIME_COST", 3)
     stored = hash_password("s3cret", "ARGON2ID")
     raw = stored.removeprefix("{ARGON2ID}")
     assert raw.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
@@ -326,9 +319,9 @@ def test_hash_password_unknown_scheme_refused() -> None:
 
 def test_dummy_hash_default_cost_matches() -> None:
     """The hash checked for unknown users costs what a default BLF-CRYPT user costs."""
-    cost = int(passwd_mod._DUMMY_HASH.split("$")[2])
+    cost = int(passwd_checker._DUMMY_HASH.split("$")[2])
     assert cost == 12
-    assert passwd_mod.split_scheme(passwd_mod._DUMMY_HASH)[0] == "BLF-CRYPT"
+    assert schemes.split_scheme(passwd_checker._DUMMY_HASH)[0] == "BLF-CRYPT"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -437,7 +430,7 @@ def test_passwd_file_lookups_stat_at_most_once_per_second(
         calls.append(p)
         return real_stat(p, *a, **kw)
 
-    monkeypatch.setattr(passwd_mod.os, "stat", counting_stat)
+    monkeypatch.setattr(os, "stat", counting_stat)
     reactor.advance(5)
     for _ in range(100):
         passwd.exists("user1@163.com")
@@ -469,6 +462,7 @@ def test_passwd_file_missing_file_no_users(tmp_path: Path, warnings: list[str]) 
     reactor.advance(5)
     assert passwd.users() == []
     assert sum("no such file" in w for w in warnings) == 1
+    assert f"{tmp_path / 'passwd'}: no such file; keeping the previous 0 users" in warnings
 
 
 # --------------------------------------------------------------------------- admin edits
@@ -481,7 +475,7 @@ def test_passwd_file_add_mode_0600_and_comments_kept(tmp_path: Path) -> None:
     path.write_text(head + "\n")
     path.chmod(0o644)
     passwd = PasswdFile(path)
-    passwd.add("User2@163.com", "pw2", scheme="SHA512-CRYPT", cram_md5=True)
+    add_user(passwd, "User2@163.com", "pw2", scheme="SHA512-CRYPT", cram_md5=True)
     text = path.read_text()
     assert text.startswith(head + "\nuser2@163.com:{SHA512-CRYPT}$6$rounds=1000$")
     assert text.endswith(f"::::::cram_md5={{CRAM-MD5}}{cram_md5_secret('pw2')}\n")
@@ -493,7 +487,7 @@ def test_passwd_file_add_mode_0600_and_comments_kept(tmp_path: Path) -> None:
 def test_passwd_file_add_new_file_mode_0600(tmp_path: Path) -> None:
     """The first add creates the folder and a 0600 file."""
     path = tmp_path / "state" / "passwd"
-    PasswdFile(path).add("user1@163.com", "pw")
+    add_user(PasswdFile(path), "user1@163.com", "pw")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().startswith("user1@163.com:{BLF-CRYPT}$2b$04$")
 
@@ -503,7 +497,7 @@ def test_passwd_file_edit_keeps_mode_0640(tmp_path: Path) -> None:
     path = tmp_path / "passwd"
     path.write_text("")
     path.chmod(0o640)
-    PasswdFile(path).add("user1@163.com", "pw")
+    add_user(PasswdFile(path), "user1@163.com", "pw")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
@@ -515,13 +509,13 @@ def test_passwd_file_set_password_keeps_fields_and_renews_cram(tmp_path: Path) -
         f"user1@163.com:{hash_password('old')}:1000:100::/home/u1::quota=1G cram_md5={{CRAM-MD5}}{old_cram}\n"
     )
     passwd = PasswdFile(path)
-    passwd.set_password("user1@163.com", "new", scheme="ARGON2ID")
+    set_password(passwd, "user1@163.com", "new", scheme="ARGON2ID")
     fields = path.read_text().rstrip("\n").split(":", 7)
     assert fields[2:7] == ["1000", "100", "", "/home/u1", ""]
     assert fields[7] == f"quota=1G cram_md5={{CRAM-MD5}}{cram_md5_secret('new')}"
     assert verify_password("new", fields[1]) and not verify_password("old", fields[1])
 
-    passwd.set_password("user1@163.com", "newer", cram_md5=False)
+    set_password(passwd, "user1@163.com", "newer", cram_md5=False)
     fields = path.read_text().rstrip("\n").split(":", 7)
     assert fields[7] == "quota=1G"
 
@@ -530,16 +524,16 @@ def test_passwd_file_admin_errors_clear(tmp_path: Path) -> None:
     """Adding an existing user, changing or deleting an unknown one raise PasswdFileError."""
     path = tmp_path / "passwd"
     passwd = PasswdFile(path)
-    passwd.add("user1@163.com", "pw")
+    add_user(passwd, "user1@163.com", "pw")
     with pytest.raises(PasswdFileError, match="user1@163.com already exists"):
-        passwd.add("USER1@163.com", "pw")
+        add_user(passwd, "USER1@163.com", "pw")
     with pytest.raises(PasswdFileError, match="no such user: user2@163.com"):
-        passwd.delete("user2@163.com")
+        delete_user(passwd, "user2@163.com")
     with pytest.raises(PasswdFileError, match="no such user: user2@163.com"):
-        passwd.set_password("user2@163.com", "pw")
+        set_password(passwd, "user2@163.com", "pw")
     with pytest.raises(PasswdFileError, match="expected an address"):
-        passwd.add("user2", "pw")
-    passwd.delete("User1@163.com")
+        add_user(passwd, "user2", "pw")
+    delete_user(passwd, "User1@163.com")
     assert passwd.users() == []
     assert path.read_text() == ""
 
@@ -549,7 +543,7 @@ def test_passwd_file_edit_of_broken_file_refused(tmp_path: Path) -> None:
     path = tmp_path / "passwd"
     path.write_text("garbage\n")
     with pytest.raises(PasswdFileError) as e:
-        PasswdFile(path).add("user1@163.com", "pw")
+        add_user(PasswdFile(path), "user1@163.com", "pw")
     assert e.value.problems[0] == f"{path}:1: expected user@domain:{{SCHEME}}hash"
     assert path.read_text() == "garbage\n"
 
@@ -621,17 +615,55 @@ def test_checker_non_utf8_username_refused(tmp_path: Path) -> None:
     assert isinstance(result, Failure) and result.check(UnauthorizedLogin)
 
 
+def test_checker_authenticate_is_request_avatar_id(tmp_path: Path) -> None:
+    """The Authenticator seam: authenticate() answers as requestAvatarId does."""
+    path = tmp_path / "passwd"
+    path.write_text(f"user1@163.com:{hash_password('pw')}\n")
+    checker = PasswdFileChecker(offline_file(path)[0])
+    results: list[Any] = []
+    checker.authenticate(UsernamePassword(b"User1@163.com", b"pw")).addBoth(results.append)
+    checker.authenticate(UsernamePassword(b"user1@163.com", b"PW")).addBoth(results.append)
+    assert results[0] == "user1@163.com"
+    assert isinstance(results[1], Failure) and results[1].check(UnauthorizedLogin)
+    assert not checker.cram_md5_available()
+
+
+def test_checker_unreadable_file_unauthorized_previous_users_kept(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    """A passwd file that cannot be read never fails a login with anything but
+    UnauthorizedLogin: from the start there are no users; later the previous ones stay."""
+    path = tmp_path / "passwd"
+    path.mkdir()  # read_bytes() fails: IsADirectoryError
+    checker = PasswdFileChecker(offline_file(path)[0])
+    result = checker.authenticate(UsernamePassword(b"user1@163.com", b"pw"))
+    failures: list[Any] = []
+    result.addErrback(failures.append)
+    assert failures and failures[0].check(UnauthorizedLogin)
+    assert warnings.count(f"{path}: Is a directory; keeping the previous 0 users") == 1
+
+    other = tmp_path / "other"
+    other.write_text(f"user1@163.com:{hash_password('pw')}\n")
+    passwd, reactor = offline_file(other)
+    checker = PasswdFileChecker(passwd)
+    other.unlink()
+    other.mkdir()
+    reactor.advance(2)
+    assert login(checker, "user1@163.com", "pw") == "user1@163.com"
+    assert warnings.count(f"{other}: Is a directory; keeping the previous 1 users") == 1
+
+
 @pytest.fixture
 def spied_verify(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Record (stored hash, thread id) of every verify_password the checker runs."""
     calls: list[tuple[str, int]] = []
-    real = passwd_mod.verify_password
+    real = passwd_checker.verify_password
 
     def spy(password: str | bytes, stored: str) -> bool:
         calls.append((stored, threading.get_ident()))
         return real(password, stored)
 
-    monkeypatch.setattr(passwd_mod, "verify_password", spy)
+    monkeypatch.setattr(passwd_checker, "verify_password", spy)
     return calls
 
 
@@ -667,7 +699,7 @@ def test_checker_unknown_user_hashes_dummy_as_long_as_known(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spied_verify: list[tuple[str, int]]
 ) -> Any:
     """An unknown user costs a real bcrypt check of the default cost, as long as a known one."""
-    monkeypatch.setattr(passwd_mod, "BCRYPT_ROUNDS", 12)
+    monkeypatch.setattr(schemes, "BCRYPT_ROUNDS", 12)
     path = tmp_path / "passwd"
     path.write_text(f"user1@163.com:{hash_password('pw')}\n")
     checker = PasswdFileChecker(PasswdFile(path))
@@ -677,7 +709,7 @@ def test_checker_unknown_user_hashes_dummy_as_long_as_known(
         with pytest.raises(UnauthorizedLogin):
             yield checker.requestAvatarId(UsernamePassword(name.encode(), b"wrong"))
         timings[name] = time.perf_counter() - start
-    assert [stored for stored, _ in spied_verify][1:] == [passwd_mod._DUMMY_HASH] * 2
+    assert [stored for stored, _ in spied_verify][1:] == [passwd_checker._DUMMY_HASH] * 2
     known = timings["user1@163.com"]
     assert known > 0.05  # a real cost-12 bcrypt, not a shortcut
     assert timings["nobody@163.com"] > known / 2
@@ -846,16 +878,16 @@ def test_cli_user_help_every_level_exit_0(
     assert capsys.readouterr().out.startswith("usage: mailappliance user")
 
 
-def test_cli_passwd_path_auth_section_or_state_dir(tmp_path: Path) -> None:
-    """passwd_path takes [auth] passwd_file if set, else <state_dir>/passwd."""
+def test_paths_passwd_file_auth_section_or_state_dir(tmp_path: Path) -> None:
+    """passwd_file takes [auth] passwd_file if set, else <state_dir>/passwd."""
     appliance = Section("appliance", {"state_dir": tmp_path / "state"})
     without = Config(path=tmp_path / "x.ini", sections={"appliance": appliance})
-    assert cli.passwd_path(without) == tmp_path / "state" / "passwd"
+    assert paths.passwd_file(without) == tmp_path / "state" / "passwd"
     unset = Config(
         path=tmp_path / "x.ini",
         sections={"appliance": appliance, "auth": Section("auth", {"passwd_file": None})},
     )
-    assert cli.passwd_path(unset) == tmp_path / "state" / "passwd"
+    assert paths.passwd_file(unset) == tmp_path / "state" / "passwd"
     configured = Config(
         path=tmp_path / "x.ini",
         sections={
@@ -863,7 +895,7 @@ def test_cli_passwd_path_auth_section_or_state_dir(tmp_path: Path) -> None:
             "auth": Section("auth", {"passwd_file": tmp_path / "etc" / "users"}),
         },
     )
-    assert cli.passwd_path(configured) == tmp_path / "etc" / "users"
+    assert paths.passwd_file(configured) == tmp_path / "etc" / "users"
 
 
 def test_cli_user_subprocess_add_list(tmp_path: Path) -> None:

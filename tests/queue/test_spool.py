@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.logger import Logger
 
 from appliance.interfaces import DiskFull, Envelope, Mailbox, Recipient
-from appliance.queue.spool import QueueEntry, Spool, read_queue_entry
+from appliance.maillog import render
+from appliance.queue.envelope import QueueEntry, read_queue_entry
+from appliance.queue.queue import Queue
+from appliance.service import build_queue
+from appliance.store.store import MaildirStore
 from tests.conftest import REPO
 
 BODY = (
@@ -51,9 +56,9 @@ def envelope(*rcpts: Recipient, mail_from: str = "sender@remote.test") -> Envelo
     )
 
 
-def delivered(spool: Spool, address: str) -> list[bytes]:
+def delivered(store: MaildirStore, address: str) -> list[bytes]:
     """The contents of every message in the mailbox's new/."""
-    md = spool.store.maildir(box(address))
+    md = store.maildir(box(address))
     return [md.read_message("new", n) for n in md.list_new()]
 
 
@@ -66,24 +71,25 @@ def files_under(path: Path) -> list[str]:
 
 
 class Made:
-    def __init__(self, spool: Spool, lines: list[str]) -> None:
-        self.spool = spool
-        self.lines = lines
+    """A queue over local delivery into a Maildir store, and its maillog lines."""
+
+    def __init__(self, state_dir: Path, **kwargs) -> None:
+        self.lines: list[str] = []
+        self.on_line: Callable[[str], object] = self.lines.append
+        events = Logger(namespace="mail.local", observer=lambda e: self.on_line(render(e)))
+        self.spool, self.store = build_queue(state_dir, "mx.test", reactor, events=events, **kwargs)
 
 
 @pytest.fixture
 def make_spool() -> Iterator[Callable[..., Made]]:
     """Spools on real directories, started; all stopped (threads joined) after the test."""
-    made: list[Spool] = []
+    made: list[Queue] = []
 
     def make(state_dir: Path, **kwargs) -> Made:
-        lines: list[str] = []
-        spool = Spool(
-            state_dir, hostname="mx.test", reactor=reactor, maillog=lines.append, **kwargs
-        )
-        spool.start()
-        made.append(spool)
-        return Made(spool, lines)
+        m = Made(state_dir, **kwargs)
+        m.spool.start()
+        made.append(m.spool)
+        return m
 
     yield make
     for spool in made:
@@ -105,7 +111,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def send(spool: Spool, env: Envelope, data: bytes = BODY, chunk: int = 4096) -> defer.Deferred:
+def send(spool: Queue, env: Envelope, data: bytes = BODY, chunk: int = 4096) -> defer.Deferred:
     msg = spool.begin(env)
     for i in range(0, len(data), chunk):
         msg.write(data[i : i + chunk])
@@ -121,9 +127,9 @@ def test_spool_fast_path_single_mailbox_lands_in_new_with_headers(tmp_path, make
     m = make_spool(tmp_path)
     qid = yield send(m.spool, envelope(local("user1@163.test")))
     assert QID.match(qid)
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
     assert files_under(m.spool.queue_dir) == []
-    md = m.spool.store.maildir(box("user1@163.test"))
+    md = m.store.maildir(box("user1@163.test"))
     assert os.listdir(md.tmp) == []
     (name,) = md.list_new()
     assert name.endswith(f",S={len(copy_of('user1@163.test'))}")
@@ -144,7 +150,7 @@ def test_spool_fast_path_two_aliases_same_mailbox_one_copy(tmp_path, make_spool)
     m = make_spool(tmp_path)
     env = envelope(local("postmaster@163.test", "admin@163.test"), local("admin@163.test"))
     qid = yield send(m.spool, env)
-    assert delivered(m.spool, "admin@163.test") == [copy_of("admin@163.test")]
+    assert delivered(m.store, "admin@163.test") == [copy_of("admin@163.test")]
     assert f"{qid}: to=<admin@163.test>, relay=local" in m.lines[1]
     assert "orig_to" not in m.lines[1]
 
@@ -164,7 +170,7 @@ def test_spool_null_sender_return_path_empty(tmp_path, make_spool):
     """A bounce (MAIL FROM:<>) gets 'Return-Path: <>'."""
     m = make_spool(tmp_path)
     yield send(m.spool, envelope(local("user1@163.test"), mail_from=""))
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test", mail_from="")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test", mail_from="")]
 
 
 @pytest_twisted.inlineCallbacks
@@ -175,9 +181,9 @@ def test_spool_large_message_streamed_in_chunks_exact_bytes(tmp_path, make_spool
     yield send(m.spool, envelope(local("big@163.test")), data, chunk=1000)
     yield send(m.spool, envelope(local("a@163.test"), local("b@163.test")), data, chunk=1000)
     yield m.spool.idle()
-    assert delivered(m.spool, "big@163.test") == [copy_of("big@163.test", data)]
-    assert delivered(m.spool, "a@163.test") == [copy_of("a@163.test", data)]
-    assert delivered(m.spool, "b@163.test") == [copy_of("b@163.test", data)]
+    assert delivered(m.store, "big@163.test") == [copy_of("big@163.test", data)]
+    assert delivered(m.store, "a@163.test") == [copy_of("a@163.test", data)]
+    assert delivered(m.store, "b@163.test") == [copy_of("b@163.test", data)]
 
 
 # -- spool path -------------------------------------------------------------------------------
@@ -190,8 +196,8 @@ def test_spool_two_mailboxes_and_remote_copies_and_deferred_keeps_remote(tmp_pat
     env = envelope(local("user1@163.test"), local("user2@163.test"), remote("user3@sina.test"))
     qid = yield send(m.spool, env)
     yield m.spool.idle()
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test")]
     assert files_under(m.spool.queue_dir) == [f"deferred/{qid}", f"deferred/{qid}.env"]
     assert (m.spool.deferred_dir / qid).read_bytes() == BODY
     entry = read_queue_entry(m.spool.deferred_dir / f"{qid}.env")
@@ -215,8 +221,8 @@ def test_spool_two_local_mailboxes_queue_file_removed(tmp_path, make_spool):
     m = make_spool(tmp_path)
     qid = yield send(m.spool, envelope(local("user1@163.test"), local("user2@163.test")))
     yield m.spool.idle()
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test")]
     assert files_under(m.spool.queue_dir) == []
     assert m.lines[-1] == f"{qid}: removed"
 
@@ -238,26 +244,26 @@ def test_spool_remote_only_committed_straight_to_deferred(tmp_path, make_spool):
 def test_spool_failed_local_delivery_stays_queued_and_timer_retries(tmp_path, make_spool):
     """A mailbox that cannot be written stays in incoming/; the retry timer delivers it later."""
     m = make_spool(tmp_path, retry_interval=0.05)
-    blocker = m.spool.mail_root / "163.test" / "user2"
+    blocker = m.store.mail_root / "163.test" / "user2"
     blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"not a directory")
     qid = yield send(m.spool, envelope(local("user1@163.test"), local("user2@163.test")))
     yield m.spool.idle()
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
     assert sorted(os.listdir(m.spool.incoming_dir)) == [qid, f"{qid}.done", f"{qid}.env"]
     (deferred_line,) = [line for line in m.lines if "status=deferred" in line]
     assert deferred_line.startswith(f"{qid}: to=<user2@163.test>, relay=local, delay=")
     assert "cannot write to maildir: Not a directory" in deferred_line
 
     removed: defer.Deferred[None] = defer.Deferred()
-    m.spool.maillog = lambda line: (
+    m.on_line = lambda line: (
         m.lines.append(line),
         line == f"{qid}: removed" and not removed.called and removed.callback(None),
     )
     blocker.unlink()
     yield removed  # fired by the timer's delivery, no sleep
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test")]
     assert files_under(m.spool.queue_dir) == []
 
 
@@ -289,7 +295,7 @@ def test_spool_fast_path_commit_fsyncs_file_renames_fsyncs_dir_then_fires(
 ):
     """Fast path: fsync(file) -> rename into new/ -> fsync(new/) -> Deferred fires."""
     m = make_spool(tmp_path)
-    md = m.spool.store.maildir(box("user1@163.test"))
+    md = m.store.maildir(box("user1@163.test"))
     d = send(m.spool, envelope(local("user1@163.test")))
     d.addCallback(lambda qid: recorder.append(("fired",)) or qid)
     yield d
@@ -332,8 +338,8 @@ def test_spool_reactor_thread_never_fsyncs(tmp_path, make_spool, monkeypatch, ex
     """write() and commit() leave every fsync to the pool, even for a large first message."""
     m = make_spool(tmp_path)
     if existing_mailbox:
-        m.spool.store.maildir(box("user1@163.test")).ensure()
-        m.spool.store.maildir(box("user2@163.test")).ensure()
+        m.store.maildir(box("user1@163.test")).ensure()
+        m.store.maildir(box("user2@163.test")).ensure()
     main = threading.current_thread()
     on_reactor: list[int] = []
     real_fsync = os.fsync
@@ -349,8 +355,8 @@ def test_spool_reactor_thread_never_fsyncs(tmp_path, make_spool, monkeypatch, ex
     yield send(m.spool, envelope(local("user1@163.test"), local("user2@163.test")), big)
     yield m.spool.idle()
     assert on_reactor == []
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test", big)] * 2
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test", big)]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test", big)] * 2
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test", big)]
 
 
 # -- abort ------------------------------------------------------------------------------------
@@ -361,7 +367,7 @@ def test_spool_reactor_thread_never_fsyncs(tmp_path, make_spool, monkeypatch, ex
 def test_spool_abort_leaves_nothing(tmp_path, make_spool, two_mailboxes):
     """abort() after a large write (files exist by then) removes them; twice is fine."""
     m = make_spool(tmp_path)
-    m.spool.store.maildir(box("user1@163.test")).ensure()
+    m.store.maildir(box("user1@163.test")).ensure()
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
     msg = m.spool.begin(envelope(*rcpts))
     msg.write(BODY * 2000)
@@ -387,8 +393,8 @@ def test_spool_abort_after_commit_keeps_message(tmp_path, make_spool):
     yield d
     msg.abort()  # after
     yield m.spool.idle()
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test")]
 
 
 def test_spool_begin_unsafe_mailbox_refused(tmp_path, make_spool):
@@ -405,7 +411,7 @@ def test_spool_begin_unsafe_mailbox_refused(tmp_path, make_spool):
 def test_spool_disk_full_in_write_raises_and_leaves_nothing(small_tmpfs, make_spool, two_mailboxes):
     """Writing more than the file system holds raises DiskFull; every file of it is gone."""
     m = make_spool(small_tmpfs)
-    m.spool.store.maildir(box("user1@163.test")).ensure()  # else the first mail waits in memory
+    m.store.maildir(box("user1@163.test")).ensure()  # else the first mail waits in memory
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
     msg = m.spool.begin(envelope(*rcpts))
     with pytest.raises(DiskFull):
@@ -438,7 +444,7 @@ def test_spool_disk_full_at_commit_fails_diskfull_and_leaves_nothing(
 ):
     """A message that fits the write buffer but not the disk fails at commit with DiskFull."""
     m = make_spool(small_tmpfs)
-    m.spool.store.maildir(box("user1@163.test")).ensure()
+    m.store.maildir(box("user1@163.test")).ensure()
     fill(small_tmpfs, 16 * 1024)
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
     msg = m.spool.begin(envelope(*rcpts))
@@ -460,11 +466,11 @@ def test_spool_disk_full_during_delivery_stays_queued_then_delivered_once(small_
     addresses = ["user1@163.test", "user2@163.test", "user3@163.test"]
     qid = yield send(m.spool, envelope(*(local(a) for a in addresses)), data)
     yield m.spool.idle()
-    got = {a: delivered(m.spool, a) for a in addresses}
+    got = {a: delivered(m.store, a) for a in addresses}
     assert sum(len(v) for v in got.values()) == 1
     assert sorted(os.listdir(m.spool.incoming_dir)) == [qid, f"{qid}.done", f"{qid}.env"]
     for a in addresses:
-        md = m.spool.store.maildir(box(a))
+        md = m.store.maildir(box(a))
         assert not md.tmp.exists() or os.listdir(md.tmp) == []
     deferred_lines = [line for line in m.lines if "status=deferred" in line]
     assert len(deferred_lines) == 2
@@ -475,7 +481,7 @@ def test_spool_disk_full_during_delivery_stays_queued_then_delivered_once(small_
     yield m.spool.idle()
     assert handled == [qid]
     for a in addresses:
-        assert delivered(m.spool, a) == [copy_of(a, data)]
+        assert delivered(m.store, a) == [copy_of(a, data)]
     assert files_under(m.spool.queue_dir) == []
     assert m.lines[-1] == f"{qid}: removed"
 
@@ -483,7 +489,7 @@ def test_spool_disk_full_during_delivery_stays_queued_then_delivered_once(small_
 # -- recovery ---------------------------------------------------------------------------------
 
 
-def queue_message(spool: Spool, folder: Path, qid: str, env: Envelope, data: bytes = BODY) -> None:
+def queue_message(spool: Queue, folder: Path, qid: str, env: Envelope, data: bytes = BODY) -> None:
     (folder / qid).write_bytes(data)
     (folder / f"{qid}.env").write_bytes(QueueEntry(qid, env, time.time(), len(data)).to_bytes())
 
@@ -493,12 +499,12 @@ def test_spool_recover_after_crash_delivers_incoming_and_cleans(tmp_path, make_s
     """recover(): tmp/ emptied, incomplete pairs dropped, incoming/ delivered (skipping
     mailboxes already done), deferred/ left alone."""
     state = tmp_path / "state"
-    first = Spool(state, hostname="mx.test", reactor=reactor)  # only to create the layout
+    first, first_store = build_queue(state, "mx.test", reactor)  # only to create the layout
     q = first.queue_dir
     env = envelope(local("user1@163.test"), local("user2@163.test"), remote("user3@sina.test"))
     queue_message(first, q / "incoming", "AAAAAAAAA1", env)
     # user1 got its copy before the crash; a torn last line must be ignored.
-    first.store.maildir(box("user1@163.test")).deliver(copy_of("user1@163.test"), "mx.test")
+    first_store.maildir(box("user1@163.test")).deliver(copy_of("user1@163.test"), "mx.test")
     (q / "incoming" / "AAAAAAAAA1.done").write_bytes(b'"user1@163.test"\n"user2@16')
     queue_message(first, q / "incoming", "BBBBBBBBB2", envelope(local("user4@163.test")))
     (q / "incoming" / "CCCCCCCCC3").write_bytes(b"cut between the renames")
@@ -510,9 +516,9 @@ def test_spool_recover_after_crash_delivers_incoming_and_cleans(tmp_path, make_s
     m = make_spool(state)
     handled = yield m.spool.recover()
     assert sorted(handled) == ["AAAAAAAAA1", "BBBBBBBBB2"]
-    assert delivered(m.spool, "user1@163.test") == [copy_of("user1@163.test")]
-    assert delivered(m.spool, "user2@163.test") == [copy_of("user2@163.test")]
-    assert delivered(m.spool, "user4@163.test") == [copy_of("user4@163.test")]
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test")]
+    assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test")]
+    assert delivered(m.store, "user4@163.test") == [copy_of("user4@163.test")]
     assert files_under(q) == [
         "deferred/AAAAAAAAA1",
         "deferred/AAAAAAAAA1.env",
@@ -543,7 +549,7 @@ def test_spool_recover_idempotent_second_run_does_nothing(tmp_path, make_spool):
     queue_message(m.spool, m.spool.incoming_dir, "0123456789", envelope(local("u@163.test")))
     assert (yield m.spool.recover()) == ["0123456789"]
     assert (yield m.spool.recover()) == []
-    assert delivered(m.spool, "u@163.test") == [copy_of("u@163.test")]
+    assert delivered(m.store, "u@163.test") == [copy_of("u@163.test")]
 
 
 CHILD = """
@@ -551,9 +557,10 @@ import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 from twisted.internet import reactor
 from appliance.interfaces import Envelope, Mailbox, Recipient
-from appliance.queue.spool import Spool
+from pathlib import Path
+from appliance.service import build_queue
 
-spool = Spool({state!r}, hostname="mx.test", reactor=reactor)
+spool, _store = build_queue(Path({state!r}), "mx.test", reactor)
 rcpts = tuple(
     Recipient(a, (Mailbox(a.split("@")[1], a.split("@")[0]),)) for a in {addresses!r}
 ) + (Recipient("far@sina.test", remote=True),) * {remote!r}
@@ -602,7 +609,7 @@ def test_spool_kill9_right_after_250_message_delivered_after_restart(
     handled = yield m.spool.recover()
     assert set(handled) <= {qid}
     for a in addresses:
-        copies = delivered(m.spool, a)
+        copies = delivered(m.store, a)
         assert 1 <= len(copies) <= 2
         assert set(copies) == {copy_of(a)}
     queue = files_under(m.spool.queue_dir)
@@ -626,10 +633,10 @@ def test_spool_fifty_concurrent_commits_all_succeed(tmp_path, make_spool):
     qids = yield defer.gatherResults(ds)
     assert len(set(qids)) == 50
     yield m.spool.idle()
-    assert len(delivered(m.spool, "all@163.test")) == 25
-    total = sum(len(delivered(m.spool, f"user{k}@163.test")) for k in range(5))
+    assert len(delivered(m.store, "all@163.test")) == 25
+    total = sum(len(delivered(m.store, f"user{k}@163.test")) for k in range(5))
     assert total == 50
-    every = [c for k in range(5) for c in delivered(m.spool, f"user{k}@163.test")]
+    every = [c for k in range(5) for c in delivered(m.store, f"user{k}@163.test")]
     assert sorted(c.rsplit(b"message ", 1)[1] for c in every) == sorted(
         f"{i}\r\n".encode() for i in range(50)
     )
@@ -639,16 +646,16 @@ def test_spool_fifty_concurrent_commits_all_succeed(tmp_path, make_spool):
 @pytest_twisted.inlineCallbacks
 def test_spool_stop_waits_for_commits_in_flight(tmp_path):
     """stop() fires only after a commit that was running has finished and been delivered."""
-    spool = Spool(tmp_path, hostname="mx.test", reactor=reactor)
+    spool, store = build_queue(tmp_path, "mx.test", reactor)
     spool.start()
     results: list[str] = []
     d = send(spool, envelope(local("a@163.test"), local("b@163.test")))
     d.addCallback(results.append)
     yield spool.stop()
     assert len(results) == 1
-    assert delivered(spool, "a@163.test") == [copy_of("a@163.test")]
-    assert delivered(spool, "b@163.test") == [copy_of("b@163.test")]
-    assert not spool._pool.started
+    assert delivered(store, "a@163.test") == [copy_of("a@163.test")]
+    assert delivered(store, "b@163.test") == [copy_of("b@163.test")]
+    assert not spool.pool.started
     with pytest.raises(RuntimeError):
         spool.begin(envelope(local("a@163.test")))
 
@@ -671,7 +678,7 @@ def test_spool_queue_id_taken_on_disk_new_id_drawn(tmp_path, make_spool, monkeyp
     m = make_spool(tmp_path)
     queue_message(m.spool, m.spool.deferred_dir, "0000000001", envelope(remote("x@sina.test")))
     ids = iter([0x1, 0x2])
-    monkeypatch.setattr("appliance.queue.spool._rng.getrandbits", lambda bits: next(ids))
+    monkeypatch.setattr("appliance.queue.queue._rng.getrandbits", lambda bits: next(ids))
     qid = yield send(m.spool, envelope(remote("y@sina.test")))
     assert qid == "0000000002"
     assert read_queue_entry(m.spool.deferred_dir / "0000000001.env").envelope.recipients == (
@@ -684,7 +691,7 @@ def test_spool_queue_id_taken_on_disk_new_id_drawn(tmp_path, make_spool, monkeyp
 def test_spool_recover_removes_stale_maildir_tmp_files(tmp_path, make_spool):
     """recover() removes Maildir tmp/ files older than 36 hours, keeps younger ones."""
     m = make_spool(tmp_path)
-    md = m.spool.store.maildir(box("user1@163.test"))
+    md = m.store.maildir(box("user1@163.test"))
     md.ensure()
     old, young = md.tmp / "old-crash", md.tmp / "young"
     old.write_bytes(b"x")

@@ -10,14 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 
-from appliance.interfaces import DiskFull, Envelope, Mailbox, Resolution, Verdict
-from appliance.smtp.server import MTA, ListenerMode, SMTPFactory, SMTPSettings
+from appliance.interfaces import DiskFull, Envelope, Mailbox, Resolution, SaslCredentials, Verdict
+from appliance.maillog import render
+from appliance.smtp.factory import SMTPFactory
+from appliance.smtp.settings import MTA, ListenerMode, SMTPSettings
 
 STARTTLS_CONTEXT = object()  # stands for the TLS context factory; only its identity is checked
 
@@ -64,11 +68,33 @@ class MemorySink:
         self.begun: list[MemoryMessage] = []
         self.fail_write = False
         self.fail_commit: Exception | None = None
+        self.room = True  # what has_room() answers
+        self.room_asked: list[int] = []
 
     def begin(self, envelope: Envelope) -> MemoryMessage:
         m = MemoryMessage(self, envelope, f"{len(self.begun) + 1:010X}")
         self.begun.append(m)
         return m
+
+    def has_room(self, size: int) -> bool:
+        self.room_asked.append(size)
+        return self.room
+
+
+class MemoryAuthenticator:
+    """The Authenticator seam with one user: user1@example.test, password 'secret'."""
+
+    users = {b"user1@example.test": b"secret"}
+
+    def authenticate(self, credentials: SaslCredentials) -> defer.Deferred[str]:
+        if isinstance(credentials, UsernamePassword):
+            password = self.users.get(credentials.username)
+            if password is not None and credentials.password == password:
+                return defer.succeed(credentials.username.decode())
+        return defer.fail(UnauthorizedLogin())
+
+    def cram_md5_available(self) -> bool:
+        return False
 
 
 class LabPolicy:
@@ -132,37 +158,39 @@ class Session:
 
 
 @pytest.fixture
-def smtp(tmp_path):
+def smtp():
     """make(mode=MTA, peer='127.0.0.1', **settings) -> Session with a fresh factory."""
     clock = Clock()
-    logs: list[str] = []
+    logs: list[str] = []  # the maillog lines, as appliance.maillog renders the events
+    events: list[dict] = []
     sink = MemorySink()
     policy = LabPolicy()
-    checker = InMemoryUsernamePasswordDatabaseDontUse()
-    checker.addUser(b"user1@example.test", b"secret")
+    authenticator = MemoryAuthenticator()
+
+    def observer(event: dict) -> None:
+        events.append(event)
+        logs.append(render(event))
 
     def make(
         mode: ListenerMode = MTA, peer: str = "127.0.0.1", tls=STARTTLS_CONTEXT, **kw
     ) -> Session:
-        from appliance.auth.sasl import SaslExchange
-
-        settings = SMTPSettings(hostname="mail.example.test", spool_dir=str(tmp_path), **kw)
+        settings = SMTPSettings(hostname="mail.example.test", **kw)
         factory = SMTPFactory(
             settings,
             mode,
             sink=sink,
             policy=policy,
-            checker=checker,
+            authenticator=authenticator,
             tls=tls,
             throttle=None,
-            maillog=logs.append,
+            events=Logger(namespace="mail.smtpd", observer=observer),
             reactor=clock,
-            sasl_factory=SaslExchange,
         )
         return Session(factory, clock, peer)
 
     make.clock = clock
     make.logs = logs
+    make.events = events
     make.sink = sink
     make.policy = policy
     return make

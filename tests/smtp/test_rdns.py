@@ -55,7 +55,7 @@ def test_rdns_slow_resolver_times_out_to_unknown() -> None:
     """A resolver that never answers costs at most the timeout."""
 
     class Silent:
-        def lookupPointer(self, name, timeout=None):  # noqa: N802
+        def lookup_ptr(self, ip):
             return defer.Deferred()
 
     clock = Clock()

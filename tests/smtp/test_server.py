@@ -6,7 +6,7 @@ import base64
 import re
 
 from appliance.interfaces import DiskFull, Verdict
-from appliance.smtp.server import SMTPS, SUBMISSION
+from appliance.smtp.settings import SMTPS, SUBMISSION
 
 EHLO_LINES = [
     "250-mail.example.test",
@@ -395,7 +395,7 @@ def test_auth_login_challenges(smtp) -> None:
     assert s.cmd("AUTH LOGIN") == "334 " + b64("Username:")
     assert s.cmd(b64("user1@example.test")) == "334 " + b64("Password:")
     assert s.cmd(b64("secret")) == "235 2.7.0 Authentication successful"
-    assert s.factory.maillog is not None
+    assert s.factory.events is not None
     assert any("sasl_method=LOGIN, sasl_username=user1@example.test" in line for line in smtp.logs)
 
 
@@ -496,3 +496,31 @@ def test_random_input_never_raises_or_logs_failure(smtp) -> None:
         assert bad == []
         s.proto.connectionLost(None)
     # and the autouse logged_errors fixture fails the test on any logged traceback
+
+
+def test_mail_without_room_in_queue_452(smtp) -> None:
+    """MAIL asks the sink for room for SIZE= (0 without it); no room: 452 4.3.1."""
+    s = smtp().ready()
+    assert s.cmd("MAIL FROM:<a@example.org> SIZE=1234") == "250 2.1.0 Ok"
+    s.cmd("RSET")
+    smtp.sink.room = False
+    assert s.cmd("MAIL FROM:<a@example.org>") == "452 4.3.1 Insufficient system storage"
+    assert smtp.sink.room_asked == [1234, 0]
+
+
+def test_maillog_events_have_named_fields(smtp) -> None:
+    """Each maillog line is a mail event with its name and fields, not just text."""
+    s = plaintext_ok(smtp).ready()
+    s.cmd("AUTH PLAIN " + b64("\0user1@example.test\0secret"))
+    s.send("MAIL FROM:<user1@example.test>\r\nRCPT TO:<nobody@example.test>\r\n")
+    s.send("RCPT TO:<user2@example.test>\r\nDATA\r\nhi\r\n.\r\n")
+    s.proto.connectionLost(None)
+    names = [e["event"] for e in smtp.events]
+    assert names == ["connect", "auth", "reject", "client", "disconnect"]
+    auth, reject, client = smtp.events[1:4]
+    assert auth["sasl_method"] == "PLAIN" and auth["sasl_username"] == "user1@example.test"
+    assert reject["stage"] == "RCPT" and reject["code"] == 550
+    assert reject["rcpt"] == "nobody@example.test" and reject["mail_from"] == "user1@example.test"
+    assert client["queue_id"] == "0000000001" and client["client"] == "unknown[127.0.0.1]"
+    assert all(e["session_id"] == s.proto.session_id for e in smtp.events)
+    assert smtp.logs[-1] == "disconnect from unknown[127.0.0.1] ehlo=1 auth=1 mail=1 rcpt=2 data=1"

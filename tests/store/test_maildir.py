@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.durable import DirSync
 from appliance.interfaces import Mailbox
 from appliance.store import maildir as maildir_module
-from appliance.store.maildir import (
-    DirSync,
-    Maildir,
-    MaildirStore,
-    escape_hostname,
-    size_from_name,
-    unique_name,
-)
+from appliance.store.maildir import Maildir, escape_hostname, size_from_name, unique_name
+from appliance.store.store import MaildirStore
 
 MESSAGE = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody line\r\n.leading dot\r\n"
 
@@ -239,7 +234,8 @@ def test_dirsync_failure_reaches_every_waiter() -> None:
             return
         raise OSError(5, "Input/output error")
 
-    sync = DirSync(fsync)
+    joined = threading.Semaphore(0)  # released by each caller that waits for the next round
+    sync = DirSync(fsync, on_wait=joined.release)
     errors: list[BaseException | None] = []
 
     def caller() -> None:
@@ -256,9 +252,8 @@ def test_dirsync_failure_reaches_every_waiter() -> None:
     for t in waiters:
         t.start()
     # Release the first fsync only once all five wait for the next round (bounded wait).
-    deadline = time.monotonic() + 5
-    while len(sync._cond._waiters) < 5 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.001)
+    for _ in waiters:
+        assert joined.acquire(timeout=5)
     release.set()
     for t in [first, *waiters]:
         t.join()

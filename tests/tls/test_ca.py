@@ -1,4 +1,4 @@
-"""Tests for appliance.tls.ca: the on-disk CA, issuing, listing and renewal decisions."""
+"""Tests for appliance.tls.ca and .renewal: the on-disk CA, issuing, listing and renewal."""
 
 from __future__ import annotations
 
@@ -18,11 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.errors import CAError
 from appliance.tls import ca as ca_module
-from appliance.tls.ca import (
-    CertificateAuthority,
-    cert_needs_renewal,
-    ensure_server_certificate,
-)
+from appliance.tls.ca import CertificateAuthority
+from appliance.tls.renewal import cert_needs_renewal, ensure_server_certificate
 
 OPENSSL_TIMEOUT = 30
 

@@ -17,9 +17,12 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from zope.interface import Interface, implementer
 
-from appliance.auth import passwd as passwd_mod
-from appliance.auth.passwd import PasswdFile, PasswdFileChecker, cram_md5_secret, hash_password
-from appliance.auth.sasl import (
+from appliance.auth import schemes
+from appliance.auth.cram import cram_md5_secret
+from appliance.auth.passwd import PasswdFile
+from appliance.auth.passwd_checker import PasswdFileChecker
+from appliance.auth.schemes import hash_password
+from appliance.sasl import (
     MAX_LINE,
     MECHANISMS,
     PLAINTEXT,
@@ -237,7 +240,7 @@ class Realm:
 
 @pytest.fixture
 def portal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Portal:
-    monkeypatch.setattr(passwd_mod, "BCRYPT_ROUNDS", 4)
+    monkeypatch.setattr(schemes, "BCRYPT_ROUNDS", 4)
     path = tmp_path / "passwd"
     path.write_text(
         f"user1@163.com:{hash_password('pw1')}::::::cram_md5={{CRAM-MD5}}{cram_md5_secret('pw1')}\n"

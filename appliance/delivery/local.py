@@ -1,0 +1,191 @@
+"""Local delivery: the `DeliveryTarget` that puts copies into local mailboxes (the MailStore).
+
+Each copy gets the headers local delivery adds (`Return-Path:` from the envelope sender,
+`Delivered-To:` the final mailbox, as Postfix's local(8) does), then the message bytes. Two
+ways in, both durable before they report SENT:
+
+- `start()`: a queued message (its bytes in a queue file) copied into each recipient's
+  mailbox, all copies in one worker-thread job; one result per address.
+- `start_streaming()`: the fast path for a message with a single local mailbox. The bytes go
+  into the mailbox's temporary file as SMTP receives them (buffered so a small message costs
+  one write, in commit's thread), and commit publishes it, so the 250 needs no queue file.
+
+Watchers of the store hear of each new message (announce) once it is durable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appliance.durable import is_disk_full
+from appliance.interfaces import (
+    DiskFull,
+    Mailbox,
+    MailStore,
+    MessageBody,
+    NewMessage,
+    Outcome,
+    QueuedMessage,
+    RecipientResult,
+)
+from appliance.workers import WorkerPool
+
+RELAY = "local"
+SENT_TEXT = "delivered to maildir"
+# bytes kept in memory before write(); a 1 KB message costs one write, in commit's thread
+WRITE_BUFFER = 64 * 1024
+
+
+def _header_value(value: str) -> str:
+    # A header must stay one line whatever the address holds.
+    return value.replace("\r", "").replace("\n", "")
+
+
+def delivery_prefix(mail_from: str, mailbox: Mailbox) -> bytes:
+    """The headers put in front of each local copy."""
+    return (
+        f"Return-Path: <{_header_value(mail_from)}>\r\n"
+        f"Delivered-To: {_header_value(mailbox.address)}\r\n"
+    ).encode()
+
+
+def _deferred_text(error: OSError) -> str:
+    return f"cannot write to maildir: {error.strerror or error}"
+
+
+class LocalDelivery:
+    """interfaces.DeliveryTarget for the local mailboxes of one MailStore."""
+
+    name = RELAY
+    log = Logger()
+
+    def __init__(self, store: MailStore, pool: WorkerPool) -> None:
+        self.store = store
+        self.pool = pool
+
+    def check_address(self, address: str) -> None:
+        self.store.check(Mailbox.of(address))
+
+    def clean_stale(self) -> None:
+        self.store.clean_stale()
+
+    def start(self, message: QueuedMessage) -> LocalCopies:
+        return LocalCopies(self, message)
+
+    def start_streaming(self, message: QueuedMessage, address: str) -> LocalStream:
+        return LocalStream(self, message, Mailbox.of(address))
+
+
+class LocalCopies:
+    """interfaces.Delivery: one copy per recipient mailbox, from a queued message's bytes."""
+
+    def __init__(self, target: LocalDelivery, message: QueuedMessage) -> None:
+        self.target = target
+        self.message = message
+        self.mailboxes: list[Mailbox] = []
+        self._body: MessageBody | None = None
+        self._aborted = False
+
+    def add_recipient(self, address: str) -> None:
+        mailbox = Mailbox.of(address)
+        if mailbox not in self.mailboxes:
+            self.mailboxes.append(mailbox)
+
+    def body(self, body: MessageBody) -> None:
+        self._body = body
+
+    def abort(self) -> None:
+        self._aborted = True  # nothing is written before commit()
+
+    def commit(self) -> Deferred[list[RecipientResult]]:
+        assert self._body is not None, "body() first"
+        d = self.target.pool.run(self._copy_all, self._body)
+        return d.addCallback(self._results)
+
+    def _copy_all(self, body: MessageBody) -> list[tuple[Mailbox, str | Failure]]:
+        """Thread: one durable copy per mailbox; a failed copy does not stop the others.
+
+        One thread job per message, not per copy: the copies of many messages still fsync in
+        parallel, and every job costs the reactor a wake-up and some Python.
+        """
+        store, mail_from = self.target.store, self.message.envelope.mail_from
+        copies: list[tuple[Mailbox, str | Failure]] = []
+        for mailbox in self.mailboxes:
+            if self._aborted:
+                break
+            chunks: Iterator[bytes] = itertools.chain(
+                [delivery_prefix(mail_from, mailbox)], body.chunks()
+            )
+            try:
+                copies.append((mailbox, store.deliver(mailbox, chunks)))
+            except Exception:
+                copies.append((mailbox, Failure()))
+        return copies
+
+    def _results(self, copies: list[tuple[Mailbox, str | Failure]]) -> list[RecipientResult]:
+        results = []
+        for mailbox, copy in copies:
+            if not isinstance(copy, Failure):
+                self.target.store.announce(mailbox)
+                results.append(RecipientResult(mailbox.address, Outcome.SENT, SENT_TEXT, RELAY))
+                continue
+            if isinstance(copy.value, OSError):
+                text = _deferred_text(copy.value)
+            else:
+                self.target.log.failure(
+                    "{queue_id}: delivery to {rcpt} failed",
+                    copy,
+                    queue_id=self.message.queue_id,
+                    rcpt=mailbox.address,
+                )
+                text = "local error in delivery"
+            results.append(RecipientResult(mailbox.address, Outcome.DEFERRED, text, RELAY))
+        return results
+
+
+class LocalStream:
+    """interfaces.StreamingDelivery into one mailbox: the fast path before the 250."""
+
+    def __init__(self, target: LocalDelivery, message: QueuedMessage, mailbox: Mailbox) -> None:
+        self.target = target
+        self.mailbox = mailbox
+        self.new: NewMessage = target.store.new_message(mailbox)
+        self._buffer = bytearray(delivery_prefix(message.envelope.mail_from, mailbox))
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BUFFER:
+            try:
+                # A large message goes to disk as it comes (no fsync on the reactor: a new
+                # mailbox's folder is made in commit's thread, the bytes stay buffered until)
+                if self.new.open_now():
+                    self.new.write(self._buffer)
+                    del self._buffer[:]
+            except OSError as e:
+                self.abort()
+                if is_disk_full(e):
+                    raise DiskFull(str(e)) from e
+                raise
+
+    def commit(self) -> Deferred[RecipientResult]:
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        return self.target.pool.run(self._finish, data).addCallback(self._sent)
+
+    def _finish(self, data: bytes) -> str:
+        """Thread: the rest of the bytes, fsync, then into the mailbox durably."""
+        self.new.write_rest(data)
+        return self.new.publish()
+
+    def _sent(self, key: str) -> RecipientResult:
+        self.target.store.announce(self.mailbox)
+        return RecipientResult(self.mailbox.address, Outcome.SENT, SENT_TEXT, RELAY)
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
+        self.new.discard()

@@ -1,0 +1,217 @@
+"""The queue's folders and files: where a message waits until every target has it.
+
+Layout under state_dir/queue:
+
+    tmp/<qid>, <qid>.env          being received; never acknowledged (recovery deletes them)
+    incoming/<qid>, <qid>.env     acknowledged, local delivery pending
+    incoming/<qid>.done           mailboxes already delivered (one JSON string a line)
+    deferred/<qid>, <qid>.env     local part done; only remote recipients are left
+    corrupt/                      queue files whose envelope cannot be read
+
+A message in incoming/ or deferred/ is complete only when both <qid> and <qid>.env exist:
+data is renamed in first, so a crash leaves at worst an orphan that recovery removes, never
+an .env without its data. Every method here blocks (worker thread), except the constructor,
+which runs before the reactor serves anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from appliance.durable import (
+    DIR_MODE,
+    FILE_MODE,
+    OPEN_NEW,
+    DirSync,
+    create_file,
+    fsync_dir,
+    read_chunks,
+    unlink_quietly,
+    write_all,
+)
+from appliance.queue.envelope import QueueEntry, read_queue_entry
+
+
+class SpooledBody:
+    """interfaces.MessageBody of a message in a queue file."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        return read_chunks(self.path)
+
+
+class QueueFiles:
+    log = Logger()
+
+    def __init__(self, queue_dir: str | Path, dirsync: DirSync) -> None:
+        self.queue_dir = Path(queue_dir)
+        self.tmp_dir = self.queue_dir / "tmp"
+        self.incoming_dir = self.queue_dir / "incoming"
+        self.deferred_dir = self.queue_dir / "deferred"
+        self.corrupt_dir = self.queue_dir / "corrupt"
+        # plain strings for the hot path: pathlib joins cost more than the syscalls
+        self.tmp = str(self.tmp_dir)
+        self.incoming = str(self.incoming_dir)
+        self.deferred = str(self.deferred_dir)
+        self.dirsync = dirsync
+        for d in (self.queue_dir, self.tmp_dir, self.incoming_dir, self.deferred_dir,
+                  self.corrupt_dir):  # fmt: skip
+            if not d.is_dir():
+                d.mkdir(DIR_MODE, parents=True, exist_ok=True)
+                fsync_dir(d.parent)
+
+    # -- receiving
+
+    def create_tmp(self, queue_id: str) -> int | None:
+        """Open tmp/<qid> for writing (O_EXCL); None if the id is taken here or on disk."""
+        path = f"{self.tmp}/{queue_id}"
+        try:
+            fd = os.open(path, OPEN_NEW, FILE_MODE)
+        except FileExistsError:
+            return None
+        if os.path.lexists(f"{self.incoming}/{queue_id}") or os.path.lexists(
+            f"{self.deferred}/{queue_id}"
+        ):
+            # left by an earlier run: the rename in commit would replace that message
+            os.close(fd)
+            os.unlink(path)
+            return None
+        return fd
+
+    def paths(self, queue_id: str, target: str) -> list[str]:
+        """Every file a message being received may have created (for cleanup)."""
+        q = queue_id
+        return [f"{self.tmp}/{q}", f"{self.tmp}/{q}.env", f"{target}/{q}", f"{target}/{q}.env"]
+
+    def commit(self, fd: int, data: bytes, entry: QueueEntry, target: str) -> None:
+        """Write the rest, fsync the data, write the envelope, rename both into target."""
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        qid = entry.queue_id
+        create_file(f"{self.tmp}/{qid}.env", entry.to_bytes())
+        # Data first: an .env beside its data is a complete message (recovery relies on it).
+        os.rename(f"{self.tmp}/{qid}", f"{target}/{qid}")
+        os.rename(f"{self.tmp}/{qid}.env", f"{target}/{qid}.env")
+        self.dirsync.sync(target)
+
+    def body(self, entry: QueueEntry) -> SpooledBody:
+        return SpooledBody(f"{self.incoming}/{entry.queue_id}", entry.size)
+
+    # -- after local delivery
+
+    def settle(self, entry: QueueEntry, sent: Iterable[str], complete: bool) -> str | None:
+        """Note the copies delivered; when complete, finish the entry: 'removed' or 'deferred'.
+
+        The progress lines are not fsync'd: the copies themselves are; losing a line in a
+        crash only means a duplicate copy after recovery, never a lost one.
+        """
+        qid = entry.queue_id
+        lines = b"".join(json.dumps(address).encode() + b"\n" for address in sent)
+        if lines and not complete:
+            fd = os.open(
+                f"{self.incoming}/{qid}.done",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                FILE_MODE,
+            )
+            try:
+                os.write(fd, lines)
+            finally:
+                os.close(fd)
+        return self.finish(entry) if complete else None
+
+    def finish(self, entry: QueueEntry) -> str:
+        """All local copies are durable: remove the queue files or hand them to the relay."""
+        qid = entry.queue_id
+        inc, dfr = self.incoming, self.deferred
+        if entry.remote_recipients:
+            tmp_env = f"{self.tmp}/{qid}.env"
+            unlink_quietly(tmp_env)
+            create_file(tmp_env, entry.only_remote().to_bytes())
+            # .env first: a crash in between leaves incoming/ complete (delivered again, then
+            # moved again), never a deferred/ data file without its envelope.
+            os.rename(tmp_env, f"{dfr}/{qid}.env")
+            os.rename(f"{inc}/{qid}", f"{dfr}/{qid}")
+            self.dirsync.sync(dfr)
+            outcome = "deferred"
+        else:
+            outcome = "removed"
+            unlink_quietly(f"{inc}/{qid}")
+        # Data goes first, so a crash leaves an orphan .env that recovery deletes.
+        unlink_quietly(f"{inc}/{qid}.env")
+        unlink_quietly(f"{inc}/{qid}.done")
+        return outcome
+
+    # -- retry and recovery
+
+    def scan_incoming(self) -> list[str]:
+        """Queue ids with both files in incoming/, oldest first."""
+        names = set(os.listdir(self.incoming))
+        ids = [n for n in names if "." not in n and f"{n}.env" in names]
+        ids.sort(key=lambda q: _mtime(f"{self.incoming}/{q}"))
+        return ids
+
+    def load(self, qid: str) -> tuple[QueueEntry, frozenset[str]] | None:
+        """An incoming entry and its progress; an unreadable one is moved to corrupt/."""
+        try:
+            entry = read_queue_entry(f"{self.incoming}/{qid}.env")
+        except FileNotFoundError:
+            return None  # delivered and removed since the scan
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.error(
+                "{queue_id}: unreadable envelope, moved to queue/corrupt: {reason}",
+                queue_id=qid,
+                reason=str(e),
+            )
+            for suffix in ("", ".env", ".done"):
+                try:
+                    os.rename(f"{self.incoming}/{qid}{suffix}", self.corrupt_dir / f"{qid}{suffix}")
+                except FileNotFoundError:
+                    pass
+            return None
+        done: set[str] = set()
+        try:
+            with open(f"{self.incoming}/{qid}.done", "rb") as f:
+                for line in f.read().split(b"\n")[:-1]:  # a torn last line is ignored
+                    try:
+                        done.add(json.loads(line))
+                    except ValueError:
+                        pass
+        except FileNotFoundError:
+            pass
+        return entry, frozenset(done)
+
+    def clean_after_crash(self, active: set[str]) -> None:
+        """Drop what was never acknowledged: all of tmp/, and incomplete pairs in incoming/
+        (a commit cut between its renames, or a removal cut half way). Ids in active (being
+        received or delivered right now) are left alone; membership tests are thread-safe."""
+        for name in os.listdir(self.tmp):
+            if name.split(".", 1)[0] in active:
+                continue
+            unlink_quietly(f"{self.tmp}/{name}")
+            self.log.info("removed unacknowledged queue/tmp/{name}", name=name)
+        names = set(os.listdir(self.incoming))
+        for name in names:
+            qid = name.split(".", 1)[0]
+            if qid in active:
+                continue
+            if qid not in names or f"{qid}.env" not in names:
+                unlink_quietly(f"{self.incoming}/{name}")
+                self.log.info("removed incomplete queue/incoming/{name}", name=name)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -1,0 +1,183 @@
+"""SMTP AUTH (RFC 4954): which mechanisms are offered, the SASL dialogue and its outcome.
+
+PLAIN and LOGIN send the password itself, so they are offered and accepted only under TLS or
+from [auth] plaintext_networks; CRAM-MD5 only when the Authenticator can check it. The
+exchange itself is appliance.sasl's (sans-IO); the credentials go to the Authenticator
+seam. A failed login is answered 535 only after the LoginThrottle's delay for the client and
+logged as one auth_failed event; a client past the throttle's limit gets 421 and is closed.
+When the user backend cannot answer, the client gets 454 4.7.0 and the log a warning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appliance.errors import ApplianceError
+from appliance.interfaces import Authenticator
+from appliance.ip import in_networks
+from appliance.log import printable
+from appliance.sasl import MAX_LINE, Challenge, Credentials, SaslError, SaslExchange
+from appliance.smtp.address import ReplyError
+from appliance.smtp.events import SessionEvents
+
+if TYPE_CHECKING:
+    from appliance.smtp.factory import SMTPFactory
+
+SASL_LINE_LIMIT = MAX_LINE  # the framing limit (CRLF included) while an exchange runs
+
+
+class AuthHost(Protocol):
+    """What the AUTH dialogue needs of its session."""
+
+    factory: SMTPFactory
+    peer_ip: str
+    tls_info: str | None  # not None once the connection is encrypted
+    busy: bool  # an asynchronous step is holding input
+    events: SessionEvents
+
+    def client_label(self) -> str: ...
+
+    def send_line(self, line: str) -> None: ...
+
+    def reply(self, code: int, enhanced: str, text: str, close: bool = False) -> None: ...
+
+    def wait(self, d: defer.Deferred[Any], what: str) -> None: ...
+
+
+class SessionAuth:
+    """The AUTH state of one session: who logged in, and the exchange under way if any."""
+
+    log = Logger()
+
+    def __init__(self, host: AuthHost) -> None:
+        self.host = host
+        self.user: str | None = None  # the login, once authenticated
+        self.mechanism: str | None = None  # of the last AUTH command
+        self.exchange: SaslExchange | None = None  # lines go here while it is set
+
+    def plaintext_allowed(self) -> bool:
+        """Whether PLAIN/LOGIN may be used: under TLS, or from a plaintext network."""
+        if self.host.tls_info is not None:
+            return True
+        return in_networks(self.host.peer_ip, self.host.factory.settings.plaintext_networks)
+
+    def cram_available(self) -> bool:
+        authenticator = self.host.factory.authenticator
+        return authenticator is not None and authenticator.cram_md5_available()
+
+    def offered_mechanisms(self) -> list[str]:
+        """The mechanisms for the EHLO AUTH line (empty: do not offer AUTH)."""
+        s = self.host.factory.settings
+        mechs = [m for m in s.mechanisms if m != "CRAM-MD5"]
+        if not self.plaintext_allowed():
+            mechs = []
+        if "CRAM-MD5" in s.mechanisms and self.cram_available():
+            mechs.append("CRAM-MD5")
+        return mechs
+
+    def start(self, arg: str) -> None:
+        """AUTH <mechanism> [initial-response], once the session has allowed the command."""
+        host = self.host
+        f = host.factory
+        if not arg:
+            raise ReplyError(501, "5.5.4", "Syntax: AUTH mechanism")
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        if mech not in f.settings.mechanisms or (mech == "CRAM-MD5" and not self.cram_available()):
+            raise ReplyError(504, "5.5.4", "Unrecognized authentication type")
+        if mech != "CRAM-MD5" and not self.plaintext_allowed():
+            raise ReplyError(
+                538, "5.7.11", "Encryption required for requested authentication mechanism"
+            )
+        if f.throttle is not None and f.throttle.blocked(host.peer_ip):
+            host.reply(
+                421, "4.7.0", f"{f.settings.hostname} Error: too many failed logins", close=True
+            )
+            return
+        self.mechanism = mech
+        self.exchange = SaslExchange(
+            mech, f.settings.hostname, initial.strip() or None, mechanisms=f.settings.mechanisms
+        )
+        self.advance(None)
+
+    def line_received(self, raw: bytes) -> None:
+        """One client line of the exchange (without its CRLF)."""
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            self.exchange = None
+            self.host.reply(501, "5.5.2", "Malformed authentication response")
+            return
+        self.advance(line)
+
+    def advance(self, line: str | None) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        step = exchange.step(line)
+        if isinstance(step, Challenge):
+            self.host.send_line(f"334 {step.text}")
+            return
+        self.exchange = None  # before anything below replies: later lines are commands again
+        if isinstance(step, SaslError):
+            if step.code == 535:  # a PLAIN authzid that is not the user: a failed login
+                self.login_failed(step.text)
+                return
+            self.host.reply(step.code, step.enhanced, step.text)
+            return
+        self.check(step)
+
+    def check(self, step: Credentials) -> None:
+        host = self.host
+        f = host.factory
+        authenticator: Authenticator | None = f.authenticator
+        if authenticator is None:  # the session does not start AUTH without one
+            host.reply(502, "5.5.1", "Error: authentication not enabled")
+            return
+        username = printable(step.username, 100)
+        d = defer.maybeDeferred(authenticator.authenticate, step.credentials)
+
+        def ok(login: str) -> None:
+            self.user = login
+            if f.throttle is not None:
+                f.throttle.record_success(host.peer_ip)
+            host.events.auth(host.client_label(), self.mechanism, login)
+            host.reply(235, "2.7.0", "Authentication successful")
+
+        def bad(failure: Failure) -> defer.Deferred[None] | None:
+            if failure.check(UnauthorizedLogin):
+                return self.login_failed(username)
+            # the backend could not answer (directory down, unreadable file): try again later
+            if failure.check(ApplianceError):
+                self.log.warn(
+                    "authentication backend unavailable: {reason}", reason=failure.getErrorMessage()
+                )
+            else:
+                self.log.failure("authentication backend failed", failure)
+            host.reply(454, "4.7.0", "Temporary authentication failure")
+            return None
+
+        host.wait(d.addCallbacks(ok, bad), "authentication")
+
+    def login_failed(self, username: str) -> defer.Deferred[None]:
+        """535 after a per-IP growing delay; one fail2ban-friendly auth_failed event."""
+        host = self.host
+        f = host.factory
+        delay = 0.0
+        if f.throttle is not None:
+            delay = f.throttle.record_failure(host.peer_ip)
+        host.events.auth_failed(host.client_label(), self.mechanism, username)
+        answer: defer.Deferred[None] = defer.Deferred()
+        if delay <= 0:
+            answer.callback(None)
+        else:
+            f.reactor.callLater(delay, answer.callback, None)
+        answer.addCallback(lambda _: host.reply(535, "5.7.8", "Error: authentication failed"))
+        if not host.busy:
+            host.wait(answer, "authentication delay")
+        return answer

@@ -1,0 +1,107 @@
+"""The DATA reader: end-of-data detection, dot-unstuffing and the checks on every body line.
+
+This is the smuggling defence. DATA ends only at CRLF.CRLF; a bare CR or LF anywhere in the
+body, a text line longer than the limit, or more bytes than the size limit make the whole
+message refused at its end, and the reader never gives control back to command mode early
+(so `<LF>.<LF>` and `<CR>.<CR>` find nothing to smuggle commands into). No I/O: the session
+feeds it the bytes received and writes out what it hands back.
+"""
+
+from __future__ import annotations
+
+CRLF = b"\r\n"
+
+
+class DataReader:
+    """DATA in bulk: finds CRLF.CRLF, un-stuffs dots, and checks every line on the way.
+
+    Only complete lines are consumed; an unfinished line stays in the caller's buffer unless
+    it is already longer than the limit, in which case it is dropped and remembered as a
+    problem (the message will be refused at its end, we never leave DATA early).
+    """
+
+    def __init__(self, *, max_size: int, max_line: int) -> None:
+        self.max_size = max_size
+        self.max_line = max_line  # octets including CRLF
+        self.size = 0  # message bytes after un-stuffing
+        self.at_line_start = True
+        self.bare_newline = False
+        self.line_too_long = False
+        self.too_big = False
+        self.disk_full = False  # set by the writer: the message could not be stored
+        self.pending = b""  # checked, un-stuffed bytes not yet handed out
+
+    @property
+    def failed(self) -> bool:
+        """The message will be refused: nothing more is worth writing."""
+        return self.bare_newline or self.line_too_long or self.too_big or self.disk_full
+
+    def problem(self) -> tuple[int, str, str] | None:
+        """The reply refusing the message at its end (code, enhanced, text), or None."""
+        if self.disk_full:
+            return 452, "4.3.1", "Insufficient system storage"
+        if self.too_big:
+            return 552, "5.3.4", "Message size exceeds fixed maximum message size"
+        if self.bare_newline:
+            return 550, "5.5.2", "Message contains bare <CR> or <LF>, refused"
+        if self.line_too_long:
+            return 500, "5.5.6", f"Message line longer than {self.max_line} octets, refused"
+        return None
+
+    def feed(self, buf: bytes) -> tuple[bool, bytes]:
+        """Take what can be taken from buf; return (end seen, leftover bytes).
+
+        The leftover is what the caller keeps: an unfinished line to feed again with the
+        next bytes, or after the end marker whatever followed it (pipelined commands).
+        """
+        if not self.at_line_start:
+            # in the middle of an over-long line: drop up to its CRLF
+            end = buf.find(CRLF)
+            if end < 0:
+                return False, buf[-1:] if buf.endswith(b"\r") else b""
+            buf = buf[end + 2 :]
+            self.at_line_start = True
+        probe = CRLF + buf  # the data starts at a line start: make ".\r\n" findable there
+        marker = probe.find(b"\r\n.\r\n")
+        if marker >= 0:
+            chunk = buf[:marker]  # complete lines, CRLF of the last one included
+            rest = buf[marker + 3 :]
+            self.take(chunk)
+            return True, rest
+        last = buf.rfind(CRLF)
+        if last < 0:
+            if len(buf) > self.max_line:
+                self.line_too_long = True
+                self.at_line_start = False
+                return False, b""
+            return False, buf
+        chunk, rest = buf[: last + 2], buf[last + 2 :]
+        self.take(chunk)
+        if len(rest) > self.max_line:
+            self.line_too_long = True
+            self.at_line_start = False
+            rest = b"\r" if rest.endswith(b"\r") else b""
+        return False, rest
+
+    def take(self, chunk: bytes) -> None:
+        """Check and un-stuff complete lines (chunk ends in CRLF or is empty)."""
+        if not chunk:
+            return
+        crlf = chunk.count(CRLF)
+        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+            self.bare_newline = True
+        if len(chunk) > self.max_line and not self.line_too_long:
+            if max(map(len, chunk.split(CRLF))) + 2 > self.max_line:
+                self.line_too_long = True
+        if b"\r\n." in chunk or chunk.startswith(b"."):
+            chunk = (CRLF + chunk).replace(b"\r\n.", b"\r\n")[2:]
+        self.size += len(chunk)
+        if self.size > self.max_size:
+            self.too_big = True
+        if not self.failed:
+            self.pending += chunk
+
+    def take_output(self) -> bytes:
+        """The message bytes checked so far and not yet taken (empty once it has failed)."""
+        out, self.pending = self.pending, b""
+        return out

@@ -1,0 +1,239 @@
+"""The mail transaction: MAIL FROM, RCPT TO, DATA and the end of the message.
+
+Handlers in the session's command table (they take the session and the argument). MAIL and
+RCPT check syntax and parameters, ask the sink for room and the Policy for its decision
+(holding input until it is made); DATA starts an IncomingMessage in the MessageSink, writes
+our Received header, and feeds the text through the DataReader; at the end the message is
+refused with the reader's reply, dropped (DISCARD), or committed and answered with its queue
+id. Refusals are logged as reject events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from appliance.interfaces import DiskFull, IncomingMessage, Recipient, Resolution, Verdict
+from appliance.smtp.address import ReplyError, check_address, parse_path
+from appliance.smtp.data import DataReader
+from appliance.smtp.envelope import Transaction, envelope_of, received_header
+from appliance.smtp.params import mail_params, rcpt_params
+
+if TYPE_CHECKING:
+    from appliance.smtp.session import SMTPSession
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class Incoming:
+    """The message whose text DATA is reading."""
+
+    txn: Transaction
+    message: IncomingMessage | None  # None: DISCARD, read it and keep nothing
+    reader: DataReader
+
+
+def _decision(
+    f: Callable[P, T | defer.Deferred[T]], *args: P.args, **kw: P.kwargs
+) -> defer.Deferred[T]:
+    """A policy decision as a Deferred, whether it was answered at once or later."""
+    return cast("defer.Deferred[T]", defer.maybeDeferred(f, *args, **kw))
+
+
+def _split_text(text: str) -> tuple[str, str]:
+    """'5.7.1 Relaying denied' -> ('5.7.1', 'Relaying denied')."""
+    head, _, rest = text.partition(" ")
+    if head.count(".") == 2 and head.replace(".", "").isdigit():
+        return head, rest
+    return "5.0.0", text
+
+
+def _reject(
+    session: SMTPSession, stage: str, verdict: Verdict, mail_from: str | None, rcpt: str | None
+) -> None:
+    session.events.reject(
+        stage,
+        session.client_label(),
+        verdict,
+        mail_from=mail_from,
+        rcpt=rcpt,
+        proto="ESMTP" if session.esmtp else "SMTP",
+        helo=session.helo or "",
+    )
+
+
+def do_mail(session: SMTPSession, arg: str) -> None:
+    f = session.factory
+    if session.helo is None:
+        raise ReplyError(503, "5.5.1", "Error: send HELO/EHLO first")
+    if session.txn is not None:
+        raise ReplyError(503, "5.5.1", "Error: nested MAIL command")
+    if f.mode.auth_required and session.auth.user is None:
+        raise ReplyError(530, "5.7.0", "Authentication required")
+    path = parse_path(arg, "FROM", allow_null=True)
+    params = mail_params(path.params, esmtp=session.esmtp, max_size=f.settings.max_message_size)
+    if path.address:
+        check_address(path.address, params.smtputf8, "FROM")
+    if not f.sink.has_room(params.size):
+        raise ReplyError(452, "4.3.1", "Insufficient system storage")
+    d = _decision(
+        f.policy.check_sender, path.address, session.peer_ip, session.peer_name, session.auth.user
+    )
+
+    def decided(verdict: Verdict) -> None:
+        if verdict.code is not None and not verdict.discard:
+            _reject(session, "MAIL", verdict, path.address, None)
+            session.reply(verdict.code, *_split_text(verdict.text))
+            return
+        session.txn = Transaction(
+            path.address, params, discard=verdict.discard, received_at=time.time()
+        )
+        session.reply(250, "2.1.0", "Ok")
+
+    session.wait(d.addCallback(decided), "sender check")
+
+
+def do_rcpt(session: SMTPSession, arg: str) -> None:
+    f = session.factory
+    s = f.settings
+    if session.txn is None:
+        raise ReplyError(503, "5.5.1", "Error: need MAIL command")
+    if len(session.txn.recipients) >= s.max_recipients:
+        raise ReplyError(452, "4.5.3", "Error: too many recipients")
+    path = parse_path(arg, "TO", allow_null=False)
+    address = path.address
+    if address.lower() == "postmaster":
+        address = f"postmaster@{s.hostname.partition('.')[2] or s.hostname}"
+    params = rcpt_params(path.params)
+    check_address(address, session.txn.params.smtputf8, "TO")
+    d = _decision(
+        f.policy.resolve_recipient,
+        address,
+        session.peer_ip,
+        session.peer_name,
+        session.auth.user,
+        session.connect_verdict.relay,
+    )
+
+    def decided(resolution: Resolution) -> None:
+        verdict = resolution.verdict
+        txn = session.txn
+        if txn is None:
+            return
+        if verdict.code is not None and not verdict.discard:
+            _reject(session, "RCPT", verdict, txn.mail_from, address)
+            session.reply(verdict.code, *_split_text(verdict.text))
+            return
+        if verdict.discard:
+            txn.discard = True
+        txn.recipients.append(
+            Recipient(
+                address,
+                tuple(resolution.mailboxes),
+                remote=resolution.remote,
+                forward_to=tuple(resolution.forward_to),
+                notify=params.notify,
+                orcpt=params.orcpt,
+            )
+        )
+        session.reply(250, "2.1.5", "Ok")
+
+    session.wait(d.addCallback(decided), "recipient check")
+
+
+def do_data(session: SMTPSession, arg: str) -> None:
+    if arg:
+        raise ReplyError(501, "5.5.4", "Syntax: DATA")
+    txn = session.txn
+    if txn is None:
+        raise ReplyError(503, "5.5.1", "Error: need MAIL command")
+    if not txn.recipients:
+        raise ReplyError(554, "5.5.1", "Error: no valid recipients")
+    f = session.factory
+    envelope = envelope_of(
+        txn,
+        client_ip=session.peer_ip,
+        client_name=session.peer_name,
+        helo=session.helo,
+        esmtp=session.esmtp,
+        tls=session.tls_info,
+        auth_user=session.auth.user,
+        session_id=session.session_id,
+    )
+    message = None
+    if not txn.discard:
+        try:
+            message = f.sink.begin(envelope)
+        except DiskFull:
+            session.txn = None
+            raise ReplyError(452, "4.3.1", "Insufficient system storage") from None
+    reader = DataReader(max_size=f.settings.max_message_size, max_line=f.settings.max_text_line)
+    session.incoming = Incoming(txn, message, reader)
+    if message is not None:
+        session.events.client(
+            message.queue_id, session.client_label(), session.auth.mechanism, session.auth.user
+        )
+        try:
+            message.write(received_header(envelope, message.queue_id, f.settings.hostname))
+        except DiskFull:
+            reader.disk_full = True
+    session.send_line("354 End data with <CR><LF>.<CR><LF>")
+
+
+def feed_data(session: SMTPSession, incoming: Incoming) -> bool:
+    """Consume DATA bytes from the session's buffer; True when the end marker was seen."""
+    reader, message = incoming.reader, incoming.message
+    done, session.buffer = reader.feed(session.buffer)
+    data = reader.take_output()
+    if message is not None:
+        if reader.failed:
+            message.abort()  # the message will be refused: stop using disk for it now
+        elif data:
+            try:
+                message.write(data)
+            except DiskFull:
+                reader.disk_full = True
+                message.abort()
+    if not done:
+        return False
+    session.incoming = None
+    _end_of_data(session, incoming)
+    return True
+
+
+def _end_of_data(session: SMTPSession, incoming: Incoming) -> None:
+    txn, message = incoming.txn, incoming.message
+    session.txn = None
+    problem = incoming.reader.problem()
+    if problem is not None:
+        if message is not None:
+            message.abort()
+        code, enhanced, text = problem
+        _reject(session, "END-OF-MESSAGE", Verdict(code, f"{enhanced} {text}"), txn.mail_from, None)
+        session.reply(code, enhanced, text)
+        return
+    if message is None:  # DISCARD: say yes, keep nothing
+        session.events.discard(txn.mail_from)
+        session.reply(250, "2.0.0", "Ok: discarded")
+        return
+    d = defer.maybeDeferred(message.commit)
+
+    def committed(queue_id: str) -> None:
+        session.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    def failed(failure: Failure) -> None:
+        message.abort()
+        if failure.check(DiskFull):
+            session.reply(452, "4.3.1", "Insufficient system storage")
+            return
+        session.log.failure("commit of {queue_id} failed", failure, queue_id=message.queue_id)
+        session.reply(451, "4.3.0", "Error: local error in processing")
+
+    session.wait(d.addCallbacks(committed, failed), "commit")

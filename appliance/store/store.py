@@ -1,0 +1,276 @@
+"""The mail store: mailboxes as Maildir++ folders under one root, implementing `MailStore`.
+
+    <mail_root>/<domain>/<localpart>/Maildir/               INBOX
+    <mail_root>/<domain>/<localpart>/Maildir/.Sent/         folder "Sent"
+    <mail_root>/<domain>/<localpart>/Maildir/.Archive.2026/ folder "Archive/2026"
+
+The write side delivers durably (appliance.store.maildir); the read side lists messages with
+stable UIDs (appliance.store.uidlist), reads them, changes their flags (the Maildir ":2,"
+suffix) and expunges them. Nothing here is kept only in memory: another node sharing the
+tree sees the same UIDs and flags. Every method but announce/watch blocks (worker thread).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from twisted.logger import Logger
+
+from appliance.durable import DirSync, write_all
+from appliance.interfaces import FolderListing, Mailbox, StoredMessage
+from appliance.store.maildir import Maildir
+from appliance.store.uidlist import UidList
+
+INBOX = "INBOX"
+# Maildir info letters <-> IMAP system flags (RFC 3501 2.3.2)
+_LETTERS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+_FLAGS = {flag: letter for letter, flag in _LETTERS.items()}
+
+
+def _safe_component(value: str, what: str) -> str:
+    # Domains and local parts come from policy, but a '/' or '..' must never reach a path.
+    if not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise ValueError(f"unsafe mailbox {what}: {value!r}")
+    return value
+
+
+def flags_of(name: str) -> frozenset[str]:
+    """The IMAP flags recorded in a cur/ name's ':2,' suffix."""
+    _, sep, info = name.partition(":2,")
+    return frozenset(_LETTERS[c] for c in info if c in _LETTERS) if sep else frozenset()
+
+
+def base_of(name: str) -> str:
+    """A message's key: its file name without the ':2,<flags>' suffix."""
+    return name.split(":", 1)[0]
+
+
+class MaildirNewMessage:
+    """interfaces.NewMessage: a tmp/ file in one Maildir, published into new/."""
+
+    def __init__(self, maildir: Maildir, hostname: str, dirsync: DirSync) -> None:
+        self.maildir = maildir
+        self.hostname = hostname
+        self.dirsync = dirsync
+        self.size = 0
+        self._fd: int | None = None
+        self._name: str | None = None
+        self._no_folder = False
+
+    def open_now(self) -> bool:
+        if self._fd is not None:
+            return True
+        if self._no_folder:
+            return False
+        try:
+            self._fd, self._name = self.maildir.create_tmp(self.hostname, create_folder=False)
+        except FileNotFoundError:
+            # First mail to this mailbox: creating the folder durably takes fsyncs, which
+            # belong in a worker thread; until then the caller keeps the bytes.
+            self._no_folder = True
+            return False
+        return True
+
+    def write(self, data: bytes | bytearray) -> None:
+        assert self._fd is not None, "open_now() first"
+        write_all(self._fd, data)
+        self.size += len(data)
+
+    def write_rest(self, data: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd, self._name = self.maildir.create_tmp(self.hostname)
+            write_all(self._fd, data)
+            self.size += len(data)
+            os.fsync(self._fd)
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        except BaseException:
+            self.discard()
+            raise
+
+    def publish(self) -> str:
+        name, self._name = self._name, None  # publish() cleans up after itself
+        assert name is not None and self._fd is None, "write_rest() first"
+        return self.maildir.publish(name, self.size, self.dirsync)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._name is not None:
+            name, self._name = self._name, None
+            try:
+                os.unlink(self.maildir.tmp_path(name))
+            except FileNotFoundError:
+                pass
+
+
+class MaildirStore:
+    """interfaces.MailStore over Maildir++ folders under mail_root."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        mail_root: str | Path,
+        hostname: str | None = None,
+        *,
+        dirsync: DirSync | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        self.mail_root = Path(mail_root)
+        self.hostname = hostname or socket.gethostname()
+        self.dirsync = dirsync or DirSync()
+        self._cache: dict[Mailbox, Maildir] = {}
+        self._cache_size = cache_size
+        self._watchers: list[Callable[[Mailbox], None]] = []
+
+    # -- locating
+
+    def maildir(self, mailbox: Mailbox) -> Maildir:
+        """The mailbox's INBOX Maildir (not created); ValueError for a name that would escape
+        mail_root."""
+        md = self._cache.get(mailbox)
+        if md is None:
+            domain = _safe_component(mailbox.domain, "domain")
+            localpart = _safe_component(mailbox.localpart, "local part")
+            md = Maildir(self.mail_root / domain / localpart / "Maildir")
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # crude, but a cache miss only costs a few path joins
+            self._cache[mailbox] = md
+        return md
+
+    def folder(self, mailbox: Mailbox, folder: str) -> Maildir:
+        """The Maildir of one folder ('INBOX' or a Maildir++ '.Name.Sub' folder)."""
+        inbox = self.maildir(mailbox)
+        if folder.upper() == INBOX:
+            return inbox
+        parts = folder.split("/")
+        if any(not p or p in (".", "..") or "." in p or "\0" in p for p in parts):
+            raise ValueError(f"unsupported folder name: {folder!r}")
+        return Maildir(inbox.path / ("." + ".".join(parts)))
+
+    # -- write side
+
+    def check(self, mailbox: Mailbox) -> None:
+        self.maildir(mailbox)
+
+    def new_message(self, mailbox: Mailbox) -> MaildirNewMessage:
+        return MaildirNewMessage(self.maildir(mailbox), self.hostname, self.dirsync)
+
+    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes]) -> str:
+        return self.maildir(mailbox).deliver_chunks(chunks, self.hostname, self.dirsync)
+
+    def clean_stale(self) -> int:
+        # Maildir tmp/ files of deliveries cut short: the Maildir rule is to remove them after
+        # 36 hours (a younger one may belong to another node sharing the store)
+        total = 0
+        for tmp in self.mail_root.glob("*/*/Maildir/tmp"):
+            removed = Maildir(tmp.parent).clean_tmp()
+            if removed:
+                self.log.info(
+                    "removed {count} stale file(s) from {path}", count=removed, path=str(tmp)
+                )
+            total += removed
+        return total
+
+    def announce(self, mailbox: Mailbox) -> None:
+        for callback in list(self._watchers):
+            try:
+                callback(mailbox)
+            except Exception:
+                self.log.failure("new-mail watcher failed for {rcpt}", rcpt=mailbox.address)
+
+    def watch(self, callback: Callable[[Mailbox], None]) -> Callable[[], None]:
+        self._watchers.append(callback)
+
+        def stop() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return stop
+
+    # -- read side
+
+    def folders(self, mailbox: Mailbox) -> list[str]:
+        inbox = self.maildir(mailbox)
+        names = []
+        try:
+            entries = sorted(os.listdir(inbox.path))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.startswith(".") and entry not in (".", "..") and (inbox.path / entry).is_dir():
+                names.append(entry[1:].replace(".", "/"))
+        return [INBOX, *names]
+
+    def create_folder(self, mailbox: Mailbox, folder: str) -> None:
+        self.folder(mailbox, folder).ensure()
+
+    def _files(self, md: Maildir) -> dict[str, tuple[str, str]]:
+        """base name -> (subdir, file name) for every message in new/ and cur/."""
+        found: dict[str, tuple[str, str]] = {}
+        for name in md.list_new():
+            found[base_of(name)] = ("new", name)
+        for name in md.list_cur():
+            found[base_of(name)] = ("cur", name)  # a message moved meanwhile: cur/ wins
+        return found
+
+    def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
+        md = self.folder(mailbox, folder)
+        if not md.exists():
+            md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
+        files = self._files(md)
+        state = UidList(md.path).update(sorted(files))
+        messages = []
+        for base, uid in sorted(state.uids.items(), key=lambda item: item[1]):
+            subdir, name = files[base]
+            try:
+                size = md.message_size(subdir, name)
+            except FileNotFoundError:
+                continue  # expunged by another session since the listing
+            received = float(base.split(".", 1)[0]) if base.split(".", 1)[0].isdigit() else 0.0
+            messages.append(StoredMessage(uid, base, size, flags_of(name), received))
+        return FolderListing(state.uidvalidity, state.next_uid, tuple(messages))
+
+    def _locate(self, md: Maildir, key: str) -> tuple[str, str]:
+        if "/" in key or ":" in key or key in ("", ".", ".."):
+            raise ValueError(f"not a message key: {key!r}")
+        found = self._files(md).get(key)
+        if found is None:
+            raise FileNotFoundError(f"no message {key} in {md.path}")
+        return found
+
+    def open_message(self, mailbox: Mailbox, folder: str, key: str) -> BinaryIO:
+        md = self.folder(mailbox, folder)
+        subdir, name = self._locate(md, key)
+        return md.open_message(subdir, name)
+
+    def set_flags(self, mailbox: Mailbox, folder: str, key: str, flags: frozenset[str]) -> str:
+        md = self.folder(mailbox, folder)
+        subdir, name = self._locate(md, key)
+        letters = "".join(sorted(_FLAGS[f] for f in flags if f in _FLAGS))
+        target = f"{key}:2,{letters}"
+        if subdir != "cur" or name != target:
+            os.rename(md.path / subdir / name, md.cur / target)
+        return key
+
+    def expunge(self, mailbox: Mailbox, folder: str, keys: Sequence[str]) -> None:
+        md = self.folder(mailbox, folder)
+        files = self._files(md)
+        for key in keys:
+            found = files.get(key)
+            if found is None:
+                continue
+            try:
+                md.remove(*found)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,85 @@
+"""The DATA reader alone: end of data, dot-unstuffing, and the smuggling and size checks."""
+
+from __future__ import annotations
+
+from appliance.smtp.data import DataReader
+
+BARE = (550, "5.5.2", "Message contains bare <CR> or <LF>, refused")
+
+
+def reader(max_size: int = 10_000, max_line: int = 1000) -> DataReader:
+    return DataReader(max_size=max_size, max_line=max_line)
+
+
+def test_data_reader_crlf_dot_crlf_ends_data_rest_left_over() -> None:
+    """CRLF.CRLF ends the data; what follows it (pipelined commands) is handed back."""
+    r = reader()
+    assert r.feed(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n") == (True, b"QUIT\r\n")
+    assert r.take_output() == b"Subject: x\r\n\r\nbody\r\n"
+    assert r.problem() is None
+
+
+def test_data_reader_lf_dot_lf_does_not_end_data() -> None:
+    """`<LF>.<LF>` is message text, not the end: the data goes on and is refused at its end."""
+    r = reader()
+    assert r.feed(b"body\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<x@example.test>\r\n") == (
+        False,
+        b"",
+    )
+    assert r.failed and r.take_output() == b""
+    assert r.feed(b".\r\n") == (True, b"")
+    assert r.problem() == BARE
+
+
+def test_data_reader_cr_dot_cr_does_not_end_data() -> None:
+    """`<CR>.<CR>` does not end the data either."""
+    r = reader()
+    assert r.feed(b"a\r.\rRSET\r\n") == (False, b"")
+    assert r.feed(b".\r\n") == (True, b"")
+    assert r.problem() == BARE
+
+
+def test_data_reader_end_marker_split_across_feeds_found() -> None:
+    """`\\r\\n.\\r\\n` split across two feeds at any byte still ends the data."""
+    data = b"hello\r\n.\r\nNOOP\r\n"
+    for split in range(1, len(data) - len(b"NOOP\r\n")):
+        r = reader()
+        done, rest = r.feed(data[:split])
+        assert not done, split
+        out = r.take_output()
+        assert r.feed(rest + data[split:]) == (True, b"NOOP\r\n"), split
+        assert out + r.take_output() == b"hello\r\n", split
+        assert r.problem() is None
+
+
+def test_data_reader_dot_stuffing_removed() -> None:
+    """A leading dot doubled by the client is taken off, at the start and after every CRLF."""
+    r = reader()
+    assert r.feed(b"..first\r\nmid\r\n...two\r\n.\r\n") == (True, b"")
+    assert r.take_output() == b".first\r\nmid\r\n..two\r\n"
+
+
+def test_data_reader_overlong_line_dropped_refused_at_end() -> None:
+    """A line past max_line is dropped without leaving DATA; the end gives 500 5.5.6."""
+    r = reader(max_line=10)
+    assert r.feed(b"x" * 20) == (False, b"")
+    assert r.feed(b"yy\r\nQUIT\r\n") == (False, b"")  # still message text, not a command
+    assert r.feed(b".\r\n") == (True, b"")
+    assert r.problem() == (500, "5.5.6", "Message line longer than 10 octets, refused")
+    assert r.take_output() == b""
+
+
+def test_data_reader_size_over_limit_552() -> None:
+    """More bytes than max_size: read to the end, then 552 5.3.4, nothing handed out after."""
+    r = reader(max_size=8)
+    assert r.feed(b"12345\r\n67890\r\n.\r\n") == (True, b"")
+    assert r.too_big and r.size == 14
+    assert r.problem() == (552, "5.3.4", "Message size exceeds fixed maximum message size")
+
+
+def test_data_reader_disk_full_reported_first() -> None:
+    """A write failure (disk_full, set by the writer) is the reply even if more went wrong."""
+    r = reader(max_size=1)
+    r.disk_full = True
+    r.feed(b"bare\nlf\r\n.\r\n")
+    assert r.problem() == (452, "4.3.1", "Insufficient system storage")

@@ -1,0 +1,72 @@
+"""Durable files: atomic replace keeps the mode from creation, creates and cleans up."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from appliance import durable
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_replace_new_file_has_mode_and_data(tmp_path: Path) -> None:
+    """A replaced file holds the new bytes with exactly the mode asked for, whatever the umask."""
+    old = os.umask(0o077)
+    try:
+        durable.atomic_replace(tmp_path / "cert.pem", b"new", 0o644)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "cert.pem").read_bytes() == b"new"
+    assert mode(tmp_path / "cert.pem") == 0o644
+    assert os.listdir(tmp_path) == ["cert.pem"]
+
+
+def test_atomic_replace_failure_leaves_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """If the write fails the old file is untouched and no temporary file is left."""
+    target = tmp_path / "passwd"
+    target.write_bytes(b"old")
+
+    def broken(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durable.os, "fsync", broken)
+    with pytest.raises(OSError):
+        durable.atomic_replace(target, b"new", 0o600)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["passwd"]
+
+
+def test_create_file_refuses_existing_and_cleans_up(tmp_path: Path) -> None:
+    """create_file never replaces a file (O_EXCL)."""
+    durable.create_file(tmp_path / "q", b"1")
+    with pytest.raises(FileExistsError):
+        durable.create_file(tmp_path / "q", b"2")
+    assert (tmp_path / "q").read_bytes() == b"1"
+    assert mode(tmp_path / "q") == 0o600
+
+
+def test_make_dirs_only_new_folders_get_the_mode(tmp_path: Path) -> None:
+    """Missing folders are made with the mode; existing ones keep theirs; a file in the way fails."""
+    (tmp_path / "a").mkdir(mode=0o755)
+    assert durable.make_dirs(tmp_path / "a" / "b" / "c", 0o700) is True
+    assert mode(tmp_path / "a") == 0o755
+    assert mode(tmp_path / "a" / "b") == mode(tmp_path / "a" / "b" / "c") == 0o700
+    assert durable.make_dirs(tmp_path / "a" / "b", 0o700) is False
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        durable.make_dirs(tmp_path / "f", 0o700)
+
+
+def test_is_disk_full_only_for_space_errors() -> None:
+    """ENOSPC and EDQUOT mean 452; other errors do not."""
+    assert durable.is_disk_full(OSError(28, "No space left on device"))
+    assert not durable.is_disk_full(OSError(5, "Input/output error"))
+    assert not durable.is_disk_full(ValueError("x"))
