@@ -48,6 +48,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[n:]
 
 
+def close_quietly(fd: int | None) -> None:
+    """Close an fd during cleanup; an error closing it changes nothing for the caller."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def unlink_quietly(path: StrPath) -> None:
     """Remove a file during cleanup; a file that is already gone is fine."""
     try:

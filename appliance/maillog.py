@@ -27,7 +27,13 @@ _LINE_LIMIT = 1000  # per field; peer data is already cut shorter by the compone
 
 def render(event: dict[str, Any]) -> str:
     """The maillog text of one mail event (without stamp and component), on one line."""
-    fields = {k: (printable(v, _LINE_LIMIT) if isinstance(v, str) else v) for k, v in event.items()}
+    fields = event
+    for key, value in event.items():
+        # checked in C (isprintable); only a field that needs it is copied and cleaned
+        if type(value) is str and not (len(value) <= _LINE_LIMIT and value.isprintable()):
+            if fields is event:
+                fields = dict(event)
+            fields[key] = printable(value, _LINE_LIMIT)
     try:
         text = event["log_format"].format_map(fields)
     except (KeyError, ValueError, IndexError, AttributeError) as e:

@@ -29,9 +29,9 @@ from typing import Any
 
 from twisted.application import internet, service, strports
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from appliance.auth.ldap import LDAPDirectory
 from appliance.auth.passwd import PasswdFile
@@ -172,9 +172,16 @@ def load_mail_parts(config: Config, problems: list[str], reactor: Any = None) ->
         except PasswdFileError as e:
             problems.extend(config.problem("auth", "passwd_file", p) for p in e.problems)
     c = config.smtp
-    files = {k: c.get(k) for k in POLICY_FILES}
+    files: dict[str, Path | None] = {k: c.get(k) for k in POLICY_FILES}
     try:
-        policy = SendmailPolicy(local_domains=list(c.local_domains), users=users.directory, **files)
+        policy = SendmailPolicy(
+            local_domains=list(c.local_domains),
+            users=users.directory,
+            local_host_names=files["local_host_names"],
+            access=files["access"],
+            virtusertable=files["virtusertable"],
+            aliases=files["aliases"],
+        )
     except ConfigError as e:
         for p in e.problems:
             key = next((k for k, f in files.items() if f is not None and p.startswith(str(f))), "")
@@ -325,10 +332,14 @@ class QueueService(service.Service):
         super().startService()
         self.queue.start()
         d = self.queue.recover()
-        d.addCallback(
-            lambda ids: ids and self.log.info("recovered {count} queued message(s)", count=len(ids))
-        )
-        d.addErrback(lambda f: self.log.failure("queue recovery failed; retried in a minute", f))
+        d.addCallbacks(self._recovered, self._recovery_failed)
+
+    def _recovered(self, ids: list[str]) -> None:
+        if ids:
+            self.log.info("recovered {count} queued message(s)", count=len(ids))
+
+    def _recovery_failed(self, failure: Failure) -> None:
+        self.log.failure("queue recovery failed; retried in a minute", failure)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -419,11 +430,13 @@ def make_smtp_service(
     return smtp
 
 
-def make_service(prepared: Prepared, reactor: IReactorCore | None = None) -> ApplianceService:
+def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
+    """The tree; reactor (default: the installed one, which twistd installs first) provides
+    every IReactor* interface the parts need, so it is not narrowed to one here."""
     if reactor is None:
-        from twisted.internet import reactor as default_reactor  # twistd installs it first
+        from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     cfg = prepared.config
     root = ApplianceService(cfg)
     prepared.tls.setName("tls")

@@ -274,7 +274,8 @@ class LDAPDirectory(Service):
         """Never: the directory holds no CRAM-MD5 secrets (a user bind needs the password)."""
         return False
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    # twisted.cred types avatar ids as bytes; ours are the login as text (Authenticator)
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]
         if not IUsernamePassword.providedBy(credentials):
             return fail(UnauthorizedLogin("unsupported credentials"))
         address = _text(getattr(credentials, "username", None))
@@ -322,6 +323,7 @@ class LDAPDirectory(Service):
         pool = self._threadpool
         if pool is None:
             return fail(LDAPUnavailable("LDAP directory not started"))
+        assert self.reactor is not None, "LDAPDirectory needs a reactor to run lookups"
         d = deferToThreadPool(self.reactor, pool, work, *args)
 
         def unavailable(failure: Any) -> Any:

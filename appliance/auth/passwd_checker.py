@@ -77,7 +77,8 @@ class PasswdFileChecker:
 
     # ------------------------------------------------------------------ twisted.cred
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    # twisted.cred types avatar ids as bytes; ours are the login as text (Authenticator)
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]
         name = _text(getattr(credentials, "username", None))
         entry = self.passwd.entry(name) if name is not None else None
         challenge = getattr(credentials, "challenge", None)

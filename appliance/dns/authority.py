@@ -153,7 +153,7 @@ class Authority:
             for rrs in node.values():
                 result.answers.extend(rrs)
             return None
-        rrs = node.get(qtype)
+        rrs = node.get(qtype) or []
         if rrs:
             result.answers.extend(rrs)
             return None

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twisted.names import dns
 
@@ -39,6 +40,10 @@ _CLASS_RE = re.compile(r"IN|CH|CHAOS|HS|HESIOD|ANY|NONE|CLASS[0-9]+", re.IGNOREC
 _CAA_TAG_RE = re.compile(rb"[A-Za-z0-9]{1,255}")
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"  # zone files are bytes: keep any non-UTF-8 byte as it is
+
+
+# a twisted.names Record_* instance: they share no typed base with ttl/compareAttributes
+Record = Any
 
 
 def _to_bytes(text: str) -> bytes:
@@ -268,7 +273,7 @@ def _soa(r: _Rdata) -> dns.Record_SOA:
     return record
 
 
-def _single_name(cls: type, field: str) -> Callable[[_Rdata], object]:
+def _single_name(cls: type, field: str) -> Callable[[_Rdata], Record]:
     def convert(r: _Rdata) -> object:
         record = cls(name=r.name(field))
         r.end()
@@ -337,7 +342,7 @@ def _caa(r: _Rdata) -> dns.UnknownRecord:
     return dns.UnknownRecord(bytes([flags, len(tag)]) + tag + value)
 
 
-_CONVERTERS: dict[str, tuple[int, Callable[[_Rdata], object]]] = {
+_CONVERTERS: dict[str, tuple[int, Callable[[_Rdata], Record]]] = {
     "SOA": (dns.SOA, _soa),
     "NS": (dns.NS, _single_name(dns.Record_NS, "name server")),
     "A": (dns.A, _a),
@@ -351,7 +356,7 @@ _CONVERTERS: dict[str, tuple[int, Callable[[_Rdata], object]]] = {
 }
 
 
-def _same_rdata(a: object, b: object) -> bool:
+def _same_rdata(a: Record, b: Record) -> bool:
     """Equal rdata, ignoring TTL; Twisted's Name compares case-insensitively, like DNS."""
     return type(a) is type(b) and all(
         getattr(a, attr) == getattr(b, attr) for attr in a.compareAttributes if attr != "ttl"

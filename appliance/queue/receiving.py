@@ -14,7 +14,6 @@ could lose a message the sender will consider delivered if the 250 still reaches
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from appliance.durable import is_disk_full, unlink_quietly, write_all
+from appliance.durable import close_quietly, is_disk_full, unlink_quietly, write_all
 from appliance.interfaces import DiskFull, Envelope, RecipientResult, StreamingDelivery
 from appliance.queue.envelope import QueueEntry
 
@@ -184,12 +183,8 @@ class SpooledMessage(_Message):
         return self.queue.files.paths(self.queue_id, self.target_dir)
 
     def _discard(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        fd, self._fd = self._fd, None
+        close_quietly(fd)
         self._buffer = bytearray()
         for path in self._files():
             try:

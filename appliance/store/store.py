@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from twisted.logger import Logger
 
-from appliance.durable import DirSync, write_all
+from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
 from appliance.interfaces import FolderListing, Mailbox, StoredMessage
 from appliance.store.maildir import Maildir
 from appliance.store.uidlist import UidList
@@ -99,18 +99,11 @@ class MaildirNewMessage:
         return self.maildir.publish(name, self.size, self.dirsync)
 
     def discard(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        fd, self._fd = self._fd, None
+        close_quietly(fd)
         if self._name is not None:
             name, self._name = self._name, None
-            try:
-                os.unlink(self.maildir.tmp_path(name))
-            except FileNotFoundError:
-                pass
+            unlink_quietly(self.maildir.tmp_path(name))
 
 
 class MaildirStore:

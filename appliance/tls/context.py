@@ -95,10 +95,11 @@ def make_tls_options(
     try:
         # pyOpenSSL takes cryptography objects directly; its own X509/PKey wrappers are
         # deprecated and would warn on every context.
+        # Twisted's annotations still name pyOpenSSL's PKey/X509 for these
         options = ssl.CertificateOptions(
-            privateKey=key,
-            certificate=cert,
-            extraCertChain=chain,
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=cert,  # type: ignore[arg-type]
+            extraCertChain=chain,  # type: ignore[arg-type]
             raiseMinimumTo=minimum,
             acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHER_STRING),
         )
