@@ -11,7 +11,9 @@ fail2ban see whole lines.
 
 from __future__ import annotations
 
+import functools
 import os
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,30 @@ from appliance.log import component_of, printable
 _LINE_LIMIT = 1000  # per field; peer data is already cut shorter by the components
 
 
+@functools.cache
+def _fields_of(log_format: str) -> tuple[str, ...]:
+    """The field names a format string uses (each format is a literal, so few are seen)."""
+    return tuple(
+        name.partition(".")[0].partition("[")[0]
+        for _, name, _, _ in string.Formatter().parse(log_format)
+        if name
+    )
+
+
 def render(event: dict[str, Any]) -> str:
     """The maillog text of one mail event (without stamp and component), on one line."""
-    fields = event
-    for key, value in event.items():
-        # checked in C (isprintable); only a field that needs it is copied and cleaned
-        if type(value) is str and not (len(value) <= _LINE_LIMIT and value.isprintable()):
-            if fields is event:
-                fields = dict(event)
-            fields[key] = printable(value, _LINE_LIMIT)
+    log_format = event["log_format"]
     try:
-        text = event["log_format"].format_map(fields)
-    except (KeyError, ValueError, IndexError, AttributeError) as e:
+        fields = event
+        for key in _fields_of(log_format):
+            value = event[key]
+            # checked in C (isprintable); only an event with a value that needs it is copied
+            if type(value) is str and not (len(value) <= _LINE_LIMIT and value.isprintable()):
+                if fields is event:
+                    fields = dict(event)
+                fields[key] = printable(value, _LINE_LIMIT)
+        text = log_format.format_map(fields)
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as e:
         text = f"unrenderable event {event.get('event')!r}: {e}"
     return text.replace("\n", " ").replace("\r", " ")
 

@@ -14,9 +14,11 @@ _LABEL_RE = re.compile(rf"^{_LABEL}$", re.I)
 # RFC 5322 atext without '%' and '!': in our files those could only mean source routing
 _ATEXT = r"[a-z0-9#$&'*+/=?^_`{|}~-]"
 _LOCAL_RE = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*$", re.I)
-# what a passwd-file user may be called: dot-atoms of RFC 5322 atext (with '%' and '!')
+# what a passwd-file user may be called: dot-atoms of RFC 5322 atext (with '%' and '!'), at a
+# lower-case domain with a dot; one expression, as it is checked on every lookup
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_USER_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
+_LOWER_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_USER_ADDRESS_RE = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LOWER_LABEL}(?:\.{_LOWER_LABEL})+")
 
 MAX_NAME = 253
 MAX_LOCAL = 64
@@ -49,12 +51,4 @@ def is_local_part(local: str) -> bool:
 
 def is_user_address(address: str) -> bool:
     """Whether address is a lower-case ASCII user@domain.tld, as the passwd file stores users."""
-    local, at, domain = address.rpartition("@")
-    return (
-        bool(at)
-        and address == address.lower()
-        and len(address) <= MAX_ADDRESS
-        and bool(_USER_RE.fullmatch(local))
-        and not domain.endswith(".")
-        and is_hostname(domain, min_labels=2)
-    )
+    return len(address) <= MAX_ADDRESS and _USER_ADDRESS_RE.fullmatch(address) is not None

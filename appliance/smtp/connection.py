@@ -28,7 +28,7 @@ from appliance.smtp.address import ReplyError
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
-    from twisted.internet.interfaces import IOpenSSLContextFactory
+    from twisted.internet.interfaces import IOpenSSLContextFactory, ITransport
 
     from appliance.smtp.factory import SMTPFactory
 
@@ -71,11 +71,12 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
         self.closing = False
         self.errors = 0
         self.peer_ip = "unknown"  # the client's address, once connected
+        self.link: Transport | None = None  # the transport, once connected
 
-    @property
-    def link(self) -> Transport | None:
-        """self.transport, typed as what we use of it."""
-        return cast("Transport | None", self.transport)
+    def makeConnection(self, transport: ITransport) -> None:  # noqa: N802 (Twisted's API)
+        # self.transport, typed as what we use of it; kept once rather than cast on each use
+        self.link = cast(Transport, transport)
+        super().makeConnection(transport)
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:  # noqa: N802 (TimeoutMixin)
         return self.factory.reactor.callLater(period, func)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.logger import Logger
 
 from appliance.interfaces import DiskFull, Envelope, Mailbox, Recipient
+from appliance.log import mail_logger
 from appliance.maillog import render
 from appliance.queue.envelope import QueueEntry, read_queue_entry
 from appliance.queue.queue import Queue
@@ -76,7 +76,7 @@ class Made:
     def __init__(self, state_dir: Path, **kwargs) -> None:
         self.lines: list[str] = []
         self.on_line: Callable[[str], object] = self.lines.append
-        events = Logger(namespace="mail.local", observer=lambda e: self.on_line(render(e)))
+        events = mail_logger("local", lambda e: self.on_line(render(e)))
         self.spool, self.store = build_queue(state_dir, "mx.test", reactor, events=events, **kwargs)
 
 

@@ -16,9 +16,9 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
 
 from appliance.interfaces import DiskFull, Envelope, Mailbox, Resolution, SaslCredentials, Verdict
+from appliance.log import mail_logger
 from appliance.maillog import render
 from appliance.smtp.factory import SMTPFactory
 from appliance.smtp.settings import MTA, ListenerMode, SMTPSettings
@@ -183,7 +183,7 @@ def smtp():
             authenticator=authenticator,
             tls=tls,
             throttle=None,
-            events=Logger(namespace="mail.smtpd", observer=observer),
+            events=mail_logger("smtpd", observer),
             reactor=clock,
         )
         return Session(factory, clock, peer)
