@@ -147,26 +147,32 @@ def atomic_replace(
 def make_dirs(path: StrPath, mode: int | None = DIR_MODE) -> bool:
     """Create path and missing parents durably (each new entry's parent fsync'd); True if new.
 
-    Only the folders created here get `mode` (None: the umask's default); existing ones are
-    left as they are. A file in the way raises FileExistsError.
+    As `mkdir -p -m`: only path itself, if created here, gets `mode` (None: the umask's
+    default); missing parents get the umask's default. A file at path raises
+    FileExistsError, a file where a parent should be NotADirectoryError.
     """
     path = Path(path)
+    if path.is_dir():
+        return False
     chain: list[Path] = []
     p = path
     while not p.is_dir():
+        if p != path and p.exists():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
         chain.append(p)
         p = p.parent
     for d in reversed(chain):
+        own = mode if d == path else None
         try:
-            os.mkdir(d, 0o777 if mode is None else mode)
+            os.mkdir(d, 0o777 if own is None else own)
         except FileExistsError:
             if not d.is_dir():
                 raise
             continue
-        if mode is not None:
-            os.chmod(d, mode)  # the umask may have narrowed it
+        if own is not None:
+            os.chmod(d, own)  # the umask may have narrowed it
         fsync_dir(d.parent)
-    return bool(chain)
+    return True
 
 
 @contextmanager

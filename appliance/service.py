@@ -10,7 +10,7 @@ which seam of appliance.interfaces:
       dns      DNSEngine on UDP and TCP listeners           -> Resolver (LocalResolver)
       maillog  MailLog, the observer of the mail event stream (opened while still root)
       auth     LDAPDirectory's threads (backend = ldap only) -> Authenticator, UserDirectory
-      queue    Queue: MessageSink for SMTP; hands entries to LocalDelivery (DeliveryTarget)
+      queue    Queue: recovers what a crash left at start; MessageSink for SMTP; hands entries to LocalDelivery (DeliveryTarget)
                over MaildirStore (MailStore), fsyncs in one WorkerPool
       smtp     the 25/465/587 listeners: SMTPFactory(policy=SendmailPolicy, ...)
       pop3, imap   empty until those issues fill them
@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service, strports
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 
 from appliance.auth.ldap import LDAPDirectory
 from appliance.auth.passwd import PasswdFile
@@ -320,32 +318,6 @@ class MailLogService(service.Service):
         self.maillog.close()
 
 
-class QueueService(service.Service):
-    """Starts the queue, then recovers what a crash left; stops it once it has drained."""
-
-    log = Logger()
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-
-    def startService(self) -> None:
-        super().startService()
-        self.queue.start()
-        d = self.queue.recover()
-        d.addCallbacks(self._recovered, self._recovery_failed)
-
-    def _recovered(self, ids: list[str]) -> None:
-        if ids:
-            self.log.info("recovered {count} queued message(s)", count=len(ids))
-
-    def _recovery_failed(self, failure: Failure) -> None:
-        self.log.failure("queue recovery failed; retried in a minute", failure)
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        return self.queue.stop()
-
-
 def build_queue(
     state_dir: Path,
     hostname: str,
@@ -462,9 +434,8 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
             retry_interval=cfg.queue.retry_interval,
             min_free_space=cfg.smtp.min_free_space,
         )
-        queue_service = QueueService(queue)
-        queue_service.setName("queue")
-        queue_service.setServiceParent(root)
+        queue.setName("queue")
+        queue.setServiceParent(root)
         make_smtp_service(prepared, queue, reactor, engine).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:

@@ -59,7 +59,7 @@ def port_factory():
 
 
 @pytest.fixture
-def caplog_lines() -> Iterator[list[str]]:
+def log_lines() -> Iterator[list[str]]:
     """Every twisted log event emitted during the test, formatted."""
     from twisted.logger import formatEvent
 

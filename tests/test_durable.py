@@ -53,16 +53,24 @@ def test_create_file_refuses_existing_and_cleans_up(tmp_path: Path) -> None:
     assert mode(tmp_path / "q") == 0o600
 
 
-def test_make_dirs_only_new_folders_get_the_mode(tmp_path: Path) -> None:
-    """Missing folders are made with the mode; existing ones keep theirs; a file in the way fails."""
+def test_make_dirs_only_the_folder_itself_gets_the_mode(tmp_path: Path) -> None:
+    """As mkdir -p -m: the new folder gets the mode, new parents the umask's default,
+    existing ones keep theirs; a file in the way fails with what mkdir says."""
     (tmp_path / "a").mkdir(mode=0o755)
-    assert durable.make_dirs(tmp_path / "a" / "b" / "c", 0o700) is True
+    old = os.umask(0o022)
+    try:
+        assert durable.make_dirs(tmp_path / "a" / "b" / "c", 0o700) is True
+    finally:
+        os.umask(old)
     assert mode(tmp_path / "a") == 0o755
-    assert mode(tmp_path / "a" / "b") == mode(tmp_path / "a" / "b" / "c") == 0o700
+    assert mode(tmp_path / "a" / "b") == 0o755
+    assert mode(tmp_path / "a" / "b" / "c") == 0o700
     assert durable.make_dirs(tmp_path / "a" / "b", 0o700) is False
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(FileExistsError):
         durable.make_dirs(tmp_path / "f", 0o700)
+    with pytest.raises(NotADirectoryError):
+        durable.make_dirs(tmp_path / "f" / "g", 0o700)
 
 
 def test_is_disk_full_only_for_space_errors() -> None:

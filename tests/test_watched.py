@@ -35,7 +35,7 @@ def test_watched_reload_after_interval_only(tmp_path: Path) -> None:
     assert watched.get() == ["c"]
 
 
-def test_watched_bad_reload_keeps_value_and_warns_once(tmp_path: Path, caplog_lines) -> None:
+def test_watched_bad_reload_keeps_value_and_warns_once(tmp_path: Path, log_lines) -> None:
     """A file that stops parsing keeps the previous value; the problem is logged once."""
     path = tmp_path / "map"
     path.write_text("a")
@@ -53,7 +53,7 @@ def test_watched_bad_reload_keeps_value_and_warns_once(tmp_path: Path, caplog_li
     for _ in range(3):
         clock.advance(1)
         assert watched.get() == ["a"]
-    assert caplog_lines.count(f"{path}:1: bad word 'bad'; keeping the previous content") == 1
+    assert log_lines.count(f"{path}:1: bad word 'bad'; keeping the previous content") == 1
     assert changes == []
     rewrite(path, "good")
     clock.advance(1)

@@ -51,6 +51,13 @@ from appliance.queue.files import QueueFiles
 from appliance.queue.receiving import DirectMessage, SpooledMessage
 from appliance.workers import WorkerPool
 
+# the maillog lines of a recipient's status, Postfix's words
+STATUS = "{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay:.2f}, status={status} ({reason})"
+STATUS_ORIG = (
+    "{queue_id}: to=<{rcpt}>, orig_to=<{orig_rcpt}>, relay={relay}, delay={delay:.2f}, "
+    "status={status} ({reason})"
+)
+
 # Seeded once from the kernel: os.urandom per message costs a GIL round trip on the reactor.
 _rng = random.Random(os.urandom(32))
 
@@ -112,8 +119,17 @@ class Queue(Service):
         return self.pool.idle()
 
     def startService(self) -> None:
+        """As a child of the service tree: start, then recover what a crash left behind."""
         super().startService()
         self.start()
+        self.recover().addCallbacks(self._recovered, self._recovery_failed)
+
+    def _recovered(self, ids: list[str]) -> None:
+        if ids:
+            self.log.info("recovered {count} queued message(s)", count=len(ids))
+
+    def _recovery_failed(self, failure: Failure) -> None:
+        self.log.failure("queue recovery failed; retried in a minute", failure)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -203,11 +219,7 @@ class Queue(Service):
                 delay=fields["delay"],
                 status=result.outcome.value,
             )
-        to = "to=<{rcpt}>, orig_to=<{orig_rcpt}>" if orig else "to=<{rcpt}>"
-        self.events.info(
-            "{queue_id}: " + to + ", relay={relay}, delay={delay:.2f}, status={status} ({reason})",
-            **fields,
-        )
+        self.events.info(STATUS_ORIG if orig else STATUS, **fields)
 
     def log_removed(self, qid: str) -> None:
         self.events.info("{queue_id}: removed", event="removed", queue_id=qid)

@@ -156,20 +156,18 @@ class SpooledMessage(_Message):
     def _write(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= WRITE_BUFFER:
-            if self._fd is None:
-                self._open()
-            write_all(self._fd, self._buffer)  # type: ignore[arg-type]
+            write_all(self._fd if self._fd is not None else self._open(), self._buffer)
             del self._buffer[:]
 
-    def _open(self) -> None:
-        """Create tmp/<qid>; draw a new id if the queue already holds this one."""
+    def _open(self) -> int:
+        """Create tmp/<qid> and return its fd; draw a new id if the queue holds this one."""
         queue = self.queue
         while True:
             fd = queue.files.create_tmp(self.queue_id)
             if fd is not None:
                 self._fd = fd
                 self._claimed = True
-                return
+                return fd
             old = self.queue_id
             self.queue_id = queue.new_id()
             queue.forget(old)
@@ -204,10 +202,8 @@ class SpooledMessage(_Message):
 
     def _commit_in_thread(self, data: bytes) -> QueueEntry:
         try:
-            if self._fd is None:
-                self._open()
-            fd, self._fd = self._fd, None
-            assert fd is not None
+            fd = self._fd if self._fd is not None else self._open()
+            self._fd = None
             entry = QueueEntry(self.queue_id, self.envelope, self.arrival, self.size)
             self.queue.files.commit(fd, data, entry, self.target_dir)
         except BaseException:

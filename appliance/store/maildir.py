@@ -30,7 +30,6 @@ from appliance.durable import (
     DirSync,
     fill_and_sync,
     fsync_dir,
-    read_chunks,
     unlink_quietly,
 )
 
@@ -166,9 +165,7 @@ class Maildir:
 
     def deliver(self, data: bytes, hostname: str, dirsync: DirSync | None = None) -> str:
         """Deliver one whole message durably; returns its name in new/."""
-        fd, name = self.create_tmp(hostname)
-        size = fill_and_sync(fd, self.tmp_path(name), [data])
-        return self.publish(name, size, dirsync)
+        return self.deliver_chunks([data], hostname, dirsync)
 
     def deliver_chunks(
         self, chunks: Iterable[bytes], hostname: str, dirsync: DirSync | None = None
@@ -177,14 +174,6 @@ class Maildir:
         fd, name = self.create_tmp(hostname)
         size = fill_and_sync(fd, self.tmp_path(name), chunks)
         return self.publish(name, size, dirsync)
-
-    def deliver_copy(
-        self, prefix: bytes, source: str | Path, hostname: str, dirsync: DirSync | None = None
-    ) -> str:
-        """Deliver prefix + the bytes of the file source durably; returns its name in new/."""
-        return self.deliver_chunks(
-            itertools.chain([prefix], read_chunks(source)), hostname, dirsync
-        )
 
     # -- reading and moving (for POP3 / IMAP) ------------------------------------------------
 

@@ -230,7 +230,8 @@ class MaildirStore:
                 size = md.message_size(subdir, name)
             except FileNotFoundError:
                 continue  # expunged by another session since the listing
-            received = float(base.split(".", 1)[0]) if base.split(".", 1)[0].isdigit() else 0.0
+            secs = base.partition(".")[0]  # names start with the delivery time
+            received = float(secs) if secs.isdigit() else 0.0
             messages.append(StoredMessage(uid, base, size, flags_of(name), received))
         return FolderListing(state.uidvalidity, state.next_uid, tuple(messages))
 

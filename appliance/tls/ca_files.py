@@ -19,8 +19,6 @@ appliance.tls.ca's business. Everything here blocks.
 
 from __future__ import annotations
 
-import errno
-import os
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -77,11 +75,6 @@ def make_dir(path: Path, mode: int | None) -> None:
     Missing parents get the umask's default; mode None gives path the umask's default too.
     """
     try:
-        try:
-            durable.make_dirs(path.parent, None)
-        except FileExistsError as e:
-            # A file where a parent folder should be: say what mkdir(path) itself says.
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from e
         durable.make_dirs(path, mode)
     except FileExistsError:
         raise CAError(f"cannot create folder {path}: a file is in the way") from None
