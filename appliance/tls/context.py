@@ -4,6 +4,16 @@
 meant to be reused for implicit-TLS ports and for STARTTLS/STLS upgrades so every service offers
 the same protocol versions and ciphers. Problems with the files become `CAError`s that name the
 file, so start-up can print one sentence instead of an OpenSSL traceback.
+
+Key exchange is limited to ECDHE over X25519, P-256 and P-384, in TLS 1.2 and TLS 1.3 alike: no
+DHE cipher suites, and a supported-groups list (GROUPS) without the finite-field ffdhe* groups or
+any other curve. A TLS scan flagged finite-field DH: it costs far more CPU than ECDHE for the same
+strength and has a history of weak-parameter attacks (Logjam). OpenSSL's default groups would let
+a TLS 1.3 client pick ffdhe2048 or P-521. The list also leaves out the post-quantum hybrid
+X25519MLKEM768, which the OpenSSL bundled with cryptography would otherwise prefer.
+pyOpenSSL cannot set a groups list (``set_tmp_ecdh`` pins a single curve), so it is set through
+cryptography's OpenSSL binding. If that binding is missing, start-up fails with a `CAError` rather
+than serving OpenSSL's default groups.
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.ssl import TLSVersion
 
@@ -22,9 +34,13 @@ from appliance.errors import CAError
 
 MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
-# Forward secrecy and AEAD only, for TLS 1.2. TLS 1.3 suites are configured separately by
-# OpenSSL and are all AEAD already. DHE only takes effect if DH parameters are ever loaded.
-CIPHER_STRING = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
+# ECDHE with AEAD only, for TLS 1.2 (no DHE: finite-field key exchange is not offered at all).
+# TLS 1.3 suites are configured separately by OpenSSL and are all AEAD already; their key
+# exchange is governed by GROUPS.
+CIPHER_STRING = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+# The supported groups for ECDHE (TLS 1.2) and key shares (TLS 1.3), in server preference order.
+GROUPS = "X25519:P-256:P-384"
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -61,6 +77,28 @@ def _public_der(key: object) -> bytes:
     )
 
 
+def _restrict_groups(context: SSL.Context) -> None:
+    """Limit `context`'s key exchange groups to GROUPS, or raise CAError if that is impossible.
+
+    Must run before the context makes its first connection: OpenSSL copies the groups list into
+    each connection when it is created.
+    """
+    lib = Binding().lib
+    # SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (the same
+    # SSL_CTRL_SET_GROUPS_LIST call); it is the one cryptography's binding exports.
+    set_groups = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    raw_context = getattr(context, "_context", None)
+    if set_groups is None or raw_context is None:
+        raise CAError(
+            "cannot limit TLS key exchange to " + GROUPS.replace(":", ", ") + ": this "
+            "pyOpenSSL/cryptography build does not expose SSL_CTX_set1_curves_list; "
+            "refusing to start with OpenSSL's default groups (finite-field DHE included)"
+        )
+    if set_groups(raw_context, GROUPS.encode("ascii")) != 1:
+        lib.ERR_clear_error()  # do not leave OpenSSL's reason for pyOpenSSL's next call to find
+        raise CAError(f"OpenSSL refused the TLS key exchange groups {GROUPS}")
+
+
 def make_tls_options(
     cert_path: Path,
     key_path: Path,
@@ -68,7 +106,7 @@ def make_tls_options(
     min_version: str = "1.2",
 ) -> ssl.CertificateOptions:
     """Load PEM cert+key (+ extra chain certs), check the key matches the cert, and return
-    CertificateOptions limited to TLS >= min_version and forward-secret AEAD ciphers.
+    CertificateOptions limited to TLS >= min_version, ECDHE over GROUPS and AEAD ciphers.
 
     A certificate file holding several certificates (certbot's fullchain.pem) is accepted: the
     first is the server certificate and the rest are sent as chain, before `chain_paths`.
@@ -105,11 +143,14 @@ def make_tls_options(
         )
         # Twisted builds the OpenSSL context lazily, on the first connection; build it now so a
         # key OpenSSL cannot use fails at start-up rather than on a client's handshake.
-        options.getContext()
+        context = options.getContext()
     except CAError:
         raise
     except Exception as e:
         raise CAError(f"cannot use certificate {cert_path} with key {key_path}: {e}") from e
+    # getContext() caches this context and every connection is made from it, so the groups are
+    # set here, once, before any connection exists.
+    _restrict_groups(context)
     return options
 
 

@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol, reactor, ssl
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.filepath import FilePath
 
 from appliance.errors import CAError
+from appliance.tls import context as tls_context
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import check_key_permissions, make_tls_options
 
@@ -26,6 +28,23 @@ from appliance.tls.context import check_key_permissions, make_tls_options
 CLIENT_TIMEOUT = "20"
 GREETING = b"hello from mail.test"
 REPO = Path(__file__).resolve().parents[2]
+
+# CIPHER_STRING before DHE was removed, for the controls that show what it used to allow.
+OLD_CIPHER_STRING = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
+
+# RFC 7919's ffdhe2048 group as PEM DH parameters (`openssl genpkey -genparam -algorithm DH
+# -pkeyopt group:ffdhe2048`). OpenSSL only does TLS 1.2 DHE once DH parameters are loaded, so
+# the DHE tests load these to give a DHE suite every chance to be picked.
+FFDHE2048_PEM = """\
+-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 
 # OpenSSL (the copy inside the cryptography wheel) already refuses TLS 1.0/1.1 at its default
 # security level, whatever Twisted is told. To see that *our* options refuse TLS 1.1, the
@@ -105,6 +124,30 @@ def pki(tmp_path: Path) -> Pki:
         progress=quiet,
     )
     return Pki(authority, cert, key)
+
+
+@pytest.fixture(scope="module")
+def rsa_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """An RSA server certificate: DHE suites (DHE-RSA-*) need an RSA key to be usable at all."""
+    base = tmp_path_factory.mktemp("rsa")
+    authority = CertificateAuthority(base / "ca")
+    authority.init("Test CA", progress=quiet)
+    key, cert = authority.issue(
+        "mail.test",
+        [],
+        key_type="rsa-3072",
+        key_out=base / "server.key",
+        cert_out=base / "server.crt",
+        progress=quiet,
+    )
+    return Pki(authority, cert, key)
+
+
+@pytest.fixture
+def dh_params(tmp_path: Path) -> Path:
+    path = tmp_path / "ffdhe2048.pem"
+    path.write_text(FFDHE2048_PEM)
+    return path
 
 
 class Greeter(protocol.Protocol):
@@ -201,6 +244,14 @@ def assert_handshake_ok(result: ClientResult, protocol_name: str) -> None:
     assert "Verify return code: 0 (ok)" in result.output
     assert f"Protocol  : {protocol_name}" in result.output
     assert GREETING.decode() in result.output
+
+
+def assert_handshake_refused(result: ClientResult) -> None:
+    """The server ended the handshake with a handshake_failure alert (no shared suite/group)."""
+    assert result.code not in (0, 124), result.output
+    assert "alert handshake failure" in result.output, result.output
+    assert "Server Temp Key" not in result.output
+    assert GREETING.decode() not in result.output
 
 
 def assert_server_refused_version(result: ClientResult) -> None:
@@ -332,14 +383,14 @@ def test_twisted_default_ciphers_cbc_client_accepted(pki: Pki):
 
 
 def test_make_tls_options_cipher_list_aead_with_forward_secrecy_only(pki: Pki) -> None:
-    """Every suite the server offers is TLS 1.3 or (EC)DHE with GCM or ChaCha20-Poly1305."""
+    """Every suite the server offers is TLS 1.3 or ECDHE with GCM or ChaCha20-Poly1305."""
     context = make_tls_options(pki.cert, pki.key).getContext()
     names = SSL.Connection(context, None).get_cipher_list()
     assert any(n.startswith("ECDHE-") for n in names)
     for name in names:
         if name.startswith("TLS_"):
             continue  # TLS 1.3 suites: AEAD by definition
-        assert name.startswith(("ECDHE-", "DHE-")), name
+        assert name.startswith("ECDHE-"), name
         assert "GCM" in name or "CHACHA20-POLY1305" in name, name
 
 
@@ -351,6 +402,176 @@ def test_make_tls_options_chain_file_sent_after_certificate(pki: Pki):
     assert_handshake_ok(result, "TLSv1.3")
     assert " 0 s:CN = mail.test" in result.output
     assert " 1 s:CN = Test CA" in result.output
+
+
+# --------------------------------------------------------------------------- key exchange
+
+# A TLS 1.2 client that can only do finite-field DHE: DHE suites only, or only the ffdhe2048
+# group (then ECDHE has no curve to use and DHE is all that is left).
+DHE_ONLY_TLS12_CLIENTS = [
+    pytest.param(("-cipher", "DHE-RSA-AES128-GCM-SHA256"), id="dhe-cipher"),
+    pytest.param(("-groups", "ffdhe2048"), id="ffdhe2048-group"),
+]
+
+
+def options_with_dh_parameters(pki: Pki, dh_params: Path) -> ssl.CertificateOptions:
+    """Our options with DH parameters loaded too, the one thing OpenSSL needs for TLS 1.2 DHE."""
+    options = make_tls_options(pki.cert, pki.key)
+    options.getContext().load_tmp_dh(str(dh_params))
+    return options
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("client", DHE_ONLY_TLS12_CLIENTS)
+def test_make_tls_options_tls12_dhe_only_client_refused(
+    rsa_pki: Pki, dh_params: Path, client: tuple[str, ...]
+):
+    """A TLS 1.2 client that can only do DHE is refused, even with DH parameters loaded."""
+    result = yield run_s_client(
+        options_with_dh_parameters(rsa_pki, dh_params),
+        rsa_pki.ca.certificate_path,
+        "-tls1_2",
+        *client,
+    )
+    assert_handshake_refused(result)
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("client", DHE_ONLY_TLS12_CLIENTS)
+def test_old_cipher_string_with_dh_parameters_negotiated_tls12_dhe(
+    rsa_pki: Pki, dh_params: Path, client: tuple[str, ...]
+):
+    """Control: with DHE+AESGCM in the cipher list those clients did get ffdhe2048 DHE."""
+    options = ssl.CertificateOptions(
+        privateKey=serialization.load_pem_private_key(rsa_pki.key.read_bytes(), password=None),
+        certificate=x509.load_pem_x509_certificate(rsa_pki.cert.read_bytes()),
+        dhParameters=ssl.DiffieHellmanParameters.fromFile(FilePath(str(dh_params))),
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(OLD_CIPHER_STRING),
+    )
+    result = yield run_s_client(options, rsa_pki.ca.certificate_path, "-tls1_2", *client)
+    assert_handshake_ok(result, "TLSv1.2")
+    assert "Cipher is DHE-RSA-AES" in result.output
+    assert "Server Temp Key: DH, 2048 bits" in result.output
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize(
+    ("groups", "temp_key"),
+    [
+        (None, "X25519, 253 bits"),  # the client's default list: our first choice wins
+        ("X25519", "X25519, 253 bits"),
+        ("P-256", "ECDH, prime256v1, 256 bits"),
+        ("P-384", "ECDH, secp384r1, 384 bits"),
+    ],
+)
+def test_make_tls_options_tls12_ecdhe_client_gets_allowed_curve(
+    rsa_pki: Pki, groups: str | None, temp_key: str
+):
+    """A TLS 1.2 ECDHE client gets an ECDHE suite over X25519, P-256 or P-384.
+
+    An RSA certificate, because in TLS 1.2 the client's groups also limit the curve of an ECDSA
+    certificate: a P-256 certificate could not be served to an X25519-only client at all.
+    """
+    extra = ("-groups", groups) if groups else ()
+    result = yield run_s_client(
+        make_tls_options(rsa_pki.cert, rsa_pki.key), rsa_pki.ca.certificate_path, "-tls1_2", *extra
+    )
+    assert_handshake_ok(result, "TLSv1.2")
+    assert "Cipher is ECDHE-RSA-" in result.output
+    assert f"Server Temp Key: {temp_key}" in result.output
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_make_tls_options_other_curve_refused(rsa_pki: Pki, version: str):
+    """A client offering only P-521 (a curve outside the list) is refused in 1.2 and 1.3.
+
+    An RSA certificate, so that in TLS 1.2 it is the key exchange that fails, not the choice of
+    certificate (a P-256 ECDSA one is unusable for a P-521-only client anyway).
+    """
+    result = yield run_s_client(
+        make_tls_options(rsa_pki.cert, rsa_pki.key),
+        rsa_pki.ca.certificate_path,
+        version,
+        "-groups",
+        "P-521",
+    )
+    assert_handshake_refused(result)
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("min_version", ["1.2", "1.3"])
+def test_make_tls_options_tls13_ffdhe_only_client_refused(pki: Pki, min_version: str):
+    """A TLS 1.3 client offering only the ffdhe2048 group gets a handshake_failure alert."""
+    result = yield run_s_client(
+        make_tls_options(pki.cert, pki.key, min_version=min_version),
+        pki.ca.certificate_path,
+        "-tls1_3",
+        "-groups",
+        "ffdhe2048",
+    )
+    assert_handshake_refused(result)
+
+
+@pytest_twisted.inlineCallbacks
+def test_twisted_default_groups_tls13_ffdhe_client_accepted(pki: Pki):
+    """Control: OpenSSL's default groups let that TLS 1.3 client do ffdhe2048."""
+    options = ssl.CertificateOptions(
+        privateKey=serialization.load_pem_private_key(pki.key.read_bytes(), password=None),
+        certificate=x509.load_pem_x509_certificate(pki.cert.read_bytes()),
+    )
+    result = yield run_s_client(options, pki.ca.certificate_path, "-tls1_3", "-groups", "ffdhe2048")
+    assert_handshake_ok(result, "TLSv1.3")
+    assert "Server Temp Key: DH, 2048 bits" in result.output
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize(
+    ("groups", "temp_key"),
+    [
+        ("X25519", "X25519, 253 bits"),
+        ("P-256", "ECDH, prime256v1, 256 bits"),
+        ("P-384", "ECDH, secp384r1, 384 bits"),
+        ("ffdhe2048:P-384", "ECDH, secp384r1, 384 bits"),
+    ],
+)
+def test_make_tls_options_tls13_allowed_group_accepted(pki: Pki, groups: str, temp_key: str):
+    """TLS 1.3 key shares over X25519, P-256 and P-384 work (via a HelloRetryRequest if the
+    client's first key share was ffdhe2048)."""
+    result = yield run_s_client(
+        make_tls_options(pki.cert, pki.key), pki.ca.certificate_path, "-tls1_3", "-groups", groups
+    )
+    assert_handshake_ok(result, "TLSv1.3")
+    assert f"Server Temp Key: {temp_key}" in result.output
+
+
+def test_make_tls_options_groups_binding_missing_raises(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without SSL_CTX_set1_curves_list in the binding, start-up fails instead of offering DHE."""
+
+    class BindingWithoutGroups:
+        lib = object()
+
+    monkeypatch.setattr(tls_context, "Binding", BindingWithoutGroups)
+    with pytest.raises(CAError) as info:
+        make_tls_options(pki.cert, pki.key)
+    assert str(info.value) == (
+        "cannot limit TLS key exchange to X25519, P-256, P-384: this pyOpenSSL/cryptography "
+        "build does not expose SSL_CTX_set1_curves_list; refusing to start with OpenSSL's "
+        "default groups (finite-field DHE included)"
+    )
+
+
+def test_make_tls_options_groups_refused_by_openssl_raises(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A groups list OpenSSL rejects is a CAError, and leaves no error behind for the next call."""
+    monkeypatch.setattr(tls_context, "GROUPS", "X25519:no-such-group")
+    with pytest.raises(CAError, match="OpenSSL refused the TLS key exchange groups"):
+        make_tls_options(pki.cert, pki.key)
+    monkeypatch.undo()
+    assert make_tls_options(pki.cert, pki.key).getContext() is not None
 
 
 # --------------------------------------------------------------------------- loading errors
