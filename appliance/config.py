@@ -267,6 +267,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "edns_udp_size": Key(integer(512, 4096), "1232", "largest UDP answer we send with EDNS"),
         "tcp_idle_timeout": Key(duration, "10s", "close idle DNS TCP connections"),
         "max_tcp_connections": Key(integer(1, 100_000), "200", "concurrent DNS TCP connections"),
+        "max_tcp_connections_per_ip": Key(
+            integer(1, 100_000), "20", "concurrent DNS TCP connections per client (IPv6: per /64)"
+        ),
+        "tcp_stress_idle_timeout": Key(
+            duration, "2s", "idle timeout while 80% of the DNS TCP connections are in use"
+        ),
     },
     "smtp": {
         "listen": Key(addresses(25), "", "MTA port (25): STARTTLS offered, AUTH after TLS"),
@@ -288,10 +294,28 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_text_line": Key(
             integer(1000, 1_000_000), "1000", "longest message line, CRLF included"
         ),
-        "idle_timeout": Key(duration, "5m", "close a client idle this long (421 4.4.2)"),
-        "max_connections": Key(integer(1, 100_000), "500", "concurrent SMTP connections"),
+        "idle_timeout": Key(duration, "5m", "close a client silent this long (421 4.4.2)"),
+        "command_timeout": Key(
+            duration, "5m", "deadline for a whole command line, however it trickles in"
+        ),
+        "greeting_timeout": Key(duration, "2m", "deadline from connect to a successful EHLO/HELO"),
+        "data_timeout": Key(duration, "5m", "DATA deadline at its start and its cap"),
+        "min_data_rate": Key(
+            integer(1, 1_000_000_000),
+            "500",
+            "bytes/s a DATA sender must keep: each byte adds 1/rate s to the DATA deadline",
+        ),
+        "stress_threshold": Key(
+            integer(1, 100), "80", "percent of max_connections in use that means stress"
+        ),
+        "stress_timeout": Key(
+            duration, "10s", "every deadline under stress (idle unauthenticated sessions first)"
+        ),
+        "max_connections": Key(
+            integer(1, 100_000), "500", "concurrent SMTP connections, all ports together"
+        ),
         "max_connections_per_ip": Key(
-            integer(1, 100_000), "50", "concurrent connections per client"
+            integer(1, 100_000), "50", "concurrent connections per client (IPv6: per /64)"
         ),
         "max_errors": Key(integer(1, 1000), "20", "bad commands before 421 and close"),
         "min_free_space": Key(size, "64M", "refuse mail (452 4.3.1) when the disk has less free"),
@@ -311,7 +335,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             duration, "1s", "first delay after a failed login, doubling per failure"
         ),
         "max_failures": Key(
-            integer(1, 10_000), "10", "failed logins per IP before 421 (15 minutes)"
+            integer(1, 10_000), "10", "failed logins per client (IPv6: per /64) before a block"
+        ),
+        "max_user_failures": Key(
+            integer(1, 1_000_000),
+            "50",
+            "failed logins as one user, from any clients, before a block",
+        ),
+        "failure_window": Key(
+            duration, "15m", "how long a failed login counts (and so a block lasts)"
         ),
         "ldap_urls": Key(ldap_urls, "", "ldap:// or ldaps:// servers (failover in order)"),
         "ldap_base_dn": Key(text, "", "where users are searched"),

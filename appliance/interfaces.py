@@ -237,18 +237,34 @@ class Authenticator(Protocol):
         ...
 
 
+class LoginAttempt(Protocol):
+    """One login being checked, already counted as a failure; exactly one end is called."""
+
+    def failed(self) -> float:
+        """Wrong credentials: the seconds to wait before answering so."""
+        ...
+
+    def succeeded(self) -> None:
+        """Good credentials: that user's failures from that client are forgotten."""
+        ...
+
+    def abandoned(self) -> None:
+        """Nothing was checked (the backend could not answer): the attempt does not count."""
+        ...
+
+
 class LoginThrottle(Protocol):
-    """Slows down password guessing, per client address."""
+    """Slows down and stops password guessing, per client address and per user, for every
+    protocol. An attempt counts from the moment it starts, so parallel guesses count at once."""
 
-    def blocked(self, ip: str) -> bool:
-        """True: refuse the login attempt without checking anything."""
+    def blocked(self, ip: str, user: str | None = None) -> bool:
+        """True: refuse the login without checking anything (the protocol's temporary code)."""
         ...
 
-    def record_failure(self, ip: str) -> float:
-        """Count a failed login; returns the seconds to wait before answering it."""
+    def begin(self, ip: str, user: str) -> LoginAttempt | None:
+        """The credentials of a login are about to be checked: None if it must be refused
+        (a block, nothing is checked), else the attempt, counted already."""
         ...
-
-    def record_success(self, ip: str) -> None: ...
 
 
 # ---------------------------------------------------------------------------- DNS

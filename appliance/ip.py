@@ -26,3 +26,14 @@ def in_networks(
     """Whether the client address text lies in one of networks (False if it is no address)."""
     ip = client_ip(text)
     return ip is not None and any(ip in net for net in networks)
+
+
+def client_key(text: str) -> str:
+    """The unit limits count a client by: its IPv4 address, or its IPv6 /64 (one host
+    usually owns a whole /64); text that is no address stands for itself."""
+    ip = client_ip(text)
+    if ip is None:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -22,6 +22,7 @@ class Paths:
     key: Path
     passwd_file: Path
     maillog: Path
+    login_failures: Path  # the login throttle's blocks, kept across restarts
 
     @classmethod
     def of(cls, config: Config) -> Paths:
@@ -37,6 +38,7 @@ class Paths:
             key=tls.key or state / "tls" / f"{hostname}.key",
             passwd_file=passwd_file(config),
             maillog=config.log.maillog or state / "maillog",
+            login_failures=state / "login-failures.json",
         )
 
 

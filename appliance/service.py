@@ -45,6 +45,7 @@ from appliance.dns.zonefile import load_zone
 from appliance.durable import DirSync
 from appliance.errors import ApplianceError, ConfigError, ZoneError
 from appliance.interfaces import Authenticator, UserDirectory
+from appliance.limits import ConnectionSlots, SessionLimits
 from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
 from appliance.paths import Paths
@@ -284,13 +285,23 @@ def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiSer
     )
     dns_service = service.MultiService()
     dns_service.setName("dns")
+    # one set of TCP slots for every listen address: the limits are the service's
+    tcp_slots = ConnectionSlots(dns_cfg.max_tcp_connections, dns_cfg.max_tcp_connections_per_ip)
     for hp in dns_cfg.listen or ():
         udp = internet.UDPServer(
             hp.port, DNSUDPProtocol(engine), interface=hp.host, maxPacketSize=65535, reactor=reactor
         )
         udp.setName(f"udp {hp}")
         udp.setServiceParent(dns_service)
-        factory = DNSTCPFactory(engine, dns_cfg.tcp_idle_timeout, dns_cfg.max_tcp_connections)
+        factory = DNSTCPFactory(
+            engine,
+            dns_cfg.tcp_idle_timeout,
+            dns_cfg.max_tcp_connections,
+            max_connections_per_ip=dns_cfg.max_tcp_connections_per_ip,
+            stress_idle_timeout=dns_cfg.tcp_stress_idle_timeout,
+            slots=tcp_slots,
+            reactor=reactor,
+        )
         tcp = strports.service(_tcp_endpoint(hp), factory, reactor=reactor)
         tcp.setName(f"tcp {hp}")
         tcp.setServiceParent(dns_service)
@@ -346,10 +357,29 @@ def build_queue(
     return queue, store
 
 
+def make_throttle(cfg: Config, reactor: Any) -> FailureThrottle:
+    """The login throttle every protocol shares, its blocks kept under state_dir."""
+    a = cfg.auth
+    return FailureThrottle(
+        reactor,
+        base_delay=a.failure_delay,
+        window=a.failure_window,
+        max_failures=a.max_failures,
+        max_user_failures=a.max_user_failures,
+        state_file=Paths.of(cfg).login_failures,
+        events=mail_logger("auth"),
+    )
+
+
 def make_smtp_service(
-    prepared: Prepared, queue: Queue, reactor: Any, dns_engine: DNSEngine | None = None
+    prepared: Prepared,
+    queue: Queue,
+    reactor: Any,
+    dns_engine: DNSEngine | None = None,
+    throttle: FailureThrottle | None = None,
 ) -> service.MultiService:
-    """The three SMTP listeners, sharing the queue, the users, the policy and the throttle."""
+    """The three SMTP listeners, sharing the queue, the users, the policy, the throttle and
+    one set of connection slots."""
     cfg = prepared.config
     parts = prepared.mail
     assert parts is not None, "load_mail_parts() found no SMTP listener"
@@ -362,14 +392,28 @@ def make_smtp_service(
         max_recipients=c.max_recipients,
         max_command_line=c.max_command_line,
         max_text_line=c.max_text_line,
-        idle_timeout=c.idle_timeout,
+        limits=SessionLimits(
+            idle_timeout=c.idle_timeout,
+            command_timeout=c.command_timeout,
+            greeting_timeout=c.greeting_timeout,
+            data_timeout=c.data_timeout,
+            min_data_rate=c.min_data_rate,
+            stress_timeout=c.stress_timeout,
+            stress_threshold=c.stress_threshold / 100,
+        ),
         max_connections=c.max_connections,
         max_connections_per_ip=c.max_connections_per_ip,
         max_errors=c.max_errors,
         plaintext_networks=a.plaintext_networks,
         mechanisms=a.mechanisms,
     )
-    throttle = FailureThrottle(reactor, base_delay=a.failure_delay, max_failures=a.max_failures)
+    if throttle is None:
+        throttle = make_throttle(cfg, reactor)
+    slots = ConnectionSlots(
+        c.max_connections,
+        c.max_connections_per_ip,
+        stress_threshold=settings.limits.stress_threshold,
+    )
     tls = prepared.tls.context_factory
     rdns = None
     if dns_engine is not None:
@@ -393,6 +437,7 @@ def make_smtp_service(
             events=events,
             reactor=reactor,
             rdns=rdns,
+            slots=slots,
         )
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if mode.implicit_tls else factory
         for hp in addresses:
@@ -436,7 +481,10 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         )
         queue.setName("queue")
         queue.setServiceParent(root)
-        make_smtp_service(prepared, queue, reactor, engine).setServiceParent(root)
+        throttle = make_throttle(cfg, reactor)
+        throttle.setName("throttle")
+        throttle.setServiceParent(root)
+        make_smtp_service(prepared, queue, reactor, engine, throttle).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:
             placeholder = service.MultiService()

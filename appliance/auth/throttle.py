@@ -1,40 +1,136 @@
-"""Slow down password guessing: per-client delays that double with each recent AUTH failure.
+"""The login throttle every protocol shares: delays and blocks per client and per user.
 
-The SMTP layer (later IMAP/POP3) asks `blocked(ip)` before starting an AUTH exchange (True:
-answer `421 4.7.0` and close), and on a failed login calls `delay = record_failure(ip)` and
-sends the 535 only after `delay` seconds (reactor.callLater). A successful login calls
-`record_success(ip)`, which forgets the client's failures.
+Anchored on Dovecot's auth penalty (a failed login's answer waits longer with each recent
+failure from the client) and on what fail2ban does with Postfix's log (a client with too many
+failures is shut out for a while), with the holes an adversarial run found closed:
 
-Failures older than `window` seconds no longer count. IPv6 clients are counted per /64,
-since one host usually owns a whole /64. Memory is bounded: at most `max_failures`
-timestamps per client and `max_tracked` clients; beyond that the client whose last failure
-is oldest is forgotten. The state is in memory only: a restart forgets it, which costs an
-attacker nothing worth protecting against here.
+- **An attempt counts when it starts.** `begin(ip, user)` records the attempt at once, as a
+  failure until it is shown to be good, so forty parallel guesses count forty before any of
+  them is answered: the eleventh is refused without its password being checked.
+- **Per client and per user.** A client (an IPv4 address or an IPv6 /64) is blocked after
+  `max_failures` within `window`; a user after `max_user_failures` from any clients (a slow
+  botnet guessing one account).
+- **A success clears only what it proves**: that user's failures from that client. The
+  client's failures for other users, and the user's failures from other clients, stay.
+- **The block state survives a restart**: the failures of blocked clients and users are
+  written (atomically, 0600) to `state_file` shortly after a block starts and at stop, and
+  read back at start.
+
+The protocols ask `blocked(ip)` before an exchange (True: the temporary code and close), and
+`begin(ip, user)` once the credentials are known: None means blocked (the temporary code,
+nothing checked), otherwise a `LoginAttempt` whose `failed()` gives the delay before the
+failure reply, `succeeded()` clears, `abandoned()` forgets it (the backend could not answer).
+Blocks are logged on the mail event stream with the client and the user.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import json
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Any
 
+from twisted.application import service
+from twisted.internet import threads
 from twisted.logger import Logger
 
-from appliance.ip import client_ip
+from appliance.durable import atomic_replace
+from appliance.ip import client_key
+from appliance.log import printable
+
+STATE_MODE = 0o600
+SAVE_AFTER = 1.0  # seconds from a new block to writing the state file
+
+CLIENT_BLOCKED = (
+    "warning: {client}: {count} failed logins in {window:.0f}s (last user={sasl_username}),"
+    " logins from this client refused for up to {window:.0f}s"
+)
+USER_BLOCKED = (
+    "warning: user={sasl_username}: {count} failed logins in {window:.0f}s"
+    " (last from {client}), logins as this user refused for up to {window:.0f}s"
+)
 
 
-def client_key(ip: str) -> str:
-    """The unit we count failures for: the IPv4 address, or the IPv6 /64."""
-    addr = client_ip(ip)
-    if addr is None:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
+class _Entry:
+    """One attempt, listed under its client and its user."""
+
+    __slots__ = ("time", "client", "user")
+
+    def __init__(self, time: float, client: str | None, user: str | None) -> None:
+        self.time = time
+        self.client = client
+        self.user = user
 
 
-class FailureThrottle:
-    """Per-client failure counts with exponential delays and a block after too many."""
+class _Counts:
+    """Recent entries per key, oldest first, each list bounded, the number of keys too."""
+
+    def __init__(self, limit: int, max_tracked: int) -> None:
+        self.limit = limit
+        self.max_tracked = max_tracked
+        self.by_key: OrderedDict[str, deque[_Entry]] = OrderedDict()
+
+    def recent(self, key: str, horizon: float) -> int:
+        entries = self.by_key.get(key)
+        if entries is None:
+            return 0
+        while entries and entries[0].time <= horizon:
+            entries.popleft()
+        if not entries:
+            del self.by_key[key]
+            return 0
+        return len(entries)
+
+    def add(self, key: str, entry: _Entry) -> int:
+        entries = self.by_key.get(key)
+        if entries is None:
+            entries = self.by_key[key] = deque(maxlen=self.limit)
+        entries.append(entry)
+        self.by_key.move_to_end(key)
+        while len(self.by_key) > self.max_tracked:
+            self.by_key.popitem(last=False)  # the key whose last attempt is oldest
+        return len(entries)
+
+    def remove(self, key: str | None, match: Any) -> None:
+        """Drop the entries of key for which match(entry) is true."""
+        if key is None:
+            return
+        entries = self.by_key.get(key)
+        if entries is None:
+            return
+        kept = [e for e in entries if not match(e)]
+        if len(kept) != len(entries):
+            entries.clear()
+            entries.extend(kept)
+            if not entries:
+                del self.by_key[key]
+
+    def dump(self, key: str) -> list[float]:
+        return [e.time for e in self.by_key.get(key, ())]
+
+
+class LoginAttempt:
+    """One login under way; exactly one of its three ends is expected."""
+
+    def __init__(self, throttle: FailureThrottle, entry: _Entry) -> None:
+        self.throttle = throttle
+        self.entry = entry
+
+    def failed(self) -> float:
+        """Wrong credentials: the attempt stays counted; the seconds to wait before saying so."""
+        return self.throttle.delay_for_client(self.entry.client)
+
+    def succeeded(self) -> None:
+        """Good credentials: forget this user's failures from this client."""
+        self.throttle.clear(self.entry.client, self.entry.user)
+
+    def abandoned(self) -> None:
+        """Nothing was checked (the backend could not answer): the attempt does not count."""
+        self.throttle.forget(self.entry)
+
+
+class FailureThrottle(service.Service):
+    """Counts login attempts per client and per user; delays, blocks, remembers blocks."""
 
     log = Logger()
 
@@ -46,72 +142,195 @@ class FailureThrottle:
         max_delay: float = 16.0,
         window: float = 900,
         max_failures: int = 10,
+        max_user_failures: int = 50,
         max_tracked: int = 10000,
+        state_file: Path | None = None,
+        events: Logger | None = None,
     ) -> None:
         self.reactor = reactor
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.window = window
         self.max_failures = max_failures
-        self.max_tracked = max_tracked
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.max_user_failures = max_user_failures
+        self.state_file = state_file
+        self.events = events or self.log
+        self.clients = _Counts(max_failures, max_tracked)
+        self.users = _Counts(max_user_failures, max_tracked)
+        self._save_call: Any = None
+        self._saving = False
 
     def __len__(self) -> int:
         """How many clients are tracked (for tests and stats)."""
-        return len(self._failures)
+        return len(self.clients.by_key)
 
-    def _recent(self, key: str) -> int:
-        times = self._failures.get(key)
-        if times is None:
-            return 0
-        horizon = self.reactor.seconds() - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return 0
-        return len(times)
+    def _horizon(self) -> float:
+        return float(self.reactor.seconds()) - self.window
+
+    # ------------------------------------------------------------------ the questions
 
     def recent_failures(self, ip: str) -> int:
-        """Failures of this client within the window."""
-        return self._recent(client_key(ip))
+        """Attempts of this client within the window that were not shown to be good."""
+        return self.clients.recent(client_key(ip), self._horizon())
+
+    def user_failures(self, user: str) -> int:
+        return self.users.recent(user.lower(), self._horizon())
+
+    def blocked(self, ip: str, user: str | None = None) -> bool:
+        """Whether a login from ip (as user, when given) is refused without checking it."""
+        horizon = self._horizon()
+        if self.clients.recent(client_key(ip), horizon) >= self.max_failures:
+            return True
+        return user is not None and self.users.recent(user.lower(), horizon) >= (
+            self.max_user_failures
+        )
 
     def delay_for(self, ip: str) -> float:
-        """Seconds to wait before answering this client's next AUTH failure."""
-        n = self._recent(client_key(ip))
-        # computed by doubling up to the cap, so a large n cannot overflow a float
+        """Seconds a failure reply to this client waits now."""
+        return self.delay_for_client(client_key(ip))
+
+    def delay_for_client(self, key: str | None) -> float:
+        n = self.clients.recent(key, self._horizon()) if key is not None else 0
+        # the first failure waits base_delay, each further one twice as long, up to the cap
         delay = self.base_delay
-        for _ in range(n):
+        for _ in range(max(0, n - 1)):
             if delay >= self.max_delay:
                 break
             delay *= 2
         return min(delay, self.max_delay)
 
-    def record_failure(self, ip: str) -> float:
-        """Count a failed login; returns the delay to apply to this failure's reply."""
+    # ------------------------------------------------------------------ attempts
+
+    def begin(self, ip: str, user: str) -> LoginAttempt | None:
+        """A login from ip as user is about to be checked: None if it must be refused (a
+        block), else the attempt, already counted as a failure."""
+        if self.blocked(ip, user):
+            return None
         key = client_key(ip)
-        delay = self.delay_for(ip)
-        times = self._failures.get(key)
-        if times is None:
-            times = self._failures[key] = deque(maxlen=self.max_failures)
-        times.append(self.reactor.seconds())
-        self._failures.move_to_end(key)
-        if len(times) == self.max_failures:
-            self.log.info(
-                "{peer}: {count} failed logins, blocked", peer=key, count=self.max_failures
+        user = user.lower()
+        entry = _Entry(float(self.reactor.seconds()), key, user)
+        on_client = self.clients.add(key, entry)
+        on_user = self.users.add(user, entry)
+        client_label, user_label = printable(ip, 60), printable(user, 100)
+        if on_client == self.max_failures:
+            self._blocked(CLIENT_BLOCKED, "client_blocked", client_label, user_label, on_client)
+        if on_user == self.max_user_failures:
+            self._blocked(USER_BLOCKED, "user_blocked", client_label, user_label, on_user)
+        return LoginAttempt(self, entry)
+
+    def clear(self, key: str | None, user: str | None) -> None:
+        """A good login: the user's attempts from the client, and no others, are forgotten."""
+        self.clients.remove(key, lambda e: e.user == user)
+        self.users.remove(user, lambda e: e.client == key)
+
+    def forget(self, entry: _Entry) -> None:
+        self.clients.remove(entry.client, lambda e: e is entry)
+        self.users.remove(entry.user, lambda e: e is entry)
+
+    def _blocked(self, fmt: str, event: str, client: str, user: str, count: int) -> None:
+        self.events.warn(
+            fmt, event=event, client=client, sasl_username=user, count=count, window=self.window
+        )
+        self._schedule_save()
+
+    # ------------------------------------------------------------------ the state file
+
+    def state(self) -> dict[str, Any]:
+        """The failures of blocked clients and users (the rest is not worth keeping)."""
+        horizon = self._horizon()
+        clients = {
+            k: self.clients.dump(k)
+            for k in list(self.clients.by_key)
+            if self.clients.recent(k, horizon) >= self.max_failures
+        }
+        users = {
+            u: self.users.dump(u)
+            for u in list(self.users.by_key)
+            if self.users.recent(u, horizon) >= self.max_user_failures
+        }
+        return {"version": 1, "clients": clients, "users": users}
+
+    def load(self) -> None:
+        """Read the state file back (a missing or unreadable one means no blocks)."""
+        if self.state_file is None:
+            return
+        try:
+            data = json.loads(self.state_file.read_bytes())
+            clients = data.get("clients", {})
+            users = data.get("users", {})
+            horizon = self._horizon()
+            for key, times in clients.items():
+                for t in times:
+                    if float(t) > horizon:
+                        self.clients.add(str(key), _Entry(float(t), str(key), None))
+            for user, times in users.items():
+                for t in times:
+                    if float(t) > horizon:
+                        self.users.add(str(user), _Entry(float(t), None, str(user)))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            self.log.warn(
+                "ignoring login throttle state {path}: {reason}", path=self.state_file, reason=e
             )
-        self._evict()
-        return delay
 
-    def record_success(self, ip: str) -> None:
-        """A good login: forget this client's failures."""
-        self._failures.pop(client_key(ip), None)
+    def _encoded(self) -> bytes:
+        return json.dumps(self.state(), separators=(",", ":")).encode()
 
-    def blocked(self, ip: str) -> bool:
-        """Whether the client reached max_failures within the window."""
-        return self._recent(client_key(ip)) >= self.max_failures
+    def save_now(self) -> None:
+        """Write the state file at once, in this thread."""
+        if self.state_file is not None:
+            atomic_replace(self.state_file, self._encoded(), STATE_MODE)
 
-    def _evict(self) -> None:
-        while len(self._failures) > self.max_tracked:
-            # the first entry failed least recently: cheapest to forget
-            self._failures.popitem(last=False)
+    def _schedule_save(self) -> None:
+        if self.state_file is None or self._save_call is not None or not self.running:
+            return
+        self._save_call = self.reactor.callLater(SAVE_AFTER, self._save)
+
+    def _save(self) -> None:
+        self._save_call = None
+        if self._saving:  # the previous write is still running: try again shortly
+            self._schedule_save()
+            return
+        assert self.state_file is not None
+        data = self._encoded()  # taken here, in the reactor thread
+        self._saving = True
+        d = threads.deferToThreadPool(
+            self.reactor,
+            self.reactor.getThreadPool(),
+            atomic_replace,
+            self.state_file,
+            data,
+            STATE_MODE,
+        )
+
+        def done(result: object) -> None:
+            self._saving = False
+
+        d.addErrback(
+            lambda f: self.log.warn(
+                "cannot write login throttle state {path}: {reason}",
+                path=self.state_file,
+                reason=f.getErrorMessage(),
+            )
+        ).addBoth(done)
+
+    # ------------------------------------------------------------------ service
+
+    def startService(self) -> None:  # noqa: N802 (Twisted's API)
+        self.load()
+        super().startService()
+
+    def stopService(self) -> None:  # noqa: N802 (Twisted's API)
+        super().stopService()
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
+        try:
+            self.save_now()
+        except OSError as e:
+            self.log.warn(
+                "cannot write login throttle state {path}: {reason}",
+                path=self.state_file,
+                reason=e.strerror or e,
+            )

@@ -5,6 +5,8 @@
 by `Authority`; anything else is forwarded only for clients in `recursion_networks` that asked
 for recursion, everyone else gets REFUSED (never an open resolver). AXFR is TCP-only and limited
 per zone. Answers too large for the client's UDP size are sent with TC set and the question only.
+Malformed queries (section counts that do not match, QDCOUNT other than 1, names over 255
+octets, more than one OPT) get FORMERR, which Twisted's lenient parser alone would not give.
 
 Speed: authoritative answers depend only on the query bytes after the ID and on whether the
 client may recurse, so the UDP protocol keeps the encoded answer keyed on exactly those and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +26,12 @@ from twisted.internet.error import TimeoutError as TxTimeoutError
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
-from twisted.protocols.policies import TimeoutMixin
 
 from appliance.config import HostPort, Network
 from appliance.dns.authority import Answer, Authority
 from appliance.ip import in_networks
+from appliance.limits import ConnectionSlots, Deadlines, SessionLimits
+from appliance.log import printable
 
 OPT = 41
 AXFR = dns.AXFR
@@ -35,6 +39,58 @@ IXFR = dns.IXFR
 _EDNS_VERSION = 0
 _BADVERS = 16
 _MAX_FAST_ENTRIES = 50_000
+_MAX_NAME_WIRE = 255  # octets, labels and root included (RFC 1035 2.3.4)
+_HEADER_COUNTS = struct.Struct("!4H")
+
+
+def _name_end(data: bytes, pos: int) -> int:
+    """The offset after the wire-form name at pos, or -1 if it is malformed: a label type
+    other than a length (0-63) or a pointer, a pointer that does not point before the last
+    one (RFC 1035 4.1.4; this also rules out loops), or over 255 octets once expanded."""
+    end = -1
+    limit = pos  # pointers must point strictly before this (as BIND demands)
+    size = 0
+    n = len(data)
+    while pos < n:
+        b = data[pos]
+        if b == 0:
+            return end if end >= 0 else pos + 1
+        if b < 64:
+            size += b + 1
+            if size >= _MAX_NAME_WIRE:  # the root octet still has to come
+                return -1
+            pos += b + 1
+        elif b >= 0xC0 and pos + 1 < n:
+            target = (b & 0x3F) << 8 | data[pos + 1]
+            if target >= limit:
+                return -1
+            if end < 0:
+                end = pos + 2
+            limit = pos = target
+        else:  # extended (0x40) and reserved (0x80) label types, or a cut-off pointer
+            return -1
+    return -1
+
+
+def _well_formed(data: bytes, query: dns.Message) -> bool:
+    """What Twisted's parser lets through but RFC 1035 and 6891 do not: sections shorter
+    than the header's counts (Twisted stops at the end of the data without complaint),
+    question names over 255 octets or with bad labels, and more than one OPT record."""
+    counts = _HEADER_COUNTS.unpack_from(data, 4)
+    if counts != (
+        len(query.queries),
+        len(query.answers),
+        len(query.authority),
+        len(query.additional),
+    ):
+        return False
+    pos = 12
+    for _ in range(counts[0]):
+        pos = _name_end(data, pos)
+        if pos < 0:
+            return False
+        pos += 4  # type and class
+    return sum(1 for rr in query.additional if rr.type == OPT) <= 1
 
 
 def _opt_rr(udp_size: int, ext_rcode: int = 0) -> bytes:
@@ -50,22 +106,29 @@ def encode_response(
     edns_size: int | None,
     limit: int,
 ) -> bytes:
-    """Encode a response to query; fits it into limit bytes, else sets TC (RFC 2181 9)."""
+    """Encode a response to query; fits it into limit bytes, else sets TC (RFC 2181 9).
+
+    Only a QUERY's answer echoes RD and CD and may carry RA; an answer to any other opcode
+    (NOTIMP) has none of them, as BIND's and NSD's."""
     rcode = answer.rcode
+    is_query = query.opCode == dns.OP_QUERY
+    rd = query.recDes if is_query else 0
+    cd = query.checkingDisabled if is_query else 0
+    ra = recursion_available and is_query
 
     def build(answers, authority, additional, trunc: bool) -> bytes:
         m = dns.Message(
             id=query.id,
             answer=1,
             opCode=query.opCode,
-            recDes=query.recDes,
-            recAv=recursion_available,
+            recDes=rd,
+            recAv=ra,
             auth=answer.aa,
             rCode=rcode & 0xF,
             trunc=trunc,
             maxSize=0,  # Twisted's own truncation cuts records in half
         )
-        m.checkingDisabled = query.checkingDisabled
+        m.checkingDisabled = cd
         m.queries = query.queries
         m.answers, m.authority, m.additional = list(answers), list(authority), list(additional)
         data = m.toStr()
@@ -270,9 +333,9 @@ class Forwarder:
             return Answer(response.rCode, False, response.answers, response.authority, additional)
         self.log.info(
             "forwarding {name} type {qtype} failed: {reason}",
-            name=name.decode("ascii", "replace"),
+            name=printable(name, _MAX_NAME_WIRE),
             qtype=qtype,
-            reason=last_error,
+            reason=printable(last_error),
         )
         raise LookupError(last_error)
 
@@ -347,6 +410,8 @@ class DNSEngine:
             query.fromStr(data)
         except Exception:
             return self._header_only(data, dns.EFORMAT)
+        if not _well_formed(data, query):
+            return self._header_only(data, dns.EFORMAT)
         ra = self.recursion_allowed(client_ip)
         edns_size = None
         version = 0
@@ -363,8 +428,8 @@ class DNSEngine:
 
         if query.opCode != dns.OP_QUERY:
             return reply(Answer(rcode=dns.ENOTIMP, aa=False))
-        if len(query.queries) != 1:
-            return reply(Answer(rcode=dns.EFORMAT, aa=False))
+        if len(query.queries) != 1:  # the header's count: checked against it above
+            return self._header_only(data, dns.EFORMAT)
         if edns_size is not None and version != _EDNS_VERSION:
             return reply(Answer(rcode=_BADVERS, aa=False))
         q = query.queries[0]
@@ -390,7 +455,7 @@ class DNSEngine:
         if not allowed:
             self.log.info(
                 "zone transfer of {zone} refused for {peer}",
-                zone=name.decode("ascii", "replace"),
+                zone=printable(name, _MAX_NAME_WIRE),
                 peer=client_ip,
             )
             return encode_response(
@@ -401,17 +466,23 @@ class DNSEngine:
                 limit=512,
             )
         self.log.info(
-            "zone transfer of {zone} to {peer}", zone=name.decode("ascii"), peer=client_ip
+            "zone transfer of {zone} to {peer}",
+            zone=printable(name, _MAX_NAME_WIRE),
+            peer=client_ip,
         )
         answer = Answer(answers=zone.transfer_records())
         return encode_response(query, answer, recursion_available=ra, edns_size=None, limit=65535)
 
     @staticmethod
     def _header_only(data: bytes, rcode: int) -> bytes:
-        """A response with no sections, for messages we cannot parse."""
+        """A response with no sections, for messages we cannot parse (or will not: FORMERR).
+
+        QR, the opcode and the ID; RD and CD only for a QUERY, as BIND's dns_message_reply()
+        keeps them (and never RA: it is not known yet when parsing fails)."""
         flags = struct.unpack_from("!H", data, 2)[0]
-        flags = 0x8000 | (flags & 0x7900) | rcode  # QR, keep opcode and RD
-        return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
+        opcode = flags & 0x7800
+        keep = flags & 0x0110 if opcode == 0 else 0  # RD 0x0100, CD 0x0010
+        return data[:2] + struct.pack("!HHHHH", 0x8000 | opcode | keep | rcode, 0, 0, 0, 0)
 
 
 class DNSUDPProtocol(protocol.DatagramProtocol):
@@ -462,27 +533,109 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
             self.transport.write(data, addr)
 
 
-class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
-    """DNS over TCP: length-prefixed messages, answered in order, idle connections closed."""
+class DNSTCPProtocol(Int16StringReceiver):
+    """DNS over TCP: length-prefixed messages, answered in order, idle connections closed.
+
+    Fairness: each connection holds one of the service's `ConnectionSlots` (appliance.limits,
+    shared by every listen address): a client over its share is closed at once; when every
+    slot is taken, the connection idle longest (no answer in flight) of the client holding
+    most slots is closed to make room; and while the slots are stressed (80% used) the idle
+    timeout is `stress_idle_timeout`.
+
+    Memory: the protocol is a streaming producer on its transport, so it stops reading (and
+    parsing what it has read) while more than the transport's buffer size (64 KiB) of answers
+    waits to be sent; and it stops reading while MAX_IN_FLIGHT answers are unfinished
+    (forwarded questions, and the answers queued behind them to keep the order). A client
+    that sends without reading therefore costs at most about 64 KiB plus MAX_IN_FLIGHT
+    answers, and is closed when its idle timeout passes.
+    """
 
     log = Logger()
     MAX_LENGTH = 65535
+    MAX_IN_FLIGHT = 64
 
-    def connectionMade(self) -> None:
-        self.factory.open_connections += 1
-        if self.factory.open_connections > self.factory.max_connections:
-            self.transport.abortConnection()
+    factory: DNSTCPFactory
+
+    def __init__(self) -> None:
+        # answers not yet sent, in question order; [None] until the engine has answered,
+        # then [bytes] (b"" when there is nothing to send)
+        self._pending: deque[list[bytes | None]] = deque()
+        self._deadlines: Deadlines | None = None
+        self._counted = False  # holds a slot
+        self._closed = False
+        self._write_paused = False  # the transport's buffer is full
+        self._receiving = False
+        self._peer = ""
+
+    # ------------------------------------------------------------------ connection
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's API)
+        f = self.factory
+        self._peer = getattr(self.transport.getPeer(), "host", "") or ""
+        if not f.slots.admit(self._peer, self):
+            self._close()
             return
-        self.setTimeout(self.factory.idle_timeout)
-        self._queue: defer.Deferred[None] = defer.succeed(None)
+        self._counted = True
+        slots = f.slots
+        self._deadlines = Deadlines(
+            f.clock, f.limits, self._expired, stressed=lambda: slots.stressed
+        )
+        self._deadlines.greeted()  # DNS has no greeting phase
+        self.transport.registerProducer(self, True)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        self.factory.open_connections -= 1
-        self.setTimeout(None)
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self._closed = True
+        self._pending.clear()
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        if self._counted:
+            self._counted = False
+            self.factory.slots.release(self)
 
-    def stringReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        peer = self.transport.getPeer().host
+    def _close(self) -> None:
+        self._closed = True
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        self.transport.abortConnection()
+
+    def _expired(self, which: str) -> None:
+        self._close()
+
+    # ------------------------------------------------------------------ Slot (appliance.limits)
+
+    def idle_since(self) -> float | None:
+        """Evictable while no answer is in flight: idle since its last complete question, its
+        last answer finished, or (for a client reading a long stream of answers) the last
+        time its send buffer drained; or since connect."""
+        deadlines = self._deadlines
+        if self._pending or deadlines is None or self._closed:
+            return None
+        return deadlines.request_start
+
+    def evict(self) -> None:
+        self._counted = False  # the slot is already the newcomer's
+        self._close()
+
+    def stress_changed(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.stress_changed()
+
+    # ------------------------------------------------------------------ input
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
+
+    def stringReceived(self, data: bytes) -> None:  # noqa: N802
+        deadlines = self._deadlines
+        if self._closed or deadlines is None:
+            return
+        deadlines.input()
+        deadlines.request()  # the next question's deadline starts now
+        peer = self._peer
         try:
             result = self.factory.engine.handle(data, peer, tcp=True)
         except Exception:
@@ -490,25 +643,120 @@ class DNSTCPProtocol(Int16StringReceiver, TimeoutMixin):
             result = DNSEngine._header_only(data, dns.ESERVER) if len(data) >= 12 else None
         if result is None:
             return
-        # answers go out in the order the questions came in
-        self._queue.addCallback(lambda _: result).addCallback(self._send)
-        self._queue.addErrback(
-            lambda f: self.log.failure("DNS TCP answer to {peer} failed", f, peer=peer)
-        )
+        pending = self._pending
+        if isinstance(result, bytes):
+            if not pending:  # nothing ahead of it: the common case
+                self.sendString(result)
+                return
+            pending.append([result])
+        else:
+            entry: list[bytes | None] = [None]
+            pending.append(entry)
+            if not deadlines.held:
+                deadlines.hold()  # the wait is ours (bounded by forward_timeout), not theirs
+            result.addCallbacks(
+                self._answered, self._failed, callbackArgs=(entry,), errbackArgs=(entry, data)
+            )
+        self._flush()
 
-    def _send(self, data: bytes) -> None:
-        if self.transport is not None and self.connected:
-            self.sendString(data)
+    def _answered(self, answer: bytes, entry: list[bytes | None]) -> None:
+        entry[0] = answer
+        self._flush()
 
-    def timeoutConnection(self) -> None:
-        self.transport.abortConnection()
+    def _failed(self, failure: Any, entry: list[bytes | None], query: bytes) -> None:
+        self.log.failure("DNS TCP answer to {peer} failed", failure, peer=self._peer)
+        entry[0] = DNSEngine._header_only(query, dns.ESERVER)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the finished answers at the head of the queue (answers go out in the order
+        the questions came in)."""
+        if self._closed:
+            return
+        pending = self._pending
+        while pending and pending[0][0] is not None:
+            answer = pending.popleft()[0]
+            if answer:
+                self.sendString(answer)
+        deadlines = self._deadlines
+        if not pending and deadlines is not None and deadlines.held:
+            deadlines.release()
+        self._update_reading()
+
+    # ------------------------------------------------------------------ back-pressure
+
+    def pauseProducing(self) -> None:  # noqa: N802 (IPushProducer: the transport's buffer is full)
+        self._write_paused = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:  # noqa: N802 (the transport's buffer has drained)
+        self._write_paused = False
+        deadlines = self._deadlines
+        if deadlines is not None and not deadlines.held and not self._closed:
+            deadlines.release()  # the client reads its answers: that is activity
+        self._update_reading()
+
+    def stopProducing(self) -> None:  # noqa: N802 (the connection is gone)
+        self._closed = True
+        self.paused = True
+
+    def _update_reading(self) -> None:
+        """Read (and parse) only while the transport can take more answers and fewer than
+        MAX_IN_FLIGHT are unfinished; `paused` also stops Int16StringReceiver's loop."""
+        stop = self._write_paused or len(self._pending) >= self.MAX_IN_FLIGHT
+        transport: Any = self.transport  # a TCP transport: IPushProducer too
+        if stop == self.paused or self._closed or transport is None:
+            return
+        self.paused = stop
+        if stop:
+            transport.pauseProducing()
+            return
+        transport.resumeProducing()
+        if not self._receiving:  # else the parsing loop in progress goes on by itself
+            self.dataReceived(b"")
 
 
-class DNSTCPFactory(protocol.ServerFactory):
-    protocol = DNSTCPProtocol
+class DNSTCPFactory(protocol.ServerFactory[DNSTCPProtocol]):
+    """DNS over TCP for one listen address; `slots` are shared by all of the service's."""
 
-    def __init__(self, engine: DNSEngine, idle_timeout: float = 10, max_connections: int = 200):
+    def __init__(
+        self,
+        engine: DNSEngine,
+        idle_timeout: float = 10,
+        max_connections: int = 200,
+        *,
+        max_connections_per_ip: int = 20,
+        stress_idle_timeout: float = 2,
+        slots: ConnectionSlots | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.engine = engine
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.open_connections = 0
+        self.clock = reactor
+        # a whole question must come within idle_timeout of the last (so dripping bytes
+        # buys nothing); under stress, within stress_idle_timeout
+        forever = float("inf")
+        self.limits = SessionLimits(
+            idle_timeout=idle_timeout,
+            command_timeout=idle_timeout,
+            greeting_timeout=forever,
+            data_timeout=forever,
+            stress_timeout=min(stress_idle_timeout, idle_timeout),
+        )
+        if slots is None:
+            slots = ConnectionSlots(max_connections, max_connections_per_ip)
+        self.slots = slots
+        self.max_connections = slots.max_connections
+
+    def buildProtocol(self, addr: Any) -> DNSTCPProtocol:  # noqa: N802 (Twisted's API)
+        proto = DNSTCPProtocol()
+        proto.factory = self
+        return proto
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.slots)

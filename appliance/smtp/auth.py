@@ -3,9 +3,12 @@
 PLAIN and LOGIN send the password itself, so they are offered and accepted only under TLS or
 from [auth] plaintext_networks; CRAM-MD5 only when the Authenticator can check it. The
 exchange itself is appliance.sasl's (sans-IO); the credentials go to the Authenticator
-seam. A failed login is answered 535 only after the LoginThrottle's delay for the client and
-logged as one auth_failed event; a client past the throttle's limit gets 421 and is closed.
-When the user backend cannot answer, the client gets 454 4.7.0 and the log a warning.
+seam. Every login is counted by the shared LoginThrottle when its credentials are complete,
+before they are checked, so parallel guesses count at once: a client past its limit gets 421
+4.7.0 and is closed, a user past theirs 454 4.7.0, in both cases without the password being
+checked. A failed login is answered 535 only after the throttle's delay and logged as one
+auth_failed event. When the user backend cannot answer, the client gets 454 4.7.0, the log a
+warning, and the attempt does not count.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appliance.errors import ApplianceError
-from appliance.interfaces import Authenticator
+from appliance.interfaces import Authenticator, LoginAttempt
 from appliance.ip import in_networks
 from appliance.log import printable
 from appliance.sasl import MAX_LINE, Challenge, Credentials, SaslError, SaslExchange
@@ -29,6 +32,22 @@ if TYPE_CHECKING:
     from appliance.smtp.factory import SMTPFactory
 
 SASL_LINE_LIMIT = MAX_LINE  # the framing limit (CRLF included) while an exchange runs
+
+
+class _Unthrottled:
+    """The attempt of a listener without a throttle: no delay, nothing to count."""
+
+    def failed(self) -> float:
+        return 0.0
+
+    def succeeded(self) -> None:
+        pass
+
+    def abandoned(self) -> None:
+        pass
+
+
+UNTHROTTLED = _Unthrottled()
 
 
 class AuthHost(Protocol):
@@ -94,7 +113,8 @@ class SessionAuth:
             raise ReplyError(
                 538, "5.7.11", "Encryption required for requested authentication mechanism"
             )
-        if f.throttle is not None and f.throttle.blocked(host.peer_ip):
+        if f.throttle is not None and f.throttle.blocked(host.peer_ip):  # checked again at begin
+            host.events.auth_refused(host.client_label(), mech, "")
             host.reply(
                 421, "4.7.0", f"{f.settings.hostname} Error: too many failed logins", close=True
             )
@@ -126,11 +146,31 @@ class SessionAuth:
         self.exchange = None  # before anything below replies: later lines are commands again
         if isinstance(step, SaslError):
             if step.code == 535:  # a PLAIN authzid that is not the user: a failed login
-                self.login_failed(step.text)
+                attempt = self.begin(step.text)
+                if attempt is not None:
+                    self.login_failed(step.text, attempt)
                 return
             self.host.reply(step.code, step.enhanced, step.text)
             return
         self.check(step)
+
+    def begin(self, username: str) -> LoginAttempt | None:
+        """Count the attempt with the throttle; None (after answering) if it is refused."""
+        host = self.host
+        f = host.factory
+        if f.throttle is None:
+            return UNTHROTTLED
+        attempt = f.throttle.begin(host.peer_ip, username)
+        if attempt is not None:
+            return attempt
+        host.events.auth_refused(host.client_label(), self.mechanism, username)
+        if f.throttle.blocked(host.peer_ip):
+            host.reply(
+                421, "4.7.0", f"{f.settings.hostname} Error: too many failed logins", close=True
+            )
+        else:
+            host.reply(454, "4.7.0", "Too many failed logins for this user, try again later")
+        return None
 
     def check(self, step: Credentials) -> None:
         host = self.host
@@ -140,18 +180,21 @@ class SessionAuth:
             host.reply(502, "5.5.1", "Error: authentication not enabled")
             return
         username = printable(step.username, 100)
+        attempt = self.begin(username)
+        if attempt is None:
+            return
         d = defer.maybeDeferred(authenticator.authenticate, step.credentials)
 
         def ok(login: str) -> None:
             self.user = login
-            if f.throttle is not None:
-                f.throttle.record_success(host.peer_ip)
+            attempt.succeeded()
             host.events.auth(host.client_label(), self.mechanism, login)
             host.reply(235, "2.7.0", "Authentication successful")
 
         def bad(failure: Failure) -> defer.Deferred[None] | None:
             if failure.check(UnauthorizedLogin):
-                return self.login_failed(username)
+                return self.login_failed(username, attempt)
+            attempt.abandoned()
             # the backend could not answer (directory down, unreadable file): try again later
             if failure.check(ApplianceError):
                 self.log.warn(
@@ -164,13 +207,11 @@ class SessionAuth:
 
         host.wait(d.addCallbacks(ok, bad), "authentication")
 
-    def login_failed(self, username: str) -> defer.Deferred[None]:
-        """535 after a per-IP growing delay; one fail2ban-friendly auth_failed event."""
+    def login_failed(self, username: str, attempt: LoginAttempt) -> defer.Deferred[None]:
+        """535 after the throttle's delay; one fail2ban-friendly auth_failed event."""
         host = self.host
         f = host.factory
-        delay = 0.0
-        if f.throttle is not None:
-            delay = f.throttle.record_failure(host.peer_ip)
+        delay = attempt.failed()
         host.events.auth_failed(host.client_label(), self.mechanism, username)
         answer: defer.Deferred[None] = defer.Deferred()
         if delay <= 0:

@@ -9,7 +9,15 @@ ENHANCEDSTATUSCODES/DSN/SMTPUTF8. Here:
 - while DATA is being read the bytes go to feed_data() instead (appliance.smtp.data);
 - while an asynchronous step runs (policy lookup, login check, commit) input is held, and a
   client pipelining far past what PIPELINING needs is paused;
-- replies made while one burst of input is handled go out in one write;
+- back-pressure: the connection is its transport's producer, so when a client has not read
+  more than the transport's buffer of replies (64 KiB) we stop answering until it drains,
+  and once MAX_PIPELINED more bytes wait unanswered we stop reading from it too (not at
+  once: a TLS layer pauses its producer while its handshake runs, and must go on reading
+  to finish it): memory per connection stays bounded whatever the client does;
+- replies made while one burst of input is handled go out in one write; a reply never
+  carries a control byte (whatever of the client's text a reply quotes is made printable);
+- the time limits are appliance.limits.Deadlines' (idle, whole request, greeting, DATA rate),
+  on one timer; a client past one gets 421 4.4.2 (and is cut off if it is not reading);
 - after max_errors 5xx/421 replies the connection is closed with 421.
 The session (appliance.smtp.session) supplies line_received() and the DATA hooks.
 """
@@ -19,11 +27,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from appliance.limits import Deadlines
+from appliance.log import printable
 from appliance.smtp.address import ReplyError
 
 if TYPE_CHECKING:
@@ -33,7 +43,7 @@ if TYPE_CHECKING:
     from appliance.smtp.factory import SMTPFactory
 
 CRLF = b"\r\n"
-MAX_PIPELINED = 1024 * 1024  # bytes buffered while busy before we stop reading
+MAX_PIPELINED = 256 * 1024  # bytes buffered while busy before we stop reading
 
 
 class Transport(Protocol):
@@ -44,6 +54,10 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def loseConnection(self) -> None: ...  # noqa: N802 (Twisted's API)
+
+    def abortConnection(self) -> None: ...  # noqa: N802
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...  # noqa: N802
 
     def getPeer(self) -> object: ...  # noqa: N802
 
@@ -56,8 +70,9 @@ class Transport(Protocol):
     def getHandle(self) -> SSL.Connection: ...  # noqa: N802
 
 
-class SMTPConnection(protocol.Protocol, TimeoutMixin):
-    """CRLF framing with bounded lines, batched replies, and waiting on Deferreds."""
+@implementer(IPushProducer)
+class SMTPConnection(protocol.Protocol):
+    """CRLF framing with bounded lines, batched replies, waiting on Deferreds, deadlines."""
 
     log = Logger()
 
@@ -66,7 +81,10 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
         self.buffer = b""
         self.skipping = False  # discarding an over-long command line up to its CRLF
         self.busy = False  # an asynchronous step is running: hold further commands
-        self.paused = False
+        self.paused = False  # reading stopped: too much pipelined while busy
+        self.write_blocked = False  # the client is not reading its replies
+        self.reading_stopped = False
+        self.deadlines: Deadlines | None = None  # set by the session once connected
         self.out: list[bytes] | None = None  # replies held back while process() runs
         self.closing = False
         self.errors = 0
@@ -76,10 +94,36 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
     def makeConnection(self, transport: ITransport) -> None:  # noqa: N802 (Twisted's API)
         # self.transport, typed as what we use of it; kept once rather than cast on each use
         self.link = cast(Transport, transport)
+        self.link.registerProducer(self, True)
         super().makeConnection(transport)
 
-    def callLater(self, period: float, func: Any) -> IDelayedCall:  # noqa: N802 (TimeoutMixin)
-        return self.factory.reactor.callLater(period, func)
+    # ------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's API)
+        """The transport holds a full buffer of replies the client has not read."""
+        self.write_blocked = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.write_blocked = False
+        if self.paused and not self.busy:
+            self.paused = False
+            self._update_reading()
+        if not self.closing and self.link is not None:
+            self.process()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass  # the connection is going away: connectionLost cleans up
+
+    def _update_reading(self) -> None:
+        link = self.link
+        stop = self.paused
+        if link is None or stop == self.reading_stopped:
+            return
+        self.reading_stopped = stop
+        if stop:
+            link.pauseProducing()
+        else:
+            link.resumeProducing()
 
     # ------------------------------------------------------------------ hooks for the session
 
@@ -101,13 +145,26 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
 
     # ------------------------------------------------------------------ output
 
+    def utf8_replies(self) -> bool:
+        """Whether replies may carry UTF-8 (the transaction asked for SMTPUTF8)."""
+        return False
+
     def send_line(self, line: str) -> None:
+        if not line.isascii() or not line.isprintable():
+            line = self.clean(line)
         link = self.link
         if link is not None and not self.closing:
             if self.out is not None:  # inside process(): one write for all its replies
                 self.out.append(line.encode("utf-8") + CRLF)
             else:
                 link.write(line.encode("utf-8") + CRLF)
+
+    def clean(self, line: str) -> str:
+        """A reply quoting client text made safe: control bytes (and, without SMTPUTF8,
+        anything outside ASCII) shown as '?'."""
+        if self.utf8_replies():
+            return printable(line, len(line))
+        return "".join(c if " " <= c <= "~" else "?" for c in line)
 
     def flush(self) -> None:
         """Send the replies gathered in process(): one write, one wake-up of the socket."""
@@ -146,7 +203,11 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's API)
         if self.closing:
             return
-        self.resetTimeout()
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.input()
+            if deadlines.data_end is not None:
+                deadlines.data_received(len(data))
         self.buffer += data
         self.process()
 
@@ -167,10 +228,13 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
             self.out = None
 
     def _process(self) -> None:
-        while not self.busy and not self.closing and self.buffer:
+        deadlines = self.deadlines
+        while not self.busy and not self.closing and not self.write_blocked and self.buffer:
             if self.in_data():
                 if not self.feed_data():
                     return
+                if deadlines is not None:
+                    deadlines.request()
                 continue
             limit = self.line_limit()
             end = self.buffer.find(CRLF)
@@ -188,27 +252,34 @@ class SMTPConnection(protocol.Protocol, TimeoutMixin):
                     self.buffer = self.buffer[-1:]
                 return
             line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+            if deadlines is not None:
+                deadlines.request()
             if end + 2 > limit:
                 self.reply(500, "5.5.6", "Error: line too long")
                 continue
             self.line_received(line)
-        link = self.link
-        if len(self.buffer) > MAX_PIPELINED and self.busy and not self.paused and link is not None:
-            # a client pipelining far past what PIPELINING needs while we wait: stop reading
-            self.paused = True
-            link.pauseProducing()
+        if len(self.buffer) > MAX_PIPELINED and (self.busy or self.write_blocked):
+            # a client pipelining far past what PIPELINING needs while we wait (for a lookup,
+            # or for it to read its replies): stop reading
+            if not self.paused:
+                self.paused = True
+                self._update_reading()
 
     def wait(self, d: defer.Deferred[Any], what: str) -> None:
         """Hold input until d (which sends its own reply) has fired."""
         self.busy = True
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.hold()
 
         def resume(result: object) -> None:
             self.busy = False
-            link = self.link
-            if link is not None and not self.closing:
-                if self.paused:
+            if deadlines is not None:
+                deadlines.release()
+            if self.link is not None and not self.closing:
+                if self.paused and not self.write_blocked:
                     self.paused = False
-                    link.resumeProducing()
+                    self._update_reading()
                 self.process()
 
         def unexpected(failure: Failure) -> None:

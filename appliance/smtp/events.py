@@ -31,6 +31,11 @@ CLIENT_SASL = (
 )
 AUTH = "{client}: sasl_method={sasl_method}, sasl_username={sasl_username}"
 AUTH_FAILED = "warning: {client}: SASL {sasl_method} authentication failed: user={sasl_username}"
+AUTH_REFUSED = (
+    "warning: {client}: SASL {sasl_method} login refused, too many failed logins:"
+    " user={sasl_username}"
+)
+TIMEOUT = "timeout after {stage} from {client}"
 
 
 class SessionEvents:
@@ -138,3 +143,17 @@ class SessionEvents:
             sasl_method=sasl_method,
             sasl_username=printable(username, 100),
         )
+
+    def auth_refused(self, client: str, sasl_method: str | None, username: str) -> None:
+        """A login refused by the throttle, its credentials not checked."""
+        self._emit(
+            AUTH_REFUSED,
+            "auth_refused",
+            client=client,
+            sasl_method=sasl_method,
+            sasl_username=printable(username, 100),
+        )
+
+    def timeout(self, client: str, stage: str) -> None:
+        """A deadline passed; stage is the last command (CONNECT before any)."""
+        self._emit(TIMEOUT, "timeout", client=client, stage=stage)

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IAddress, IOpenSSLContextFactory, IReact
 from twisted.logger import Logger
 
 from appliance.interfaces import Authenticator, LoginThrottle, MessageSink, Policy
+from appliance.limits import ConnectionSlots
 from appliance.smtp.rdns import ReverseLookup
 from appliance.smtp.session import SMTPSession
 from appliance.smtp.settings import ListenerMode, SMTPSettings
@@ -40,6 +41,7 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
         events: Logger,
         reactor: IReactorTime,
         rdns: ReverseLookup | None = None,
+        slots: ConnectionSlots | None = None,
     ) -> None:
         self.settings = settings
         self.mode = mode
@@ -51,24 +53,13 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
         self.events = events
         self.reactor = reactor
         self.rdns = rdns
-        self.connections: dict[str, int] = {}  # open connections per client IP
-        self.total = 0
-
-    def admit(self, ip: str) -> bool:
-        """Count a new connection from ip; False if it is over a connection limit."""
-        self.total += 1
-        self.connections[ip] = self.connections.get(ip, 0) + 1
-        s = self.settings
-        return self.total <= s.max_connections and self.connections[ip] <= s.max_connections_per_ip
-
-    def release(self, ip: str) -> None:
-        """Forget a connection counted by admit()."""
-        self.total -= 1
-        left = self.connections.get(ip, 1) - 1
-        if left:
-            self.connections[ip] = left
-        else:
-            self.connections.pop(ip, None)
+        if slots is None:
+            slots = ConnectionSlots(
+                settings.max_connections,
+                settings.max_connections_per_ip,
+                stress_threshold=settings.limits.stress_threshold,
+            )
+        self.slots = slots
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPSession:  # noqa: N802 (Twisted's API)
         return SMTPSession(self)

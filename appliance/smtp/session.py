@@ -1,12 +1,17 @@
 """The ESMTP session: the state of one client connection and its command table.
 
-Here: the connect (connection limits, reverse DNS, the connect policy, the greeting), the
+Here: the connect (a connection slot, reverse DNS, the connect policy, the greeting), the
 command dispatch, EHLO/HELO, STARTTLS, AUTH's preconditions and the simple commands. The mail
 transaction (MAIL, RCPT, DATA) is appliance.smtp.transaction's, the SASL dialogue
 appliance.smtp.auth's, framing, reply batching and waiting appliance.smtp.connection's.
 Out-of-order commands get 503 5.5.1, every reply carries an enhanced status code (RFC 3463),
 and nothing a client sends reaches a traceback: a failure is logged and answered 451.
 STARTTLS discards whatever was pipelined behind it and resets the session.
+
+A session holds one of the SMTP service's ConnectionSlots (shared by all its ports) and is a
+Slot to it: while it waits for a command without having logged in it may be closed to make
+room for a new client when every slot is taken, and when the slots are mostly used its
+deadlines shrink (appliance.limits).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance.interfaces import Verdict
+from appliance.limits import Deadlines
 from appliance.log import printable
 from appliance.smtp import transaction
 from appliance.smtp.address import ReplyError
@@ -52,7 +58,8 @@ class SMTPSession(SMTPConnection):
         self.counts: dict[str, int] = {}  # commands by verb, for the disconnect line
         self.rejected_at_connect: Verdict | None = None
         self.connect_verdict = Verdict()
-        self.counted = False  # in the factory's connection counts
+        self.counted = False  # holds one of the factory's connection slots
+        self.last_verb = "CONNECT"  # for the timeout line
 
     # ------------------------------------------------------------------ connection
 
@@ -63,15 +70,17 @@ class SMTPSession(SMTPConnection):
         host = getattr(link.getPeer() if link is not None else None, "host", None)
         self.peer_ip = host if isinstance(host, str) else "unknown"
         self.events = SessionEvents(f.events, self.session_id, self.peer_ip)
-        within_limits = f.admit(self.peer_ip)
-        self.counted = True
-        self.setTimeout(s.idle_timeout)
         if f.mode.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
-        if not within_limits:
+        if not f.slots.admit(self.peer_ip, self):
             self.events.connect(self.client_label(), code=421, reason="too many connections")
             self.reply(421, "4.7.0", f"{s.hostname} Error: too many connections", close=True)
             return
+        self.counted = True
+        slots = f.slots
+        self.deadlines = Deadlines(
+            f.reactor, s.limits, self.timed_out, stressed=lambda: slots.stressed
+        )
         if f.rdns is None:
             self.greet()
             return
@@ -101,18 +110,58 @@ class SMTPSession(SMTPConnection):
         self.send_line(f"220 {banner}")
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
-        self.setTimeout(None)
+        if self.deadlines is not None:
+            self.deadlines.stop()
         if self.incoming is not None and self.incoming.message is not None:
             self.incoming.message.abort()
         if self.counted:
-            self.factory.release(self.peer_ip)
+            self.factory.slots.release(self)
             self.counted = False
             self.events.disconnect(self.client_label(), self.counts)
 
-    def timeoutConnection(self) -> None:  # noqa: N802 (TimeoutMixin)
+    def timed_out(self, which: str) -> None:
+        """A deadline passed (appliance.limits): 421 4.4.2, and cut off a client not reading."""
+        stage = "DATA" if self.incoming is not None else self.last_verb
+        self.events.timeout(self.client_label(), stage)
         self.reply(
             421, "4.4.2", f"{self.factory.settings.hostname} Error: timeout exceeded", close=True
         )
+        self.abort_if_stuck()
+
+    def abort_if_stuck(self) -> None:
+        """After a final reply: a client that does not read would keep the connection (and
+        its buffers) for ever, since a close waits for the replies to drain."""
+        link = self.link
+        if self.write_blocked and link is not None:
+            link.abortConnection()
+
+    # ------------------------------------------------------------------ Slot (appliance.limits)
+
+    def idle_since(self) -> float | None:
+        if self.auth.user is not None or self.busy or self.incoming is not None or self.closing:
+            return None
+        deadlines = self.deadlines
+        return deadlines.request_start if deadlines is not None else None
+
+    def evict(self) -> None:
+        self.counted = False  # the slot is already given to the newcomer
+        self.events.timeout(self.client_label(), self.last_verb)
+        self.events.disconnect(self.client_label(), self.counts)
+        self.reply(
+            421,
+            "4.7.0",
+            f"{self.factory.settings.hostname} Error: too many connections, closing idle session",
+            close=True,
+        )
+        self.abort_if_stuck()
+
+    def stress_changed(self) -> None:
+        if self.deadlines is not None:
+            self.deadlines.stress_changed()
+
+    def utf8_replies(self) -> bool:
+        txn = self.txn
+        return txn is not None and txn.params.smtputf8
 
     def client_label(self) -> str:
         return f"{self.peer_name or 'unknown'}[{self.peer_ip}]"
@@ -157,6 +206,7 @@ class SMTPSession(SMTPConnection):
         if handler is None:
             self.reply(500, "5.5.2", "Error: command not recognized")
             return
+        self.last_verb = verb
         if not line.isascii() and verb not in ("MAIL", "RCPT"):
             self.reply(500, "5.5.2", "Error: non-ASCII characters in command")
             return
@@ -175,6 +225,8 @@ class SMTPSession(SMTPConnection):
             raise ReplyError(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
         self.helo = printable(arg.split()[0], 255)
         self.esmtp = esmtp
+        if self.deadlines is not None:
+            self.deadlines.greeted()
         self.txn = None
         f = self.factory
         s = f.settings

@@ -7,7 +7,9 @@ session of the listener.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from appliance.limits import SessionLimits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,8 +22,8 @@ class SMTPSettings:
     max_recipients: int = 100
     max_command_line: int = 2048
     max_text_line: int = 1000  # octets including CRLF (RFC 5321 4.5.3.1.6)
-    idle_timeout: float = 300
-    max_connections: int = 200
+    limits: SessionLimits = field(default_factory=SessionLimits)  # deadlines and stress mode
+    max_connections: int = 200  # across every SMTP port (the factory's default slots)
     max_connections_per_ip: int = 20
     max_errors: int = 20
     plaintext_networks: tuple[Network, ...] = ()  # PLAIN/LOGIN allowed here without TLS

@@ -184,6 +184,8 @@ def do_data(session: SMTPSession, arg: str) -> None:
             message.write(received_header(envelope, message.queue_id, f.settings.hostname))
         except DiskFull:
             reader.disk_full = True
+    if session.deadlines is not None:
+        session.deadlines.data_started()  # from here on the minimum DATA rate applies
     session.send_line("354 End data with <CR><LF>.<CR><LF>")
 
 

@@ -183,7 +183,7 @@ def test_tcp_answers_each_message_in_order() -> None:
 def test_tcp_idle_connection_closed_after_timeout() -> None:
     """An idle TCP client is dropped after tcp_idle_timeout."""
     clock = Clock()
-    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])), idle_timeout=10)
+    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])), idle_timeout=10, reactor=clock)
     proto, t = tcp_conn(factory, clock)
     clock.advance(9)
     assert not t.disconnecting
@@ -192,9 +192,13 @@ def test_tcp_idle_connection_closed_after_timeout() -> None:
 
 
 def test_tcp_connection_limit_enforced() -> None:
-    """Connections beyond max_tcp_connections are closed at once."""
-    factory = DNSTCPFactory(DNSEngine(Authority([example_zone()])), max_connections=2)
+    """Connections beyond the per-client share are closed at once; a connection that goes
+    frees its slot. (Full slots make room for a new client instead: tests/dns/test_tcp.py.)"""
+    factory = DNSTCPFactory(
+        DNSEngine(Authority([example_zone()])), max_connections=3, max_connections_per_ip=2
+    )
     conns = [tcp_conn(factory, Clock()) for _ in range(3)]
     assert [c[1].disconnecting or c[1].disconnected for c in conns] == [False, False, True]
-    conns[0][0].connectionLost(None)
     assert factory.open_connections == 2
+    conns[0][0].connectionLost(None)
+    assert factory.open_connections == 1

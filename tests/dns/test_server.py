@@ -355,3 +355,186 @@ def test_random_datagrams_never_raise() -> None:
         assert out[2] & 0x80  # QR set: it is a response
         answered += 1
     assert answered > 500
+
+
+# ---------------------------------------------------------------------------- malformed queries
+
+
+def raw_query(qname: bytes, qtype: int = dns.A, flags: int = 0x0100, qdcount: int = 1) -> bytes:
+    """A query built byte by byte: qname is the wire-form name, root octet included."""
+    import struct
+
+    return (
+        struct.pack("!6H", 0x5151, flags, qdcount, 0, 0, 0)
+        + qname
+        + struct.pack("!HH", qtype, dns.IN)
+    )
+
+
+def wire_name(*labels: bytes) -> bytes:
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+
+
+def header_only_formerr(data: bytes | None, qid: int) -> dns.Message:
+    assert isinstance(data, bytes)
+    m = parse(data)
+    assert m.id == qid and m.answer and m.rCode == dns.EFORMAT
+    assert (m.queries, m.answers, m.authority, m.additional) == ([], [], [], [])
+    return m
+
+
+def test_formerr_when_header_claims_more_questions_than_present() -> None:
+    """QDCOUNT 65535 with one question present (Twisted parses it quietly): FORMERR, never
+    an answer to the first question."""
+    good = query("example.test", dns.MX)
+    bad = good[:4] + b"\xff\xff" + good[6:]
+    header_only_formerr(engine().handle(bad, "127.0.0.1", tcp=False), 4242)
+    header_only_formerr(engine().handle(bad, "127.0.0.1", tcp=True), 4242)
+
+
+def test_formerr_when_qdcount_is_not_one() -> None:
+    """Two complete questions, or none: FORMERR."""
+    m = dns.Message(id=7, recDes=True)
+    m.queries = [dns.Query("example.test", dns.MX), dns.Query("mail.example.test", dns.A)]
+    header_only_formerr(engine().handle(m.toStr(), "127.0.0.1", tcp=False), 7)
+    none = raw_query(b"", qdcount=0)[:12]
+    header_only_formerr(engine().handle(none, "127.0.0.1", tcp=False), 0x5151)
+
+
+def test_formerr_for_name_over_255_octets() -> None:
+    """A 257-octet query name is FORMERR (RFC 1035 2.3.4); 255 octets is still a name."""
+    long = wire_name(b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 63)
+    assert len(long) == 257
+    header_only_formerr(engine().handle(raw_query(long), "127.0.0.1", tcp=False), 0x5151)
+    longest = wire_name(b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 61)
+    assert len(longest) == 255
+    m = parse(engine().handle(raw_query(longest), "127.0.0.1", tcp=False))
+    assert m.rCode == dns.EREFUSED and len(m.queries[0].name.name) == 253
+
+
+def test_formerr_for_bad_label_types_and_forward_pointers() -> None:
+    """Label lengths 64-191 (extended/reserved label types, which Twisted reads as lengths)
+    and compression pointers that do not point backwards are FORMERR."""
+    e = engine()
+    extended = b"\x41" + b"x" * 65 + b"\x00"
+    header_only_formerr(e.handle(raw_query(extended), "127.0.0.1", tcp=False), 0x5151)
+    forward = b"\x01a\xc0\x20" + b"\x00" * 40  # points past itself
+    header_only_formerr(e.handle(raw_query(forward), "127.0.0.1", tcp=False), 0x5151)
+    loop = b"\x01a\xc0\x0c"  # back to its own start: a loop
+    header_only_formerr(e.handle(raw_query(loop), "127.0.0.1", tcp=False), 0x5151)
+
+
+def test_formerr_for_two_opt_records() -> None:
+    """More than one OPT record is FORMERR (RFC 6891 6.1.1)."""
+    data = query("example.test", dns.MX, edns=1232)
+    opt = data[-11:]
+    bad = data[:10] + b"\x00\x02" + data[12:] + opt
+    header_only_formerr(engine().handle(bad, "127.0.0.1", tcp=False), 4242)
+    assert parse(engine().handle(data, "127.0.0.1", tcp=False)).rCode == dns.OK
+
+
+def test_formerr_when_sections_are_shorter_than_their_counts() -> None:
+    """ARCOUNT 1 without the record (Twisted stops quietly at the end): FORMERR."""
+    data = query("example.test", dns.MX)
+    bad = data[:10] + b"\x00\x01" + data[12:]
+    header_only_formerr(engine().handle(bad, "127.0.0.1", tcp=False), 4242)
+
+
+def test_udp_malformed_query_never_enters_fast_path() -> None:
+    """A malformed copy of a cacheable question is FORMERR each time, and is not cached;
+    once the good question is cached, the malformed copy still gets FORMERR."""
+    proto = DNSUDPProtocol(engine())
+    proto.transport = FakeDatagramTransport()
+    good = query("example.test", dns.MX)
+    bad = good[:4] + b"\xff\xff" + good[6:]
+    peer = ("127.0.0.1", 5000)
+    proto.datagramReceived(bad, peer)
+    proto.datagramReceived(bad, peer)
+    assert proto._fast == ({}, {})
+    proto.datagramReceived(good, peer)
+    proto.datagramReceived(bad, peer)
+    rcodes = [parse(data).rCode for data, _ in proto.transport.written]
+    assert rcodes == [dns.EFORMAT, dns.EFORMAT, dns.OK, dns.EFORMAT]
+    assert len(proto._fast[False]) + len(proto._fast[True]) == 1
+
+
+# ---------------------------------------------------------------------------- header flags
+
+RD, RA, AD, CD = 0x0100, 0x0080, 0x0020, 0x0010
+
+
+def flags_of(data: bytes) -> int:
+    return int.from_bytes(data[2:4], "big")
+
+
+def test_notimp_carries_no_ra_rd_cd_ad() -> None:
+    """Opcode STATUS (2) with RD, CD and AD set, from a client that may recurse: NOTIMP with
+    QR, the opcode and the ID only (as BIND and NSD answer)."""
+    e = engine(forwarder=FakeForwarder({}))
+    data = query("example.test", dns.A)
+    data = data[:2] + (0x1000 | RD | AD | CD).to_bytes(2, "big") + data[4:]
+    out = e.handle(data, "127.0.0.1", tcp=False)
+    assert flags_of(out) == 0x8000 | 0x1000 | dns.ENOTIMP
+    assert out[:2] == data[:2]
+    assert parse(out).queries[0].name.name == b"example.test"  # the question is echoed
+
+
+def test_query_answers_still_echo_rd_cd_and_set_ra() -> None:
+    """A QUERY keeps RD and CD, and RA for a client that may recurse."""
+    e = engine(forwarder=FakeForwarder({}))
+    data = query("example.test", dns.A)
+    data = data[:2] + (RD | CD).to_bytes(2, "big") + data[4:]
+    assert flags_of(e.handle(data, "127.0.0.1", tcp=False)) & (RD | CD | RA) == RD | CD | RA
+
+
+def test_formerr_keeps_rd_cd_for_query_opcode_only() -> None:
+    """FORMERR for an unparseable or malformed QUERY echoes RD and CD (BIND's
+    dns_message_reply keeps them for QUERY), never RA; for another opcode no flags at all."""
+    e = engine(forwarder=FakeForwarder({}))
+    garbage = b"\x12\x34" + (RD | CD | AD).to_bytes(2, "big") + b"\x00\x01" + b"\x00" * 6 + b"\xff"
+    assert flags_of(e.handle(garbage, "127.0.0.1", tcp=False)) == 0x8000 | RD | CD | 1
+    update = b"\x12\x34" + (0x2800 | RD | CD).to_bytes(2, "big") + garbage[4:]
+    assert flags_of(e.handle(update, "127.0.0.1", tcp=False)) == 0x8000 | 0x2800 | 1
+    good = query("example.test", dns.MX)
+    two_questions = good[:4] + b"\x00\x02" + good[6:]
+    assert flags_of(e.handle(two_questions, "127.0.0.1", tcp=False)) == 0x8000 | RD | 1
+
+
+# ---------------------------------------------------------------------------- log lines
+
+
+class LogLines:
+    """Replaces target's Logger; lines() are the formatted events it got."""
+
+    def __init__(self, target) -> None:
+        from twisted.logger import Logger
+
+        self.events: list[dict] = []
+        target.log = Logger(observer=self.events.append)
+
+    def lines(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events]
+
+
+def test_transfer_refused_log_escapes_control_bytes_in_name() -> None:
+    """A name with a newline and an escape sequence cannot split or colour a log line."""
+    e = engine()
+    log = LogLines(e)
+    e.handle(query("evil\nforged line\x1b[31m.example.test", dns.AXFR), "127.0.0.1", tcp=True)
+    (line,) = log.lines()
+    assert "\n" not in line and "\x1b" not in line
+    assert "evil?forged line?[31m.example.test" in line
+
+
+def test_forwarder_failure_log_escapes_control_bytes_in_name() -> None:
+    """The forwarding-failed line renders the asked name printable too."""
+    from appliance.dns.server import Forwarder
+
+    fwd = Forwarder([], recursion_desired=False, timeout=1, cache_size=0, reactor=Clock())
+    log = LogLines(fwd)
+    failure = fired(fwd.resolve(b"a\r\nb.example.org", dns.A, dns.IN))
+    assert failure.check(LookupError)
+    (line,) = log.lines()
+    assert "\n" not in line and "\r" not in line and "a??b.example.org" in line

@@ -6,6 +6,7 @@ import base64
 import re
 
 from appliance.interfaces import DiskFull, Verdict
+from appliance.limits import SessionLimits
 from appliance.smtp.settings import SMTPS, SUBMISSION
 
 EHLO_LINES = [
@@ -325,7 +326,7 @@ def test_starttls_discards_pipelined_commands_and_resets(smtp, logged_errors) ->
 
 def test_idle_timeout_421(smtp) -> None:
     """A silent client gets 421 4.4.2 after idle_timeout and is disconnected."""
-    s = smtp(idle_timeout=60).ready()
+    s = smtp(limits=SessionLimits(idle_timeout=60)).ready()
     smtp.clock.advance(59)
     assert s.read() == []
     smtp.clock.advance(2)
@@ -344,7 +345,8 @@ def test_connection_limits_per_ip_and_total(smtp) -> None:
     assert t.value() == b"421 4.7.0 mail.example.test Error: too many connections\r\n"
     assert t.disconnecting
     second.connectionLost(None)
-    assert first.factory.connections == {"127.0.0.1": 1}
+    assert first.factory.slots.connections_of("127.0.0.1") == 1
+    assert len(first.factory.slots) == 1
 
 
 def test_too_many_errors_disconnects(smtp) -> None:
