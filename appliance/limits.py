@@ -189,6 +189,12 @@ class Deadlines:
         if self.data_end is not None:
             self.data_end = None
 
+    def progress(self) -> None:
+        """The session moved on without new input (a client reading a long answer): the
+        idle limit and the request deadline start afresh."""
+        now = self.clock.seconds()
+        self.last_input = self.request_start = now
+
     # phase changes
 
     def greeted(self) -> None:

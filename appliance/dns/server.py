@@ -633,8 +633,7 @@ class DNSTCPProtocol(Int16StringReceiver):
         deadlines = self._deadlines
         if self._closed or deadlines is None:
             return
-        deadlines.input()
-        deadlines.request()  # the next question's deadline starts now
+        deadlines.progress()  # input, and the next question's deadline starts now
         peer = self._peer
         try:
             result = self.factory.engine.handle(data, peer, tcp=True)
@@ -693,7 +692,7 @@ class DNSTCPProtocol(Int16StringReceiver):
         self._write_paused = False
         deadlines = self._deadlines
         if deadlines is not None and not deadlines.held and not self._closed:
-            deadlines.release()  # the client reads its answers: that is activity
+            deadlines.progress()  # the client reads its answers: that is activity
         self._update_reading()
 
     def stopProducing(self) -> None:  # noqa: N802 (the connection is gone)

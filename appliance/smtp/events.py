@@ -136,19 +136,18 @@ class SessionEvents:
 
     def auth_failed(self, client: str, sasl_method: str | None, username: str) -> None:
         """A failed login, in the words fail2ban's postfix-sasl filter looks for."""
-        self._emit(
-            AUTH_FAILED,
-            "auth_failed",
-            client=client,
-            sasl_method=sasl_method,
-            sasl_username=printable(username, 100),
-        )
+        self._login_event(AUTH_FAILED, "auth_failed", client, sasl_method, username)
 
     def auth_refused(self, client: str, sasl_method: str | None, username: str) -> None:
         """A login refused by the throttle, its credentials not checked."""
+        self._login_event(AUTH_REFUSED, "auth_refused", client, sasl_method, username)
+
+    def _login_event(
+        self, log_format: str, event: str, client: str, sasl_method: str | None, username: str
+    ) -> None:
         self._emit(
-            AUTH_REFUSED,
-            "auth_refused",
+            log_format,
+            event,
             client=client,
             sasl_method=sasl_method,
             sasl_username=printable(username, 100),

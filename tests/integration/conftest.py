@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,10 +123,9 @@ def _free_on(host: str, port: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[dict[str, Appliance]]:
-    """Both lab appliances running, DNS forwarding to each other, on one free port."""
-    appliances = make_lab(tmp_path_factory.mktemp("lab"))
+@contextmanager
+def running(appliances: dict[str, Appliance]) -> Iterator[dict[str, Appliance]]:
+    """Start every appliance; stop them all however the block ends."""
     try:
         for a in appliances.values():
             a.start()
@@ -133,3 +133,10 @@ def lab(tmp_path_factory) -> Iterator[dict[str, Appliance]]:
     finally:
         for a in appliances.values():
             a.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[dict[str, Appliance]]:
+    """Both lab appliances running, DNS forwarding to each other, on one free port."""
+    with running(make_lab(tmp_path_factory.mktemp("lab"))) as appliances:
+        yield appliances

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Appliance, make_lab
+from tests.integration.conftest import Appliance, make_lab, running
 
 LIMITS = """
 max_connections = 60
@@ -32,13 +32,8 @@ def abuse_lab(tmp_path_factory) -> Iterator[dict[str, Appliance]]:
     ini = lab["163"].ini
     text = ini.read_text()
     ini.write_text(re.sub(r"^\[smtp\]\n", "[smtp]\n" + LIMITS.lstrip(), text, flags=re.M))
-    try:
-        for a in lab.values():
-            a.start()
+    with running(lab):
         yield lab
-    finally:
-        for a in lab.values():
-            a.stop()
 
 
 def b64(text: str) -> str:
