@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/163.ini
-DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix
 STAMP := $(VENV)/.installed
 
 .PHONY: run test venv debs lint typecheck clean

@@ -1,10 +1,11 @@
-"""The `mailappliance` admin command: check-config, ca init|issue|show, user, config-help."""
+"""The `mailappliance` admin command: check-config, ca init|issue|show, user, queue, config-help."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +15,11 @@ from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_admin import add_user, delete_user, set_password
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.schemes import STRONG_SCHEMES
+from appliance.control.client import parse_queue_id, send_command
 from appliance.errors import ApplianceError, ConfigError
 from appliance.names import is_user_address
 from appliance.paths import Paths
+from appliance.queue.inspect import format_list, list_queue, show_message
 from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
@@ -167,6 +170,61 @@ def cmd_user_list(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_id(raw: str, *, all_allowed: bool = True) -> str | None:
+    """A queue id argument upper-cased, or None for ALL; a clear error for anything else."""
+    try:
+        queue_id = parse_queue_id(raw)
+    except ValueError as e:
+        raise ApplianceError(str(e)) from None
+    if queue_id is None and not all_allowed:
+        raise ApplianceError(f"expected a queue id of 10 hex digits like 3F1A2B4C5D, got {raw!r}")
+    return queue_id
+
+
+def cmd_queue_list(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    print(format_list(list_queue(Paths.of(cfg).queue_dir), time.time()))
+    return 0
+
+
+def cmd_queue_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    queue_id = _queue_id(args.queue_id, all_allowed=False)
+    assert queue_id is not None
+    try:
+        print(show_message(Paths.of(cfg).queue_dir, queue_id))
+    except KeyError:
+        raise ApplianceError(f"no such message: {queue_id}") from None
+    return 0
+
+
+# what each control command did, for "flushed 3 message(s)"
+_DONE = {"flush": "flushed", "delete": "deleted", "hold": "held", "release": "released"}
+
+
+def cmd_queue_control(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """flush, delete, hold, release: asked of the running appliance over its control socket."""
+    command: str = args.queue_command
+    queue_id = _queue_id(args.queue_id) if args.queue_id is not None else None
+    paths = Paths.of(cfg)
+    reply = send_command(paths.control_socket, command, queue_id)
+    if not reply["ok"]:
+        raise ApplianceError(f"the appliance refused: {reply.get('error', 'no reason given')}")
+    count = int(reply.get("count", 0))
+    if count == 0 and queue_id is not None:
+        raise ApplianceError(_nothing_done(paths.queue_dir, command, queue_id))
+    print(f"{_DONE[command]} {count} message(s)")
+    return 0
+
+
+def _nothing_done(queue_dir: Path, command: str, queue_id: str) -> str:
+    """Why a command about one message changed nothing: the files tell whether it exists."""
+    summary = next((s for s in list_queue(queue_dir) if s.queue_id == queue_id), None)
+    if summary is None:
+        return f"no such message: {queue_id}"
+    if command == "flush" and summary.held:
+        return f"{queue_id} is on hold: release it first"
+    return f"nothing to {command} for {queue_id} (see 'mailappliance queue show {queue_id}')"
+
+
 def cmd_config_help(cfg: config_mod.Config | None, args: argparse.Namespace) -> int:
     print(config_mod.describe_schema())
     return 0
@@ -176,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailappliance",
         description="Administer a mailappliance: check its configuration, run its CA, "
-        "manage users.",
+        "manage users, look at and act on the mail queue.",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="the appliance's INI file")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -304,6 +362,66 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print every user's address, one per line.",
     )
     listing.set_defaults(func=cmd_user_list)
+
+    queue = sub.add_parser(
+        "queue",
+        help="list, show, flush, delete, hold and release queued messages",
+        description="Look at the mail queue (<state_dir>/queue; list and show read its files "
+        "and work with the appliance stopped) or act on it (flush, delete, hold, release ask "
+        "the running appliance over its control socket, <state_dir>/control.sock).",
+    )
+    queue_sub = queue.add_subparsers(dest="queue_command", metavar="QUEUE_COMMAND")
+    queue_sub.required = True
+    q_list = queue_sub.add_parser(
+        "list",
+        help="list queued messages, like postqueue -p",
+        description="Print every queued message, oldest first: id ('!' when on hold), size, "
+        "arrival, sender, the last delivery error, the recipients not yet done and when the "
+        "next attempt is due.",
+    )
+    q_list.set_defaults(func=cmd_queue_list)
+    q_show = queue_sub.add_parser(
+        "show",
+        help="show one message's envelope, recipient states and headers",
+        description="Print the envelope of message ID (sender, client, DSN parameters), each "
+        "recipient's delivery state (status, relay, reply, when) and the message's header "
+        "section.",
+    )
+    q_show.add_argument("queue_id", metavar="ID", help="queue id, 10 hex digits")
+    q_show.set_defaults(func=cmd_queue_show)
+    q_flush = queue_sub.add_parser(
+        "flush",
+        help="try deferred messages now",
+        description="Ask the running appliance to try message ID, or every deferred message, "
+        "now (postqueue -f / -i). Messages on hold stay on hold.",
+    )
+    q_flush.add_argument(
+        "queue_id", metavar="ID", nargs="?", help="queue id, or ALL (the default: every message)"
+    )
+    q_flush.set_defaults(func=cmd_queue_control)
+    for name, help_text, description in (
+        (
+            "delete",
+            "delete messages without a bounce",
+            "Ask the running appliance to remove message ID, or ALL messages, for good; "
+            "no bounce is sent (postsuper -d).",
+        ),
+        (
+            "hold",
+            "put messages on hold",
+            "Ask the running appliance to stop trying message ID, or ALL messages, until "
+            "they are released (postsuper -h).",
+        ),
+        (
+            "release",
+            "release held messages",
+            "Ask the running appliance to try held message ID, or ALL held messages, again "
+            "at once (postsuper -H).",
+        ),
+    ):
+        q_cmd = queue_sub.add_parser(name, help=help_text, description=description)
+        q_cmd.add_argument("queue_id", metavar="ID", help="queue id (10 hex digits) or ALL")
+        q_cmd.set_defaults(func=cmd_queue_control)
     return p
 
 

@@ -26,7 +26,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class HostPort:
-    """A listening or target address; host is an IP literal."""
+    """A listening or target address; host is an IP literal (a host name for next hops)."""
 
     host: str
     port: int
@@ -175,6 +175,45 @@ def addresses(default_port: int | None) -> Converter:
         return tuple(host_port(w, default_port) for w in words(raw))
 
     return convert
+
+
+def next_hop(raw: str, ctx: _Ctx) -> HostPort:
+    """'mail.example.com:587', '[mail.example.com]:587', '192.0.2.1' (port 25)."""
+    v = raw.strip()
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", v) or re.match(r"^([^:\[\]]+)(?::(\d+))?$", v)
+    if not m:
+        raise ValueError(f"expected host:port like smtp.example.com:587, got {raw!r}")
+    host, port = m.group(1).strip().rstrip(".").lower(), int(m.group(2) or 25)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not is_hostname(host):
+            raise ValueError(f"expected a host name or IP address, got {host!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    return HostPort(host, port)
+
+
+def ip_address(raw: str, ctx: _Ctx) -> str:
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ValueError(f"expected an IP address like 127.0.1.1, got {raw!r}") from None
+
+
+def durations(raw: str, ctx: _Ctx) -> tuple[int, ...]:
+    out = tuple(parse_duration(w) for w in words(raw))
+    if not out or any(d <= 0 for d in out):
+        raise ValueError(f"expected durations like 1m 5m 15m 1h, got {raw!r}")
+    return out
+
+
+def address(raw: str, ctx: _Ctx) -> str:
+    v = raw.strip()
+    local, at, domain = v.rpartition("@")
+    if not at or not local or not is_hostname(domain) or any(c.isspace() for c in v):
+        raise ValueError(f"expected an address like postmaster@example.com, got {raw!r}")
+    return v
 
 
 def networks(raw: str, ctx: _Ctx) -> tuple[Network, ...]:
@@ -358,6 +397,64 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "queue": {
         "fsync_threads": Key(integer(1, 256), "16", "threads that fsync messages in parallel"),
         "retry_interval": Key(duration, "60s", "how often failed local deliveries are retried"),
+        "retry_schedule": Key(
+            durations,
+            "1m 5m 15m 30m 1h",
+            "waits between relay attempts of a deferred message; the last one repeats",
+        ),
+        "max_queue_lifetime": Key(
+            duration, "5d", "bounce a message still undelivered this long after arrival"
+        ),
+        "delay_warning": Key(
+            duration, "0", "send a delay notice (DSN) once a message waits this long; 0: never"
+        ),
+        "postmaster": Key(
+            address, NONE, "who gets bounces that cannot be delivered (default postmaster@domain)"
+        ),
+        "max_active": Key(integer(1, 100_000), "1000", "deferred messages being relayed at once"),
+    },
+    "relay": {
+        "port": Key(integer(1, 65535), "25", "port of the next hops found by MX lookup"),
+        "source_address": Key(ip_address, NONE, "local address outgoing connections come from"),
+        "helo_name": Key(hostname, NONE, "name given in EHLO (default [appliance] hostname)"),
+        "smarthost": Key(next_hop, NONE, "send all remote mail through host:port (no MX lookup)"),
+        "smarthost_user": Key(text, "", "AUTH PLAIN/LOGIN user for the smarthost"),
+        "smarthost_password_file": Key(
+            existing_file, NONE, "file holding the smarthost password (mode 0600)"
+        ),
+        "transport_map": Key(
+            existing_file,
+            NONE,
+            "per-domain routes: 'domain host:port', '.domain [host]:port', 'domain smarthost'",
+        ),
+        "tls": Key(
+            choice("none", "may", "encrypt", "verify"),
+            "may",
+            "STARTTLS to next hops: may (if offered), encrypt (required), verify (and the "
+            "certificate must match the host name)",
+        ),
+        "ca_file": Key(
+            path,
+            NONE,
+            "CA certificates (PEM) for tls = verify, read at each connection, so it may be "
+            "another appliance's ca.crt that appears later (default: the system's CAs)",
+        ),
+        "connect_timeout": Key(duration, "30s", "give up connecting to one host after this"),
+        "command_timeout": Key(duration, "5m", "wait this long for each reply"),
+        "data_timeout": Key(duration, "10m", "wait this long for the reply after the data"),
+        "max_connections": Key(integer(1, 10_000), "100", "outgoing connections in total"),
+        "max_connections_per_destination": Key(
+            integer(1, 1000), "20", "outgoing connections to one destination (domain or host)"
+        ),
+        "max_messages_per_connection": Key(
+            integer(1, 100_000), "1000", "messages sent over one connection before QUIT"
+        ),
+        "connection_cache_time": Key(
+            duration, "2s", "keep an idle connection this long for the next message"
+        ),
+        "max_hops": Key(
+            integer(1, 1000), "30", "bounce a message with more Received headers (a loop)"
+        ),
     },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
@@ -541,6 +638,13 @@ def _cross_checks(
         for key in ("ldap_urls", "ldap_base_dn"):
             if key in auth and not auth[key]:
                 problems.append(f"{label}: [auth] {key}: required when backend = ldap")
+    relay = sections["relay"]
+    if relay.get("smarthost_user") and relay.get("smarthost_password_file") is None:
+        problems.append(
+            f"{label}: [relay] smarthost_password_file: required when smarthost_user is set"
+        )
+    if relay.get("smarthost_user") and relay.get("smarthost") is None:
+        problems.append(f"{label}: [relay] smarthost_user: set, but no smarthost to log in to")
     seen: set[str] = set()
     for z in zones:
         if z.origin in seen:

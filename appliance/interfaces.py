@@ -73,6 +73,9 @@ class Envelope:
     dsn_envid: str | None = None  # ENVID=
     received_at: float = 0.0  # time.time() when MAIL FROM was accepted
     session_id: str = ""
+    # who wrote it: "" a client; "bounce" a DSN we made; "double-bounce" a DSN about an
+    # undeliverable DSN, sent to postmaster (one that fails is dropped, never bounced again)
+    notice: str = ""
 
     @property
     def mailboxes(self) -> list[Mailbox]:
@@ -326,6 +329,11 @@ class RecipientResult:
     outcome: Outcome
     text: str  # the reply or reason: "delivered to maildir", "cannot write to maildir: ..."
     relay: str  # where it went: "local", "mail.sina.com[127.0.1.4]:25"
+    reply: str = ""  # the next hop's reply verbatim, when it gave the outcome (DSN diagnostic)
+    tls: str = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when the next hop was reached over TLS
+    # SENT to a next hop that took the DSN request along (it advertised DSN and got NOTIFY=):
+    # it reports success itself, so no "relayed" DSN is due from us
+    dsn_forwarded: bool = False
 
 
 class MessageBody(Protocol):
@@ -390,6 +398,34 @@ class DeliveryTarget(Protocol):
 
     def clean_stale(self) -> None:
         """Blocking: after a start, remove what deliveries cut short by a crash left behind."""
+        ...
+
+    def stop(self) -> None:
+        """Shutting down: refuse new deliveries, end those in flight soon (as DEFERRED)."""
+        ...
+
+
+class QueueAdmin(Protocol):
+    """What `mailappliance queue ...` asks of the running queue (over the control socket).
+
+    queue_id None means every message. Each fires with the number of messages affected
+    (0: no such message, or nothing to do); reading the queue needs no running appliance.
+    """
+
+    def flush(self, queue_id: str | None = None) -> Deferred[int]:
+        """Try these deferred messages now (held ones stay held)."""
+        ...
+
+    def delete(self, queue_id: str | None) -> Deferred[int]:
+        """Remove messages for good, without a bounce (postsuper -d)."""
+        ...
+
+    def hold(self, queue_id: str | None) -> Deferred[int]:
+        """Stop trying these messages until released (postsuper -h)."""
+        ...
+
+    def release(self, queue_id: str | None) -> Deferred[int]:
+        """Let held messages be tried again, at once (postsuper -H)."""
         ...
 
 

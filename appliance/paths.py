@@ -23,6 +23,7 @@ class Paths:
     passwd_file: Path
     maillog: Path
     login_failures: Path  # the login throttle's blocks, kept across restarts
+    control_socket: Path  # where `mailappliance queue ...` reaches the running appliance
 
     @classmethod
     def of(cls, config: Config) -> Paths:
@@ -39,6 +40,7 @@ class Paths:
             passwd_file=passwd_file(config),
             maillog=config.log.maillog or state / "maillog",
             login_failures=state / "login-failures.json",
+            control_socket=state / "control.sock",
         )
 
 

@@ -10,8 +10,11 @@ which seam of appliance.interfaces:
       dns      DNSEngine on UDP and TCP listeners           -> Resolver (LocalResolver)
       maillog  MailLog, the observer of the mail event stream (opened while still root)
       auth     LDAPDirectory's threads (backend = ldap only) -> Authenticator, UserDirectory
-      queue    Queue: recovers what a crash left at start; MessageSink for SMTP; hands entries to LocalDelivery (DeliveryTarget)
-               over MaildirStore (MailStore), fsyncs in one WorkerPool
+      queue    Queue: recovers what a crash left at start; MessageSink for SMTP; hands entries
+               to LocalDelivery (DeliveryTarget) over MaildirStore (MailStore), fsyncs in one
+               WorkerPool; deferred/ goes to RelayScheduler over RelayTarget (DeliveryTarget:
+               Router over LocalResolver, SMTP sessions), its DSNs through Notices
+      control  the queue command's UNIX socket (state_dir/control.sock, 0600) -> QueueAdmin
       smtp     the 25/465/587 listeners: SMTPFactory(policy=SendmailPolicy, ...)
       pop3, imap   empty until those issues fill them
 """
@@ -37,20 +40,28 @@ from appliance.auth.passwd_checker import PasswdFileChecker
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.throttle import FailureThrottle
 from appliance.config import Config, HostPort
+from appliance.control.server import ControlService
 from appliance.delivery.local import LocalDelivery
+from appliance.delivery.relay import RelayLimits, RelayTarget
+from appliance.delivery.routing import Router
+from appliance.delivery.session import SessionSettings
+from appliance.delivery.smtp_client import Timeouts
+from appliance.delivery.transport import TransportMap
 from appliance.dns.authority import Authority, Zone
 from appliance.dns.resolver import LocalResolver
 from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
 from appliance.dns.zonefile import load_zone
 from appliance.durable import DirSync
 from appliance.errors import ApplianceError, ConfigError, ZoneError
-from appliance.interfaces import Authenticator, UserDirectory
+from appliance.interfaces import Authenticator, Policy, UserDirectory
 from appliance.limits import ConnectionSlots, SessionLimits
 from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
 from appliance.paths import Paths
 from appliance.policy.sendmail import SendmailPolicy
+from appliance.queue.notices import Notices
 from appliance.queue.queue import Queue
+from appliance.queue.scheduler import RelayScheduler
 from appliance.root import ApplianceService
 from appliance.smtp.factory import SMTPFactory
 from appliance.smtp.rdns import ReverseLookup
@@ -95,6 +106,8 @@ class Prepared:
     zones: list[Zone]
     tls: TLSService
     mail: MailParts | None = None
+    transport: TransportMap | None = None
+    smarthost_password: str | None = None
 
 
 def tls_settings(config: Config) -> TLSSettings:
@@ -204,6 +217,7 @@ def prepare(config: Config, progress: Progress = print) -> Prepared:
         )
     problems += unreadable_after_drop(config)
     mail = load_mail_parts(config, problems)
+    transport, smarthost_password = load_relay_files(config, problems)
     if problems:
         raise ConfigError(problems)
     settings = tls_settings(config)
@@ -217,7 +231,36 @@ def prepare(config: Config, progress: Progress = print) -> Prepared:
         if settings.ca is None:
             raise ConfigError([config.problem("tls", "key", warning)])
         os.chmod(settings.key, 0o600)  # our own key: just fix it
-    return Prepared(config=config, zones=zones, tls=TLSService(settings, options), mail=mail)
+    return Prepared(
+        config=config,
+        zones=zones,
+        tls=TLSService(settings, options),
+        mail=mail,
+        transport=transport,
+        smarthost_password=smarthost_password,
+    )
+
+
+def load_relay_files(config: Config, problems: list[str]) -> tuple[TransportMap | None, str | None]:
+    """[relay] transport_map and smarthost_password_file, read now (problems appended)."""
+    r = config.relay
+    transport = None
+    if r.transport_map is not None:
+        try:
+            transport = TransportMap(r.transport_map)
+        except ConfigError as e:
+            problems.extend(config.problem("relay", "transport_map", p) for p in e.problems)
+    password = None
+    if r.smarthost_password_file is not None:
+        path: Path = r.smarthost_password_file
+        warning = check_key_permissions(path)
+        if warning:
+            problems.append(config.problem("relay", "smarthost_password_file", warning))
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(config.problem("relay", "smarthost_password_file", f"cannot read: {e}"))
+    return transport, password
 
 
 def readable_by(path: Path, user: str, group: str | None) -> bool:
@@ -265,7 +308,8 @@ def _tcp_endpoint(hp: HostPort) -> str:
     return f"tcp:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
 
 
-def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiService, DNSEngine]:
+def make_dns_engine(prepared: Prepared, reactor: Any) -> DNSEngine:
+    """Our zones and forwarders: what port 53 answers, and what the appliance resolves with."""
     dns_cfg = prepared.config.dns
     forwarder = None
     if dns_cfg.forwarders:
@@ -277,12 +321,17 @@ def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiSer
             reactor=reactor,
             source_ip=dns_cfg.listen[0].host if dns_cfg.listen else "",
         )
-    engine = DNSEngine(
+    return DNSEngine(
         Authority(prepared.zones),
         forwarder=forwarder,
         recursion_networks=dns_cfg.recursion_networks,
         edns_udp_size=dns_cfg.edns_udp_size,
     )
+
+
+def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiService, DNSEngine]:
+    dns_cfg = prepared.config.dns
+    engine = make_dns_engine(prepared, reactor)
     dns_service = service.MultiService()
     dns_service.setName("dns")
     # one set of TCP slots for every listen address: the limits are the service's
@@ -355,6 +404,84 @@ def build_queue(
         min_free_space=min_free_space,
     )
     return queue, store
+
+
+def our_addresses(cfg: Config) -> list[tuple[str, int]]:
+    """Where our own SMTP listens: an MX (or route) pointing here is a loop."""
+    c = cfg.smtp
+    return [(hp.host, hp.port) for hp in (*c.listen, *c.smtps_listen, *c.submission_listen)]
+
+
+def make_relay(
+    prepared: Prepared, engine: DNSEngine, pool: WorkerPool, reactor: Any
+) -> RelayTarget:
+    """The relay target: routes through our own resolver, sessions as [relay] says."""
+    cfg = prepared.config
+    r = cfg.relay
+    hostname = cfg.appliance.hostname
+    router = Router(
+        LocalResolver(engine),
+        port=r.port,
+        smarthost=r.smarthost,
+        transport=prepared.transport,
+        local_names=(hostname,),
+        local_addresses=our_addresses(cfg),
+    )
+    login = None
+    if r.smarthost_user and prepared.smarthost_password is not None:
+        login = (r.smarthost_user, prepared.smarthost_password)
+    settings = SessionSettings(
+        helo=r.helo_name or hostname,
+        tls=r.tls,
+        ca_file=r.ca_file,
+        source_address=r.source_address,
+        timeouts=Timeouts(r.connect_timeout, r.command_timeout, r.data_timeout),
+        smarthost_login=login,
+    )
+    limits = RelayLimits(
+        max_connections=r.max_connections,
+        max_per_destination=r.max_connections_per_destination,
+        max_messages_per_connection=r.max_messages_per_connection,
+        cache_time=r.connection_cache_time,
+        max_hops=r.max_hops,
+    )
+    return RelayTarget(router, settings, pool, reactor, limits)
+
+
+def postmaster(cfg: Config) -> str:
+    configured: str | None = cfg.queue.postmaster
+    if configured:
+        return configured
+    hostname: str = cfg.appliance.hostname
+    domain = hostname.split(".", 1)[1] if hostname.count(".") >= 2 else hostname
+    return f"postmaster@{domain}"
+
+
+def attach_relay(
+    queue: Queue, relay: RelayTarget, policy: Policy | None, cfg: Config
+) -> RelayScheduler:
+    """Give the queue its deferred side: the scheduler over the relay, and the notices."""
+    q = cfg.queue
+    notices = Notices(
+        queue,
+        policy,
+        queue.pool,
+        hostname=cfg.appliance.hostname,
+        postmaster=postmaster(cfg),
+        events=mail_logger("bounce"),
+    )
+    scheduler = RelayScheduler(
+        queue,
+        relay,
+        notices,
+        schedule=tuple(float(x) for x in q.retry_schedule),
+        max_lifetime=q.max_queue_lifetime,
+        delay_warning=q.delay_warning,
+        max_active=q.max_active,
+    )
+    queue.relay = scheduler
+    queue.notices = notices
+    return scheduler
 
 
 def make_throttle(cfg: Config, reactor: Any) -> FailureThrottle:
@@ -447,6 +574,16 @@ def make_smtp_service(
     return smtp
 
 
+def _owner(cfg: Config) -> dict[str, int]:
+    """uid/gid the control socket belongs to: the user the appliance drops to, if any."""
+    user = cfg.appliance.user
+    if user is None:
+        return {}
+    pw = pwd.getpwnam(user)
+    group = cfg.appliance.group
+    return {"uid": pw.pw_uid, "gid": grp.getgrnam(group).gr_gid if group else pw.pw_gid}
+
+
 def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
     """The tree; reactor (default: the installed one, which twistd installs first) provides
     every IReactor* interface the parts need, so it is not narrowed to one here."""
@@ -479,8 +616,14 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
             retry_interval=cfg.queue.retry_interval,
             min_free_space=cfg.smtp.min_free_space,
         )
+        relay_engine = engine if engine is not None else make_dns_engine(prepared, reactor)
+        relay = make_relay(prepared, relay_engine, queue.pool, reactor)
+        scheduler = attach_relay(queue, relay, prepared.mail.policy, cfg)
         queue.setName("queue")
         queue.setServiceParent(root)
+        control = ControlService(paths.control_socket, scheduler, **_owner(cfg))
+        control.setName("control")
+        control.setServiceParent(root)
         throttle = make_throttle(cfg, reactor)
         throttle.setName("throttle")
         throttle.setServiceParent(root)

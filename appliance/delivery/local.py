@@ -74,6 +74,9 @@ class LocalDelivery:
     def clean_stale(self) -> None:
         self.store.clean_stale()
 
+    def stop(self) -> None:
+        pass  # copies in flight are short and finish on their own
+
     def start(self, message: QueuedMessage) -> LocalCopies:
         return LocalCopies(self, message)
 

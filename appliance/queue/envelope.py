@@ -44,6 +44,7 @@ def envelope_to_json(env: Envelope) -> dict[str, Any]:
         "dsn_envid": env.dsn_envid,
         "received_at": env.received_at,
         "session_id": env.session_id,
+        "notice": env.notice,
     }
 
 

@@ -6,6 +6,8 @@ Layout under state_dir/queue:
     incoming/<qid>, <qid>.env     acknowledged, local delivery pending
     incoming/<qid>.done           mailboxes already delivered (one JSON string a line)
     deferred/<qid>, <qid>.env     local part done; only remote recipients are left
+    deferred/<qid>.state          per-recipient results and the retry schedule (queue.state)
+    deferred/<qid>.hold           present: on hold, not tried until released
     corrupt/                      queue files whose envelope cannot be read
 
 A message in incoming/ or deferred/ is complete only when both <qid> and <qid>.env exist:
@@ -35,6 +37,9 @@ from appliance.durable import (
     write_all,
 )
 from appliance.queue.envelope import QueueEntry, read_queue_entry
+from appliance.queue.state import DeliveryState, append_state, read_state
+
+DEFERRED_SUFFIXES = ("", ".env", ".state", ".hold")
 
 
 class SpooledBody:
@@ -152,6 +157,63 @@ class QueueFiles:
         unlink_quietly(f"{inc}/{qid}.done")
         return outcome
 
+    # -- the deferred queue (the relay's)
+
+    def deferred_body(self, entry: QueueEntry) -> SpooledBody:
+        return SpooledBody(f"{self.deferred}/{entry.queue_id}", entry.size)
+
+    def scan_deferred(self) -> list[str]:
+        """Queue ids with both files in deferred/."""
+        names = set(os.listdir(self.deferred))
+        return [n for n in names if "." not in n and f"{n}.env" in names]
+
+    def load_deferred(self, qid: str) -> tuple[QueueEntry, DeliveryState, bool] | None:
+        """A deferred entry, its state and whether it is held; unreadable -> corrupt/."""
+        base = f"{self.deferred}/{qid}"
+        try:
+            entry = read_queue_entry(f"{base}.env")
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.error(
+                "{queue_id}: unreadable envelope, moved to queue/corrupt: {reason}",
+                queue_id=qid,
+                reason=str(e),
+            )
+            for suffix in DEFERRED_SUFFIXES:
+                try:
+                    os.rename(f"{base}{suffix}", self.corrupt_dir / f"{qid}{suffix}")
+                except FileNotFoundError:
+                    pass
+            return None
+        return entry, read_state(f"{base}.state"), os.path.lexists(f"{base}.hold")
+
+    def record(self, qid: str, records: list[dict[str, object]], sync: bool) -> None:
+        """Append to deferred/<qid>.state; sync: durable (the file and its name) on return."""
+        path = f"{self.deferred}/{qid}.state"
+        new = sync and not os.path.lexists(path)
+        append_state(path, records, sync=sync)
+        if new:
+            self.dirsync.sync(self.deferred)
+
+    def remove_deferred(self, qid: str) -> None:
+        """Every recipient is done: data first, so a crash leaves only orphans recovery drops."""
+        for suffix in DEFERRED_SUFFIXES:
+            unlink_quietly(f"{self.deferred}/{qid}{suffix}")
+
+    def set_hold(self, qid: str, held: bool) -> bool:
+        """Put a deferred message on hold or release it; False if there is no such message."""
+        base = f"{self.deferred}/{qid}"
+        if not os.path.lexists(base):
+            return False
+        if held:
+            if not os.path.lexists(f"{base}.hold"):
+                create_file(f"{base}.hold", b"")
+        else:
+            unlink_quietly(f"{base}.hold")
+        self.dirsync.sync(self.deferred)
+        return True
+
     # -- retry and recovery
 
     def scan_incoming(self) -> list[str]:
@@ -192,22 +254,27 @@ class QueueFiles:
         return entry, frozenset(done)
 
     def clean_after_crash(self, active: set[str]) -> None:
-        """Drop what was never acknowledged: all of tmp/, and incomplete pairs in incoming/
-        (a commit cut between its renames, or a removal cut half way). Ids in active (being
+        """Drop what was never acknowledged: all of tmp/, and incomplete pairs in incoming/ and
+        deferred/ (a commit cut between its renames, or a removal cut half way). Ids in active (being
         received or delivered right now) are left alone; membership tests are thread-safe."""
         for name in os.listdir(self.tmp):
             if name.split(".", 1)[0] in active:
                 continue
             unlink_quietly(f"{self.tmp}/{name}")
             self.log.info("removed unacknowledged queue/tmp/{name}", name=name)
-        names = set(os.listdir(self.incoming))
-        for name in names:
-            qid = name.split(".", 1)[0]
-            if qid in active:
-                continue
-            if qid not in names or f"{qid}.env" not in names:
-                unlink_quietly(f"{self.incoming}/{name}")
-                self.log.info("removed incomplete queue/incoming/{name}", name=name)
+        for folder in (self.incoming, self.deferred):
+            names = set(os.listdir(folder))
+            for name in names:
+                qid = name.split(".", 1)[0]
+                if qid in active:
+                    continue
+                if qid not in names or f"{qid}.env" not in names:
+                    unlink_quietly(f"{folder}/{name}")
+                    self.log.info(
+                        "removed incomplete queue/{folder}/{name}",
+                        folder=os.path.basename(folder),
+                        name=name,
+                    )
 
 
 def _mtime(path: str) -> float:

@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -46,17 +46,29 @@ from appliance.interfaces import (
     RecipientResult,
 )
 from appliance.log import mail_logger, printable
+from appliance.queue.dsn import status_code
 from appliance.queue.envelope import QueueEntry
 from appliance.queue.files import QueueFiles
+from appliance.queue.notices import DELIVERED, Notices, wants
 from appliance.queue.receiving import DirectMessage, SpooledMessage
 from appliance.workers import WorkerPool
 
-# the maillog lines of a recipient's status, Postfix's words
-STATUS = "{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay:.2f}, status={status} ({reason})"
-STATUS_ORIG = (
-    "{queue_id}: to=<{rcpt}>, orig_to=<{orig_rcpt}>, relay={relay}, delay={delay:.2f}, "
-    "status={status} ({reason})"
-)
+if TYPE_CHECKING:
+    from appliance.queue.scheduler import RelayScheduler
+
+
+def status_format(orig: bool, tls: bool) -> str:
+    """The maillog line of a recipient's status, in Postfix's words (literal pieces only)."""
+    return (
+        "{queue_id}: to=<{rcpt}>, "
+        + ("orig_to=<{orig_rcpt}>, " if orig else "")
+        + "relay={relay}, delay={delay:.2f}, "
+        + ("tls={tls}, " if tls else "")
+        + "dsn={dsn}, status={status} ({reason})"
+    )
+
+
+STATUS_FORMATS = {(o, t): status_format(o, t) for o in (False, True) for t in (False, True)}
 
 # Seeded once from the kernel: os.urandom per message costs a GIL round trip on the reactor.
 _rng = random.Random(os.urandom(32))
@@ -94,6 +106,8 @@ class Queue(Service):
         self._retry_call = LoopingCall(self._retry_tick)
         self._retry_call.clock = reactor
         self._active: set[str] = set()  # queue ids from begin() until delivery ends
+        self.relay: RelayScheduler | None = None  # what deferred/ is handed to (service.py)
+        self.notices: Notices | None = None  # DSNs (service.py)
         self._stopping = False
         self._free = 0
         self._free_checked_at = float("-inf")
@@ -112,7 +126,14 @@ class Queue(Service):
         self._stopping = True
         if self._retry_call.running:
             self._retry_call.stop()
+        if self.relay is not None:
+            self.relay.stop()
         return self.pool.stop()
+
+    def hand_to_relay(self, entry: QueueEntry) -> None:
+        """An entry now in deferred/ with remote recipients only: the relay's to try."""
+        if self.relay is not None and not self._stopping:
+            self.relay.add(entry)
 
     def idle(self) -> Deferred[None]:
         """Fire once no commit, delivery or scan is in flight (work started meanwhile included)."""
@@ -175,7 +196,8 @@ class Queue(Service):
         for mailbox in mailboxes:
             self.local.check_address(mailbox.address)  # refuse an unsafe path now, not later
         qid = self.new_id()
-        if len(mailboxes) == 1 and not envelope.remote_recipients:
+        success_notice = any(wants(r, DELIVERED) for r in envelope.recipients)
+        if len(mailboxes) == 1 and not envelope.remote_recipients and not success_notice:
             message = QueueEntry(qid, envelope, envelope.received_at or time.time(), 0)
             stream = self.local.start_streaming(message, mailboxes[0].address)
             if stream is not None:
@@ -194,12 +216,20 @@ class Queue(Service):
             nrcpt=len(env.recipients),
         )
 
-    def log_result(self, qid: str, env: Envelope, arrival: float, result: RecipientResult) -> None:
+    def log_result(
+        self,
+        qid: str,
+        env: Envelope,
+        arrival: float,
+        result: RecipientResult,
+        events: Logger | None = None,
+    ) -> None:
         # Postfix style: to= is the final address, orig_to= the one the client gave when an
         # alias or virtual mapping changed it.
         final = result.address
         given = [r.address for r in env.recipients if any(m.address == final for m in r.mailboxes)]
         orig = "" if not given or any(a.lower() == final for a in given) else given[0]
+        sent = result.outcome is Outcome.SENT
         fields = {
             "event": "status",
             "queue_id": qid,
@@ -207,19 +237,23 @@ class Queue(Service):
             "orig_rcpt": printable(orig),
             "relay": result.relay,
             "delay": max(0.0, time.time() - arrival),
+            "tls": result.tls,
+            "dsn": "2.0.0"
+            if sent
+            else status_code(result.reply or result.text, result.outcome is Outcome.BOUNCED),
             "status": result.outcome.value,
-            "reason": result.text,
+            "reason": printable(result.text),
         }
-        if result.outcome is not Outcome.SENT:
+        if not sent:
             self.log.warn(
-                "{queue_id}: delivery to {rcpt} deferred: {reason}",
+                "{queue_id}: delivery to {rcpt} {status}: {reason}",
                 queue_id=qid,
                 rcpt=final,
                 reason=result.text,
                 delay=fields["delay"],
                 status=result.outcome.value,
             )
-        self.events.info(STATUS_ORIG if orig else STATUS, **fields)
+        (events or self.events).info(STATUS_FORMATS[bool(orig), bool(result.tls)], **fields)
 
     def log_removed(self, qid: str) -> None:
         self.events.info("{queue_id}: removed", event="removed", queue_id=qid)
@@ -240,12 +274,15 @@ class Queue(Service):
         else:
             d = defer.succeed([])
 
-        def settle(results: list[RecipientResult]) -> Deferred[str | None]:
+        @defer.inlineCallbacks
+        def settle(results: list[RecipientResult]) -> Generator[Deferred[Any], Any, str | None]:
             for result in results:
                 self.log_result(qid, entry.envelope, entry.arrival, result)
             sent = [r.address for r in results if r.outcome is Outcome.SENT]
+            yield self._success_notice(entry, results)
             complete = len(sent) == len(todo)
-            return self.pool.run(self.files.settle, entry, sent, complete)
+            outcome = yield self.pool.run(self.files.settle, entry, sent, complete)
+            return outcome
 
         def report(outcome: str | None) -> bool:
             if outcome is None:
@@ -254,10 +291,11 @@ class Queue(Service):
                 self.log_removed(qid)
             else:
                 self.log.info(
-                    "{queue_id}: local copies done, {count} remote recipient(s) deferred",
+                    "{queue_id}: local copies done, {count} remote recipient(s) for the relay",
                     queue_id=qid,
                     count=len(entry.remote_recipients),
                 )
+                self.hand_to_relay(entry.only_remote())
             return True
 
         def broken(failure: Failure) -> bool:
@@ -276,6 +314,31 @@ class Queue(Service):
             return result
 
         return d.addCallback(settle).addCallback(report).addErrback(broken).addCallback(forget)
+
+    def _success_notice(self, entry: QueueEntry, results: list[RecipientResult]) -> Deferred[Any]:
+        """A "delivered" DSN for local copies whose recipient asked NOTIFY=SUCCESS."""
+        if self.notices is None:
+            return defer.succeed(None)
+        items = []
+        for result in results:
+            if result.outcome is not Outcome.SENT:
+                continue
+            for r in entry.envelope.recipients:
+                if any(m.address == result.address for m in r.mailboxes) and wants(r, DELIVERED):
+                    items.append((r, result))
+                    break
+        if not items:
+            return defer.succeed(None)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "{queue_id}: cannot queue the success notice: {reason}",
+                queue_id=entry.queue_id,
+                reason=failure.getErrorMessage(),
+            )
+
+        d = self.notices.send(entry, self.files.body(entry), DELIVERED, items)
+        return d.addErrback(failed)
 
     # -- retry and recovery
 
@@ -324,5 +387,7 @@ class Queue(Service):
         """
         self.pool.start()
         yield self.pool.run(self._clean_after_crash)
+        if self.relay is not None:
+            yield self.relay.start()
         handled = yield self.retry()
         return handled

@@ -217,6 +217,7 @@ class SpooledMessage(_Message):
         queue.log_queued(self.queue_id, self.envelope, self.size)
         if self.target_dir == queue.files.deferred:
             queue.forget(self.queue_id)
+            queue.hand_to_relay(entry)
         else:
             # The caller's 250 goes out in this same reactor turn; copies follow in a thread.
             queue.deliver(entry, done=frozenset())

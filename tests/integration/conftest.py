@@ -106,9 +106,29 @@ def make_lab(tmp_path: Path) -> dict[str, Appliance]:
         text = ini.read_text()
         for std, port in ports.items():
             text = re.sub(rf"(127\.0\.1\.[14]):{std}\b", rf"\g<1>:{port}", text)
+        # the relay reaches the other appliance's SMTP on its test port
+        text = text.replace("[relay]\n", f"[relay]\nport = {ports[25]}\n", 1)
         ini.write_text(text)
         lab[name] = Appliance(name, ip, ports[53], ini, ports=ports, state=tmp_path / "var" / name)
     return lab
+
+
+def set_keys(ini: Path, section: str, **values: object) -> None:
+    """Set keys of one section of an INI file (the section is made if missing); a value of
+    None removes the key. Comments are not kept."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.read(ini)
+    if not parser.has_section(section):
+        parser.add_section(section)
+    for key, value in values.items():
+        if value is None:
+            parser.remove_option(section, key)
+        else:
+            parser.set(section, key, str(value))
+    with ini.open("w") as f:
+        parser.write(f)
 
 
 def _free_on(host: str, port: int) -> bool:

@@ -138,7 +138,7 @@ def test_spool_fast_path_single_mailbox_lands_in_new_with_headers(tmp_path, make
     )
     assert re.fullmatch(
         rf"{qid}: to=<user1@163\.test>, relay=local, delay=\d+\.\d\d, "
-        r"status=sent \(delivered to maildir\)",
+        r"dsn=2\.0\.0, status=sent \(delivered to maildir\)",
         m.lines[1],
     )
     assert m.lines[2:] == [f"{qid}: removed"]
