@@ -1,4 +1,5 @@
 # make run   - create .venv, install, run the appliance for mail.163.com in the foreground
+# make lab   - both lab appliances (163 and sina) in the foreground, output prefixed 163| sina|
 # make test  - create .venv, install test deps and the Debian tools the tests use, run the suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +9,7 @@ CONFIG ?= etc/163.ini
 DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv debs lint typecheck clean
+.PHONY: run lab test venv debs lint typecheck clean
 
 $(STAMP): setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ venv: $(STAMP)
 
 run: venv
 	$(BIN)/twistd -n mailappliance --config $(CONFIG)
+
+# both tutorial hosts, 163 on 127.0.1.1 and sina on 127.0.1.4, on their real ports; Ctrl-C stops both
+lab: venv
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab binds ports 25, 53, 465 and 587: run it as root" >&2; exit 1; fi
+	$(BIN)/python -m appliance.lab
 
 # Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf).  policy-rc.d
 # keeps packaged daemons (named) from starting system-wide; fixtures start their own.
