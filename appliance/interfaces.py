@@ -330,6 +330,8 @@ class RecipientResult:
     text: str  # the reply or reason: "delivered to maildir", "cannot write to maildir: ..."
     relay: str  # where it went: "local", "mail.sina.com[127.0.1.4]:25"
     reply: str = ""  # the next hop's reply verbatim, when it gave the outcome (DSN diagnostic)
+    status: str = ""  # RFC 3463 code when the target knows it ("4.4.1": no answer); else the
+    # code in reply or text is used
     tls: str = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when the next hop was reached over TLS
     # SENT to a next hop that took the DSN request along (it advertised DSN and got NOTIFY=):
     # it reports success itself, so no "relayed" DSN is due from us

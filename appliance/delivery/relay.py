@@ -32,6 +32,8 @@ from appliance.workers import WorkerPool
 
 RELAY = "relay"
 NONE = "none"  # relay= of a recipient that never reached a host
+ROUTE_TTL = 30.0  # seconds a domain's route is reused before DNS is asked again
+MAX_ROUTES = 10_000
 _RECEIVED = re.compile(rb"^received:", re.I | re.M)
 
 
@@ -63,9 +65,13 @@ class _Job:
         self.body = body
         self.done: Deferred[list[RecipientResult]] = Deferred()
 
-    def fail(self, text: str, outcome: Outcome = Outcome.DEFERRED, relay: str = NONE) -> None:
+    def fail(
+        self, text: str, outcome: Outcome = Outcome.DEFERRED, relay: str = NONE, status: str = ""
+    ) -> None:
         if not self.done.called:
-            self.done.callback([RecipientResult(r, outcome, text, relay) for r in self.rcpts])
+            self.done.callback(
+                [RecipientResult(r, outcome, text, relay, status=status) for r in self.rcpts]
+            )
 
 
 class _DestinationQueue:
@@ -103,6 +109,7 @@ class RelayTarget:
         self.queues: dict[str, _DestinationQueue] = {}
         self.total = 0  # sessions connecting or open, every destination together
         self.busy: set[Session] = set()  # sessions in a transaction
+        self._routes: dict[str, tuple[float, Destination]] = {}
         self._stopping = False
 
     # -- DeliveryTarget
@@ -120,6 +127,24 @@ class RelayTarget:
 
     def start_streaming(self, message: QueuedMessage, address: str) -> None:
         return None
+
+    # -- routes
+
+    def route(self, domain: str) -> Deferred[Destination]:
+        """The destination of domain, remembered for ROUTE_TTL seconds (errors are not):
+        a busy relay asks DNS once per domain, not once per message."""
+        now = self.reactor.seconds()
+        hit = self._routes.get(domain)
+        if hit is not None and hit[0] > now:
+            return defer.succeed(hit[1])
+
+        def keep(destination: Destination) -> Destination:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[domain] = (now + ROUTE_TTL, destination)
+            return destination
+
+        return self.router.route(domain).addCallback(keep)
 
     # -- reading bodies (worker threads)
 
@@ -151,21 +176,34 @@ class RelayTarget:
         while dq.pending and dq.idle:
             session, waiter, timer = dq.idle.pop()
             timer.cancel()
+            if session.closed:  # the server ended it while it idled: it just goes
+                waiter.callback(None)
+                continue
             waiter.callback(dq.pending.popleft())
         lim = self.limits
-        while (
-            len(dq.pending) > dq.connecting
-            and dq.sessions < lim.max_per_destination
-            and self.total < lim.max_connections
-        ):
+        while len(dq.pending) > dq.connecting and dq.sessions < lim.max_per_destination:
+            if self.total >= lim.max_connections:
+                # every slot is taken: a session idling for another destination gives up
+                # its own (once it has said QUIT, _pump_all brings the slot here)
+                self._end_one_idle()
+                break
             dq.connecting += 1
             self.total += 1
             self._run_session(dq)
 
-    def _pump_all(self) -> None:
+    def _end_one_idle(self) -> None:
+        for other in self.queues.values():
+            if other.idle:
+                _session, waiter, timer = other.idle.pop(0)
+                timer.cancel()
+                waiter.callback(None)
+                return
+
+    def _pump_all(self, skip: _DestinationQueue | None = None) -> None:
         for dq in list(self.queues.values()):
             if dq.pending:
-                self._pump(dq)
+                if dq is not skip:
+                    self._pump(dq)
             elif dq.sessions == 0:
                 del self.queues[dq.destination.key]
 
@@ -192,8 +230,10 @@ class RelayTarget:
             self.total -= 1
             if dq.open == 0:
                 # nobody else is getting through: everything waiting here is deferred now
-                self._fail_pending(dq, e.text)
-            self._pump_all()
+                self._fail_pending(dq, e.text, e.status)
+            # else a session of ours is open there: the waiting jobs are its, not those of
+            # a new connection that would be refused again at once (and again, in a loop)
+            self._pump_all(skip=dq)
             return
         except Exception as e:  # a bug: no job may wait for ever because of it
             self.log.failure("relay session to {key} failed", key=dq.destination.key)
@@ -214,16 +254,18 @@ class RelayTarget:
                 yield self._transfer(session, job)
                 if session.closed or session.messages >= self.limits.max_messages_per_connection:
                     break
+            # the slot stays taken until QUIT is done: the server counts the connection
+            # until then, and a new one at once would exceed its limits and ours
+            yield session.quit()
         finally:
             dq.open -= 1
             self.total -= 1
             self.reactor.callLater(0, self._pump_all)
-        yield session.quit()
 
     @defer.inlineCallbacks
     def _transfer(self, session: Session, job: _Job) -> Generator[Deferred[Any], Any, None]:
         try:
-            head, rest = job.head, iter(())
+            head, rest = job.head, None
             if len(head) < job.body.size:
                 head, rest = yield self.read_head(job.body)
             self.busy.add(session)
@@ -239,10 +281,10 @@ class RelayTarget:
         if not job.done.called:
             job.done.callback(results)
 
-    def _fail_pending(self, dq: _DestinationQueue, text: str) -> None:
+    def _fail_pending(self, dq: _DestinationQueue, text: str, status: str = "") -> None:
         waiting, dq.pending = list(dq.pending), deque()
         for waiting_job in waiting:
-            waiting_job.fail(text)
+            waiting_job.fail(text, status=status)
 
     def stop(self) -> None:
         """Refuse new jobs; defer the waiting ones; end every session (a message cut short
@@ -298,7 +340,7 @@ class RelayDelivery:
         for rcpt in self.rcpts:
             by_domain.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
         routes = yield defer.DeferredList(
-            [target.router.route(domain) for domain in by_domain], consumeErrors=True
+            [target.route(domain) for domain in by_domain], consumeErrors=True
         )
         results: dict[str, RecipientResult] = {}
         jobs: dict[str, tuple[Destination, _Job]] = {}

@@ -41,6 +41,11 @@ from appliance.delivery.smtp_client import (
 from appliance.interfaces import Envelope, Outcome, QueuedMessage, Recipient, RecipientResult
 
 TLS_MODES = ("none", "may", "encrypt", "verify")
+# RFC 3463 codes of failures without a reply to quote (Postfix's choices)
+NO_ANSWER = "4.4.1"  # no answer from host
+CONVERSATION_FAILED = "4.4.2"  # bad connection
+TLS_FAILED = "4.7.5"  # cryptographic failure
+AUTH_FAILED = "4.7.0"
 
 
 @dataclass(frozen=True)
@@ -56,16 +61,20 @@ class SessionSettings:
 class HopsFailed(Exception):
     """No host of the destination could be reached for a transaction; str() is the reason."""
 
-    def __init__(self, text: str, permanent: bool = False, reply: str = "") -> None:
+    def __init__(
+        self, text: str, permanent: bool = False, reply: str = "", status: str = ""
+    ) -> None:
         super().__init__(text)
         self.text = text
         self.permanent = permanent
         self.reply = reply
+        self.status = status  # RFC 3463 code, "" when the reply in text says it
 
 
 class _HopError(Exception):
-    def __init__(self, text: str, reply: Reply | None = None) -> None:
+    def __init__(self, text: str, reply: Reply | None = None, status: str = "") -> None:
         super().__init__(text)
+        self.status = status
         self.reply = reply
 
 
@@ -135,55 +144,77 @@ class Session:
 
     @defer.inlineCallbacks
     def transfer(
-        self, message: QueuedMessage, rcpts: Sequence[str], head: bytes, rest: Iterator[bytes]
+        self,
+        message: QueuedMessage,
+        rcpts: Sequence[str],
+        head: bytes,
+        rest: Iterator[bytes] | None,
     ) -> Generator[Deferred[Any], Any, list[RecipientResult]]:
-        """Send message (its first chunk head, then what rest yields) to rcpts."""
+        """Send message (its first chunk head, then what rest yields; None: head is all of
+        it) to rcpts."""
         self.messages += 1
         env = self._env = message.envelope
         ext = self.extensions
         refused = self._refuse(message, rcpts)
         if refused is not None:
             return refused
-        mail = self._mail_line(message)
+        mail = self._mail_line(message, rcpts)
         rcpt_lines = [self._rcpt_line(env, r) for r in rcpts]
         p = self.protocol
         stage = "MAIL FROM"
         accepted: list[int] = []
         results: dict[int, RecipientResult] = {}
+        waiters: list[Deferred[Reply]] = []
+
+        # results are taken as the replies come: a server that hangs up after refusing
+        # MAIL FROM or a recipient (or during RSET) has still given its answer
+        def got_mail(reply: Reply) -> None:
+            if not reply.ok:
+                for i, r in enumerate(rcpts):
+                    results[i] = self._result(r, reply, "MAIL FROM")
+
+        def got_rcpt(i: int, reply: Reply) -> None:
+            if not mail_reply.ok:
+                return  # refused for want of a sender: MAIL FROM's reply says why
+            if reply.ok:
+                accepted.append(i)
+            else:
+                results[i] = self._result(rcpts[i], reply, "RCPT TO")
+
         try:
+            data_reply: Reply | None = None
             if "PIPELINING" in ext:
                 waiters = p.commands([mail, *rcpt_lines, "DATA"])
                 mail_reply = yield waiters[0]
-                rcpt_replies = []
-                for w in waiters[1:-1]:
-                    rcpt_replies.append((yield w))
+                got_mail(mail_reply)
+                stage = "RCPT TO"
+                for i, w in enumerate(waiters[1:-1]):
+                    got_rcpt(i, (yield w))
+                stage = "DATA"
                 data_reply = yield waiters[-1]
             else:
                 mail_reply = yield p.command(mail)
-                rcpt_replies, data_reply = [], None
+                got_mail(mail_reply)
                 if mail_reply.ok:
-                    for line in rcpt_lines:
-                        rcpt_replies.append((yield p.command(line)))
-                    if any(r.ok for r in rcpt_replies):
+                    stage = "RCPT TO"
+                    for i, line in enumerate(rcpt_lines):
+                        got_rcpt(i, (yield p.command(line)))
+                    if accepted:
+                        stage = "DATA"
                         data_reply = yield p.command("DATA")
             if not mail_reply.ok:
+                if data_reply is not None and data_reply.code == 354:
+                    yield p.command(".", self.settings.timeouts.data)  # end it empty
                 yield self._reset()
-                return [self._result(r, mail_reply, "MAIL FROM") for r in rcpts]
-            stage = "RCPT TO"
-            for i, reply in enumerate(rcpt_replies):
-                if reply.ok:
-                    accepted.append(i)
-                else:
-                    results[i] = self._result(rcpts[i], reply, "RCPT TO")
-            stage = "DATA"
+                return [results[i] for i in range(len(rcpts))]
             if not accepted or data_reply is None or data_reply.code != 354:
+                if accepted and data_reply is not None:
+                    for i in accepted:
+                        results[i] = self._result(rcpts[i], data_reply, "DATA")
                 if data_reply is not None and data_reply.code == 354:
                     # a server that took DATA with no recipient: end it empty, nobody gets it
                     yield p.command(".", self.settings.timeouts.data)
                 yield self._reset()
-                if accepted and data_reply is not None:
-                    for i in accepted:
-                        results[i] = self._result(rcpts[i], data_reply, "DATA")
                 return [results[i] for i in range(len(rcpts))]
             stage = "end of DATA"
             final = yield self._send_body(head, rest)
@@ -193,6 +224,8 @@ class Session:
                 yield self._reset()
             return [results[i] for i in range(len(rcpts))]
         except (ConnectionClosed, ProtocolError, Timeout, OSError) as e:
+            for w in waiters:  # pipelined replies never read now: their failure is known
+                w.addErrback(lambda _: None)
             text = self._lost_text(e, stage)
             for i in range(len(rcpts)):
                 if i not in results:
@@ -214,14 +247,16 @@ class Session:
             return [self._plain(r, Outcome.BOUNCED, text) for r in rcpts]
         return None
 
-    def _mail_line(self, message: QueuedMessage) -> str:
+    def _mail_line(self, message: QueuedMessage, rcpts: Sequence[str]) -> str:
         env, ext = message.envelope, self.extensions
         line = f"MAIL FROM:<{env.mail_from}>"
         if "SIZE" in ext:
             line += f" SIZE={message.size}"
         if env.body == "8BITMIME" and "8BITMIME" in ext:
             line += " BODY=8BITMIME"
-        if env.smtputf8 and "SMTPUTF8" in ext:
+        # a UTF-8 address needs it even if the message came without (an alias rewrote one)
+        utf8_address = not all(a.isascii() for a in (env.mail_from, *rcpts))
+        if (env.smtputf8 or utf8_address) and "SMTPUTF8" in ext:
             line += " SMTPUTF8"
         if "DSN" in ext:
             if env.dsn_ret:
@@ -242,18 +277,25 @@ class Session:
 
     @defer.inlineCallbacks
     def _send_body(
-        self, head: bytes, rest: Iterator[bytes]
+        self, head: bytes, rest: Iterator[bytes] | None
     ) -> Generator[Deferred[Any], Any, Reply]:
+        """The message, dot-stuffed, then the end-of-data line: in one write when head is the
+        whole message (rest None), the usual case; otherwise chunk by chunk as read."""
         p = self.protocol
-        chunk: bytes | None = head
-        at_start, last = True, b""
-        while chunk is not None:
+        data, at_start = stuff(head, True)
+        last = head[-2:]
+        while rest is not None:
+            chunk = yield self.read_chunk(rest)
+            if chunk is None:
+                break
+            p.write_data(data)
             if chunk:
                 data, at_start = stuff(chunk, at_start)
-                last = chunk[-2:] if len(chunk) >= 2 else last[-1:] + chunk
-                p.write_data(data)
-            chunk = yield self.read_chunk(rest)
-        p.write_data(b".\r\n" if last.endswith(b"\r\n") or not last else b"\r\n.\r\n")
+                last = (last + chunk)[-2:]
+            else:
+                data = b""
+        end = b".\r\n" if last.endswith(b"\r\n") or not last else b"\r\n.\r\n"
+        p.write_data(data + end)
         reply = yield p.expect(self.settings.timeouts.data)
         return reply
 
@@ -360,7 +402,7 @@ def _open_one(
     except Exception as e:
         from twisted.python.failure import Failure
 
-        raise _HopError(_connect_error(hop, Failure(e))) from None
+        raise _HopError(_connect_error(hop, Failure(e)), status=NO_ANSWER) from None
     host = f"host {hop.host}[{hop.ip}]"
     try:
         greeting = yield p.expect()
@@ -385,18 +427,35 @@ def _open_one(
                     ext = yield _ehlo(p, settings.helo, host)
                 except _HopError as e:
                     why = p.tls_error or str(e)
-                    raise _HopError(f"TLS with {host} failed: {why}") from None
+                    raise _HopError(f"TLS with {host} failed: {why}", status=TLS_FAILED) from None
         elif settings.tls in ("encrypt", "verify"):
-            raise _HopError(f"TLS is required, but was not offered by {host}")
+            raise _HopError(f"TLS is required, but was not offered by {host}", status=TLS_FAILED)
         if smarthost and settings.smarthost_login is not None:
+            if not p.tls and not _loopback(hop.ip):
+                # Postfix's noplaintext default: the password never crosses a network in clear
+                raise _HopError(
+                    f"SASL authentication to {host} refused: the connection is not encrypted",
+                    status=AUTH_FAILED,
+                )
             yield _auth(p, ext, settings.smarthost_login, host)
     except (ConnectionClosed, ProtocolError, Timeout) as e:
         p.abort()
-        raise _HopError(f"{host}: {_describe(e)} during the greeting") from None
+        tls = "TLS" in _describe(e)
+        raise _HopError(
+            f"{host}: {_describe(e)} during the greeting",
+            status=TLS_FAILED if tls else CONVERSATION_FAILED,
+        ) from None
     except _HopError:
         p.abort()
         raise
     return p, ext
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(error: Exception) -> str:
@@ -435,7 +494,10 @@ def _auth(
                 break
             reply = yield p.command(step)
     else:
-        raise _HopError(f"SASL authentication to {host} impossible: no PLAIN or LOGIN offered")
+        raise _HopError(
+            f"SASL authentication to {host} impossible: no PLAIN or LOGIN offered",
+            status=AUTH_FAILED,
+        )
     if reply.code != 235:
         raise _HopError(f"SASL authentication failed; server {host} said: {reply.text}", reply)
 
@@ -448,13 +510,13 @@ def open_session(
     read_chunk: Callable[[Iterator[bytes]], Deferred[bytes | None]],
 ) -> Generator[Deferred[Any], Any, Session]:
     """A session with the first host of destination that takes one; HopsFailed if none."""
-    last = "no host to try"
+    last, status = "no host to try", NO_ANSWER
     for hop in destination.hops:
         try:
             p, ext = yield _open_one(reactor, hop, settings, destination.smarthost)
         except _HopError as e:
-            last = str(e)
+            last, status = str(e), e.status
             continue
         session = Session(p, hop, ext, settings, read_chunk)
         return session
-    raise HopsFailed(last)
+    raise HopsFailed(last, status=status)

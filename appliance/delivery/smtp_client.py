@@ -48,7 +48,9 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.code < 400
+        """A 2xx: the only success for MAIL, RCPT, RSET and the end of a message (a 3xx
+        there is a broken server, not a delivery)."""
+        return 200 <= self.code < 300
 
     @property
     def permanent(self) -> bool:
@@ -159,6 +161,10 @@ class SMTPClientProtocol(LineReceiver):
     # -- replies
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802 (Twisted API)
+        if self._closed is not None:
+            # failed (abortConnection does not stop LineReceiver's loop over the lines
+            # already read): nothing after a bad line may answer a waiter
+            return
         text = line.decode("utf-8", "replace")
         if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
             self._fail(ProtocolError(f"malformed reply: {text[:80]!r}"))

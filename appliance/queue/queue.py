@@ -240,7 +240,8 @@ class Queue(Service):
             "tls": result.tls,
             "dsn": "2.0.0"
             if sent
-            else status_code(result.reply or result.text, result.outcome is Outcome.BOUNCED),
+            else result.status
+            or status_code(result.reply or result.text, result.outcome is Outcome.BOUNCED),
             "status": result.outcome.value,
             "reason": printable(result.text),
         }

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,21 +44,33 @@ class Appliance:
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
 
     def read_until(self, pattern: str, timeout: float = 60) -> str:
-        """Block until a line matching pattern is printed (bounded); return that line."""
-        assert self.proc is not None and self.proc.stdout is not None
+        """Block until a line matching pattern is printed (bounded); return that line.
+
+        Lines come from a thread that drains the pipe all the time (a full pipe would stall
+        the appliance, and select() on a buffered pipe can miss lines already read)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            line = self.proc.stdout.readline()
-            if not line:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
                 raise AssertionError(f"{self.name} exited; output:\n" + "".join(self.output))
-            self.output.append(line)
             if rx.search(line):
                 return line
         raise AssertionError(f"{self.name}: no line matching {pattern!r}:\n" + "".join(self.output))
+
+    def _drain(self, proc: subprocess.Popen, lines: queue.Queue) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            lines.put(line)
+        lines.put(None)
 
     def start(self) -> Appliance:
         self.output = []
@@ -69,6 +82,8 @@ class Appliance:
             cwd=self.ini.parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._drain, args=(self.proc, self._lines), daemon=True).start()
         self.read_until(r"mailappliance \S+ ready")
         return self
 
