@@ -95,12 +95,15 @@ class DSNRecipient:
     will_retry_until: float | None = None  # for "delayed"
 
 
-def status_code(text: str, permanent: bool) -> str:
+def status_code(text: str, permanent: bool, default: str | None = None) -> str:
     """The enhanced status code in a reply text like '550 5.1.1 <x>: ...' or '5.4.6 mail loops'
-    (first token matching d.d.d with d in 2/4/5 as class), else '5.0.0' (permanent) / '4.0.0'."""
+    (first token matching d.d.d with d in 2/4/5 as class), else default, or '5.0.0'
+    (permanent) / '4.0.0'."""
     found = _STATUS_IN_TEXT.search(text)
     if found:
         return found.group(1)
+    if default is not None:
+        return default
     return "5.0.0" if permanent else "4.0.0"
 
 

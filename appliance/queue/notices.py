@@ -120,27 +120,19 @@ class Notices:
                 action=kind,
                 status="2.0.0"
                 if result.outcome is Outcome.SENT
-                else status_code(result.reply or result.text, result.outcome is Outcome.BOUNCED),
-                diagnostic=result.reply or None,
-                remote_mta=remote_mta(result.relay),
+                else result.status
+                or status_code(result.reply or result.text, result.outcome is Outcome.BOUNCED),
+                # no reply from anyone (a connection failure, an expired message, a routing
+                # error): our own reason, typed X-Postfix, and no "host ... said"
+                diagnostic=result.reply
+                or (result.text if result.outcome is not Outcome.SENT else "")
+                or None,
+                remote_mta=remote_mta(result.relay) if result.reply else None,
                 last_attempt=now,
                 will_retry_until=retry_until,
             )
             for rcpt, result in items
         ]
-        data = yield self.pool.run(
-            lambda: build_dsn(
-                reporting_mta=self.hostname,
-                queue_id=message.queue_id,
-                arrival=message.arrival,
-                sender=env.mail_from or to,
-                recipients=recipients,
-                original=body.chunks(),
-                ret=env.dsn_ret,
-                envid=env.dsn_envid,
-                now=now,
-            )
-        )
         recipient = yield self._resolve(to)
         if recipient is None and notice == BOUNCE:
             to, notice = self.postmaster, DOUBLE_BOUNCE
@@ -153,6 +145,20 @@ class Notices:
                 rcpt=to,
             )
             return None
+        # built once the recipient is known: a refused sender's notice is the postmaster's
+        data = yield self.pool.run(
+            lambda: build_dsn(
+                reporting_mta=self.hostname,
+                queue_id=message.queue_id,
+                arrival=message.arrival,
+                sender=to,
+                recipients=recipients,
+                original=body.chunks(),
+                ret=env.dsn_ret,
+                envid=env.dsn_envid,
+                now=now,
+            )
+        )
         dsn_env = Envelope(
             mail_from="",
             recipients=(recipient,),

@@ -19,6 +19,7 @@ Also the running side of `mailappliance queue`: flush, delete, hold, release (Qu
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from twisted.python.failure import Failure
 
 from appliance.interfaces import DeliveryTarget, Outcome, Recipient, RecipientResult
 from appliance.log import mail_logger
+from appliance.queue.dsn import status_code
 from appliance.queue.envelope import QueueEntry
 from appliance.queue.notices import DELAYED, FAILED, RELAYED, Notices, wants
 from appliance.queue.state import (
@@ -103,6 +105,7 @@ class RelayScheduler:
         self.max_active = max_active
         self.events = events or mail_logger("smtp")  # Postfix's smtp(8) tells relay results
         self.entries: dict[str, _Pending] = {}
+        self._due: list[tuple[float, float, str]] = []  # (next_try, arrival, qid), a heap
         self.active: set[str] = set()
         self._timer: IDelayedCall | None = None
         self._running = False
@@ -122,7 +125,8 @@ class RelayScheduler:
             if item is None:
                 continue
             entry, state, held = item
-            self.entries[qid] = _Pending(entry, state, held)
+            self.entries[qid] = pending = _Pending(entry, state, held)
+            self._schedule(pending)
             loaded += 1
         self._wake(0)
         return loaded
@@ -137,7 +141,8 @@ class RelayScheduler:
     def add(self, entry: QueueEntry) -> None:
         """A message just committed into deferred/ (or moved there after local delivery)."""
         if entry.queue_id not in self.entries:
-            self.entries[entry.queue_id] = _Pending(entry)
+            self.entries[entry.queue_id] = pending = _Pending(entry)
+            self._schedule(pending)
         self._wake(0)
 
     # -- scheduling
@@ -151,29 +156,34 @@ class RelayScheduler:
             self._timer.cancel()
         self._timer = self.reactor.callLater(max(0.0, delay), self._tick)
 
+    def _schedule(self, p: _Pending) -> None:
+        """(Re)file p under its next_try; entries filed earlier under another time are stale
+        and skipped when they come up (a heap: a busy queue costs log n per message)."""
+        heapq.heappush(self._due, (p.state.next_try, p.entry.arrival, p.qid))
+
     def _tick(self) -> None:
         self._timer = None
         if not self._running:
             return
         now = time.time()
-        due = [
-            p
-            for p in self.entries.values()
-            if p.qid not in self.active and not p.held and not p.deleted
-            and p.state.next_try <= now
-        ]  # fmt: skip
-        due.sort(key=lambda p: (p.state.next_try, p.entry.arrival))
-        for p in due:
-            if len(self.active) >= self.max_active:
+        due = self._due
+        while due and len(self.active) < self.max_active:
+            next_try, _arrival, qid = due[0]
+            if next_try > now:
                 break
+            heapq.heappop(due)
+            p = self.entries.get(qid)
+            if (
+                p is None
+                or p.state.next_try != next_try
+                or qid in self.active
+                or p.held
+                or p.deleted
+            ):
+                continue  # stale: gone, re-filed, busy or held (release files it again)
             self._attempt(p)
-        waiting = [
-            p.state.next_try
-            for p in self.entries.values()
-            if p.qid not in self.active and not p.held and not p.deleted
-        ]
-        if waiting and len(self.active) < self.max_active:
-            self._wake(max(0.0, min(waiting) - now))
+        if due and len(self.active) < self.max_active:
+            self._wake(max(0.0, due[0][0] - now))
 
     def _attempt(self, p: _Pending) -> None:
         qid = p.qid
@@ -192,12 +202,25 @@ class RelayScheduler:
         def broken(failure: Failure) -> None:
             self.log.failure("{queue_id}: relay attempt failed", failure, queue_id=qid)
             p.state.next_try = time.time() + self.schedule[0]
+            self._schedule(p)
 
-        def finished(_: object) -> None:
+        def finished(_: object) -> Deferred[None] | None:
             self.active.discard(qid)
             if p.deleted:
                 self.entries.pop(qid, None)
+                # Deleted while the attempt ran (its settling may have written a .state since):
+                # the files go only now, when nothing of the attempt can write them any more.
+                gone = self.pool.run(self.files.remove_deferred, qid)
+                return gone.addErrback(cannot_remove).addBoth(lambda _: self._wake(0))
             self._wake(0)
+            return None
+
+        def cannot_remove(failure: Failure) -> None:
+            self.log.warn(
+                "{queue_id}: cannot remove the deleted message: {reason}",
+                queue_id=qid,
+                reason=failure.getErrorMessage(),
+            )
 
         self.queue.track(d.addErrback(broken).addBoth(finished))
 
@@ -208,8 +231,7 @@ class RelayScheduler:
         """Notices first (durable), then the state records, then the files if all done."""
         entry, state = p.entry, p.state
         if p.deleted:
-            yield self.pool.run(self.files.remove_deferred, p.qid)
-            return
+            return  # the files go when the attempt has finished
         now = time.time()
         expired = now - entry.arrival >= self.max_lifetime
         failed: list[tuple[Recipient | None, RecipientResult]] = []
@@ -227,6 +249,10 @@ class RelayScheduler:
                     result.relay,
                     reply=result.reply,
                     tls=result.tls,
+                    # the last deferral's code, as Postfix reports it; else "delivery time
+                    # expired" (RFC 3463)
+                    status=result.status
+                    or status_code(result.reply or result.text, False, "4.4.7"),
                 )
             final.append(result)
             if result.outcome is Outcome.BOUNCED:
@@ -304,16 +330,20 @@ class RelayScheduler:
             return
         attempts = state.attempts + 1
         wait = self.schedule[min(attempts - 1, len(self.schedule) - 1)]
-        next_try = min(now + wait, entry.arrival + self.max_lifetime)
+        # Not past the expiry point (the bounce then goes out on time); once past it (an
+        # expired recipient whose notice could not be queued) the full wait, not a busy loop.
+        deadline = entry.arrival + self.max_lifetime
+        next_try = now + wait if deadline <= now else min(now + wait, deadline)
         records.append(schedule_record(next_try, attempts, now))
         state.apply(records[-1])
+        self._schedule(p)
         yield self.pool.run(self.files.record, p.qid, records, True)
 
     # -- QueueAdmin
 
     def _select(self, queue_id: str | None) -> list[_Pending]:
         if queue_id is None:
-            return list(self.entries.values())
+            return [p for p in self.entries.values() if not p.deleted]
         p = self.entries.get(queue_id)
         return [p] if p is not None and not p.deleted else []
 
@@ -321,6 +351,7 @@ class RelayScheduler:
         chosen = [p for p in self._select(queue_id) if not p.held]
         for p in chosen:
             p.state.next_try = 0.0
+            self._schedule(p)
         self._wake(0)
         return defer.succeed(len(chosen))
 
@@ -352,6 +383,7 @@ class RelayScheduler:
             if p.held and (yield self.pool.run(self.files.set_hold, p.qid, False)):
                 p.held = False
                 p.state.next_try = 0.0
+                self._schedule(p)
                 count += 1
         self._wake(0)
         return count
