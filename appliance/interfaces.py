@@ -347,6 +347,11 @@ class MessageBody(Protocol):
         """Blocking: the bytes in order, in chunks of a megabyte at most."""
         ...
 
+    def in_memory(self) -> bytes | None:
+        """All the bytes, when they are still in memory (a small message just received):
+        then no file needs to be read, nor a thread woken for it; else None."""
+        ...
+
 
 class Delivery(Protocol):
     """One message on its way through one target (Maddy's two-phase contract).

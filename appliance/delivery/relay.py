@@ -152,6 +152,10 @@ class RelayTarget:
         return self.pool.run(next, chunks, None)
 
     def read_head(self, body: MessageBody) -> Deferred[tuple[bytes, Iterator[bytes]]]:
+        data = body.in_memory()
+        if data is not None:
+            return defer.succeed((data, iter(())))  # no file, no thread
+
         def read() -> tuple[bytes, Iterator[bytes]]:
             chunks = body.chunks()
             return next(chunks, b""), chunks

@@ -45,12 +45,18 @@ DEFERRED_SUFFIXES = ("", ".env", ".state", ".hold")
 class SpooledBody:
     """interfaces.MessageBody of a message in a queue file."""
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, size: int, data: bytes | None = None) -> None:
         self.path = path
         self.size = size
+        self.data = data  # the whole message, if still in memory (len(data) == size)
 
     def chunks(self) -> Iterator[bytes]:
+        if self.data is not None:
+            return iter((self.data,))
         return read_chunks(self.path)
+
+    def in_memory(self) -> bytes | None:
+        return self.data
 
 
 class QueueFiles:
@@ -159,8 +165,8 @@ class QueueFiles:
 
     # -- the deferred queue (the relay's)
 
-    def deferred_body(self, entry: QueueEntry) -> SpooledBody:
-        return SpooledBody(f"{self.deferred}/{entry.queue_id}", entry.size)
+    def deferred_body(self, entry: QueueEntry, data: bytes | None = None) -> SpooledBody:
+        return SpooledBody(f"{self.deferred}/{entry.queue_id}", entry.size, data)
 
     def scan_deferred(self) -> list[str]:
         """Queue ids with both files in deferred/."""
@@ -200,6 +206,11 @@ class QueueFiles:
         """Every recipient is done: data first, so a crash leaves only orphans recovery drops."""
         for suffix in DEFERRED_SUFFIXES:
             unlink_quietly(f"{self.deferred}/{qid}{suffix}")
+
+    def remove_all_deferred(self, qids: list[str]) -> None:
+        """remove_deferred() of several messages, in one thread job."""
+        for qid in qids:
+            self.remove_deferred(qid)
 
     def set_hold(self, qid: str, held: bool) -> bool:
         """Put a deferred message on hold or release it; False if there is no such message."""

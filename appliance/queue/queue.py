@@ -130,10 +130,11 @@ class Queue(Service):
             self.relay.stop()
         return self.pool.stop()
 
-    def hand_to_relay(self, entry: QueueEntry) -> None:
-        """An entry now in deferred/ with remote recipients only: the relay's to try."""
+    def hand_to_relay(self, entry: QueueEntry, data: bytes | None = None) -> None:
+        """An entry now in deferred/ with remote recipients only: the relay's to try (data:
+        its bytes, when still in memory, for the first attempt)."""
         if self.relay is not None and not self._stopping:
-            self.relay.add(entry)
+            self.relay.add(entry, data)
 
     def idle(self) -> Deferred[None]:
         """Fire once no commit, delivery or scan is in flight (work started meanwhile included)."""

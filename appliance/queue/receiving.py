@@ -152,6 +152,7 @@ class SpooledMessage(_Message):
         self._buffer = bytearray()
         self._fd: int | None = None
         self._claimed = False
+        self._whole: bytes | None = None
 
     def _write(self, data: bytes) -> None:
         self._buffer += data
@@ -198,6 +199,8 @@ class SpooledMessage(_Message):
     def _commit(self) -> Deferred[QueueEntry]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
+        # a message that never left the buffer is handed to the relay with its bytes
+        self._whole = data if self._fd is None else None
         return self.queue.pool.run(self._commit_in_thread, data)
 
     def _commit_in_thread(self, data: bytes) -> QueueEntry:
@@ -217,7 +220,8 @@ class SpooledMessage(_Message):
         queue.log_queued(self.queue_id, self.envelope, self.size)
         if self.target_dir == queue.files.deferred:
             queue.forget(self.queue_id)
-            queue.hand_to_relay(entry)
+            queue.hand_to_relay(entry, self._whole)
+            self._whole = None
         else:
             # The caller's 250 goes out in this same reactor turn; copies follow in a thread.
             queue.deliver(entry, done=frozenset())

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from appliance.queue.queue import Queue
 
 DEFAULT_SCHEDULE = (60.0, 300.0, 900.0, 1800.0, 3600.0)
+REMOVE_BATCH_WAIT = 0.01  # seconds finished messages wait to have their files removed together
 
 
 @dataclass
@@ -55,6 +56,7 @@ class _Pending:
     state: DeliveryState = field(default_factory=DeliveryState)
     held: bool = False
     deleted: bool = False
+    data: bytes | None = None  # the message's bytes until its first attempt, if it was small
 
     @property
     def qid(self) -> str:
@@ -106,6 +108,9 @@ class RelayScheduler:
         self.events = events or mail_logger("smtp")  # Postfix's smtp(8) tells relay results
         self.entries: dict[str, _Pending] = {}
         self._due: list[tuple[float, float, str]] = []  # (next_try, arrival, qid), a heap
+        self._to_remove: list[str] = []  # finished: files to remove in the next batch
+        self._remove_call: IDelayedCall | None = None
+        self._batch_done: Deferred[None] | None = None
         self.active: set[str] = set()
         self._timer: IDelayedCall | None = None
         self._running = False
@@ -133,15 +138,17 @@ class RelayScheduler:
 
     def stop(self) -> None:
         self._running = False
+        self.flush_removals()
         self.target.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def add(self, entry: QueueEntry) -> None:
-        """A message just committed into deferred/ (or moved there after local delivery)."""
+    def add(self, entry: QueueEntry, data: bytes | None = None) -> None:
+        """A message just committed into deferred/ (or moved there after local delivery);
+        data: its bytes, if still in memory (the first attempt then reads no file)."""
         if entry.queue_id not in self.entries:
-            self.entries[entry.queue_id] = pending = _Pending(entry)
+            self.entries[entry.queue_id] = pending = _Pending(entry, data=data)
             self._schedule(pending)
         self._wake(0)
 
@@ -193,7 +200,8 @@ class RelayScheduler:
             delivery = self.target.start(p.entry)
             for address in todo:
                 delivery.add_recipient(address)
-            delivery.body(self.files.deferred_body(p.entry))
+            delivery.body(self.files.deferred_body(p.entry, p.data))
+            p.data = None  # later attempts read the file: a backlog holds no bytes
             d: Deferred[list[RecipientResult]] = delivery.commit()
         else:
             d = defer.succeed([])
@@ -324,8 +332,8 @@ class RelayScheduler:
         for result in final:
             self.queue.log_result(p.qid, entry.envelope, entry.arrival, result, self.events)
         if not p.todo():
-            yield self.pool.run(self.files.remove_deferred, p.qid)
             self.entries.pop(p.qid, None)
+            self._remove_soon(p.qid)
             self.queue.log_removed(p.qid)
             return
         attempts = state.attempts + 1
@@ -338,6 +346,45 @@ class RelayScheduler:
         state.apply(records[-1])
         self._schedule(p)
         yield self.pool.run(self.files.record, p.qid, records, True)
+
+    def _remove_soon(self, qid: str) -> None:
+        """Remove a finished message's files, together with those of others finishing about
+        now (one thread job for many). A crash first only means the message is sent again.
+        The queue's idle() waits for the batch from the moment it is started."""
+        self._to_remove.append(qid)
+        if self._batch_done is None:
+            self._batch_done = Deferred()
+            self.queue.track(self._batch_done)
+        if not self._running:
+            self._remove_batch()  # stopping: the pool is waited for, a timer would not be
+        elif self._remove_call is None:
+            self._remove_call = self.reactor.callLater(REMOVE_BATCH_WAIT, self._remove_batch)
+
+    def _remove_batch(self) -> None:
+        if self._remove_call is not None and self._remove_call.active():
+            self._remove_call.cancel()
+        self._remove_call = None
+        batch, self._to_remove = self._to_remove, []
+        done, self._batch_done = self._batch_done, None
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "cannot remove {count} finished queue file(s): {reason}",
+                count=len(batch),
+                reason=failure.getErrorMessage(),
+            )
+
+        d = self.pool.run(self.files.remove_all_deferred, batch).addErrback(failed)
+        if done is not None:
+            d.chainDeferred(done)
+
+    def flush_removals(self) -> None:
+        """Remove the finished messages' files now (stopping)."""
+        if self._remove_call is not None and self._remove_call.active():
+            self._remove_call.cancel()
+        if self._to_remove:
+            self._remove_batch()
+        self._remove_call = None
 
     # -- QueueAdmin
 

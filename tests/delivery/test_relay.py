@@ -70,6 +70,9 @@ class Body:
         for i in range(0, len(self.data), self.chunk):
             yield self.data[i : i + self.chunk]
 
+    def in_memory(self) -> bytes | None:
+        return None  # read through chunks(), in a worker thread, as a queue file is
+
 
 def queued(
     *rcpts: str | Recipient, queue_id: str = "5B1C2D3E", text: bytes = BODY
