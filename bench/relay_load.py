@@ -51,10 +51,8 @@ import shutil
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,47 +157,15 @@ READY = re.compile(r"mailappliance \S+ ready")
 READY_TIMEOUT = 60.0
 
 
-def start(a, tails: dict[str, collections.deque]) -> None:
-    """Start one appliance as conftest's Appliance.start does (same twistd command, cwd and
-    environment), wait (bounded) for its ready line, and keep draining its output in a thread
-    so that a full pipe never stalls it.
-
-    Not Appliance.start itself: its read_until select()s on the buffered text pipe, so when
-    the ready line comes in the same read as the line before it, it sits in Python's buffer,
-    select() never fires again and the start times out although the appliance is up."""
-    from tests.integration.conftest import TWISTD
-
+def start(a) -> None:
+    """Start one appliance (the tests' Appliance.start: a thread drains its output, so a
+    full pipe never stalls it) and wait, bounded, for its ready line."""
     say(f"starting {a.name} ({a.ini.name}) on {a.ip}")
-    tail = tails.setdefault(a.name, collections.deque(maxlen=50))
-    a.output = []
-    a.proc = subprocess.Popen(
-        [TWISTD, "-n", "mailappliance", "--config", str(a.ini)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=a.ini.parent,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    ready = threading.Event()
-    ready_line: list[str] = []
-
-    def drain() -> None:
-        for line in a.proc.stdout:
-            tail.append(line.rstrip())
-            if not ready.is_set():
-                a.output.append(line)
-                if READY.search(line):
-                    ready_line.append(line.strip())
-                    ready.set()
-
-    threading.Thread(target=drain, daemon=True, name=f"drain-{a.name}").start()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready.wait(0.1):
-        if a.proc.poll() is not None or time.monotonic() > deadline:
-            why = f"exited ({a.proc.returncode})" if a.proc.poll() is not None else "timed out"
-            out = "".join(a.output)[-3000:]
-            raise SystemExit(f"{a.name} did not become ready ({why}):\n{out}")
-    say(f"  {a.name} pid {a.proc.pid}: {ready_line[0].split('] ', 1)[-1]}")
+    try:
+        a.start(READY_TIMEOUT)
+    except AssertionError as e:
+        raise SystemExit(f"{a.name} did not become ready:\n{str(e)[-3000:]}") from None
+    say(f"  {a.name} pid {a.proc.pid}: {a.ready_line.strip().split('] ', 1)[-1]}")
 
 
 def stop_all(lab: dict) -> None:
@@ -374,14 +340,13 @@ def describe(o: LoadOutcome) -> str:
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     lab: dict = {}
-    tails: dict[str, collections.deque] = {}
     results: list[tuple[int, str, LoadOutcome, LoadOutcome]] = []
     try:
         for attempt in (1, 2):
             lab = lab_appliances(work / f"lab{attempt}")
             try:
-                start(lab["sina"], tails)  # first: 163's [relay] ca_file is sina's ca.crt
-                start(lab["163"], tails)
+                start(lab["sina"])  # first: 163's [relay] ca_file is sina's ca.crt
+                start(lab["163"])
                 break
             except SystemExit as e:
                 # e.g. a free port taken by someone else between make_lab and the bind
@@ -449,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         for which in ("A", "B"):
             o = load(f"smoke {which}", cfg(which, 4, 2, 30))
             if o.rate is None:
-                tail = "\n".join(tails.get("163", [])) + "\n" + "\n".join(tails.get("sina", []))
+                tail = "".join(lab["163"].output[-50:] + lab["sina"].output[-50:])
                 raise SystemExit(f"smoke test {which} failed: {describe(o)}\n{tail[-3000:]}")
             settle()
         say("smoke tests passed")

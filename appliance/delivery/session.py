@@ -460,8 +460,10 @@ def _loopback(ip: str) -> bool:
 
 def _describe(error: Exception) -> str:
     text = str(error)
-    if "VerificationError" in text or "certificate verify failed" in text:
-        return f"TLS certificate verification failed ({text})"
+    if "VerificationError" in text or "Mismatch" in text:
+        return "TLS certificate verification failed: the certificate is not for this host name"
+    if "certificate verify failed" in text:
+        return "TLS certificate verification failed: not issued by a trusted CA (ca_file)"
     if isinstance(error, Timeout):
         return "timed out"
     return f"lost connection ({text})" if text else "lost connection"
@@ -499,7 +501,12 @@ def _auth(
             status=AUTH_FAILED,
         )
     if reply.code != 235:
-        raise _HopError(f"SASL authentication failed; server {host} said: {reply.text}", reply)
+        server = host.removeprefix("host ")  # "mail.sina.com[127.0.1.4]", as Postfix says it
+        raise _HopError(
+            f"SASL authentication failed; server {server} said: {reply.text}",
+            reply,
+            status=AUTH_FAILED,
+        )
 
 
 @defer.inlineCallbacks

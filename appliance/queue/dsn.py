@@ -101,7 +101,10 @@ def status_code(text: str, permanent: bool, default: str | None = None) -> str:
     (permanent) / '4.0.0'."""
     found = _STATUS_IN_TEXT.search(text)
     if found:
-        return found.group(1)
+        code = found.group(1)
+        # a failure that is retried is transient whatever the reply's class: Postfix defers
+        # a smarthost's "535 5.7.8" with dsn=4.7.8
+        return "4" + code[1:] if not permanent and code[0] == "5" else code
     if default is not None:
         return default
     return "5.0.0" if permanent else "4.0.0"

@@ -228,7 +228,11 @@ class Queue(Service):
         # Postfix style: to= is the final address, orig_to= the one the client gave when an
         # alias or virtual mapping changed it.
         final = result.address
-        given = [r.address for r in env.recipients if any(m.address == final for m in r.mailboxes)]
+        given = [
+            r.address
+            for r in env.recipients
+            if final in r.forward_to or any(m.address == final for m in r.mailboxes)
+        ]
         orig = "" if not given or any(a.lower() == final for a in given) else given[0]
         sent = result.outcome is Outcome.SENT
         fields = {

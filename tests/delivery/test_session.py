@@ -917,8 +917,8 @@ async def test_tls_verify_wrong_ca_hops_failed(ours: Any, pki: dict[str, Path]) 
         dest(hop(server.port)), settings(tls="verify", ca_file=pki["other_ca"])
     )
     text = str(error)
-    assert text.startswith(f"host {HOST}[127.0.0.1]: TLS certificate verification failed ("), text
-    assert "certificate verify failed" in text, text
+    assert text.startswith(f"host {HOST}[127.0.0.1]: TLS certificate verification failed"), text
+    assert "not issued by a trusted CA" in text, text
     assert server.sink.begun == []
 
 
@@ -930,7 +930,7 @@ async def test_tls_verify_wrong_name_hops_failed(ours: Any, pki: dict[str, Path]
     error = await hops_failed(other, settings(tls="verify", ca_file=pki["ca"]))
     text = str(error)
     assert text.startswith("host other.dest.test[127.0.0.1]: TLS certificate verification failed")
-    assert "DNSMismatch" in text and "other.dest.test" in text.partition("failed")[2], text
+    assert "the certificate is not for this host name" in text, text
     assert server.sink.begun == []
 
 
@@ -1000,7 +1000,7 @@ async def test_smarthost_auth_wrong_password_hops_failed(ours: Any) -> None:
     s = settings(smarthost_login=("user1@example.test", "wrong"))
     error = await hops_failed(dest(hop(server.port), smarthost=True), s)
     assert str(error).startswith(
-        f"SASL authentication failed; server host {HOST}[127.0.0.1] said: 535 "
+        f"SASL authentication failed; server {HOST}[127.0.0.1] said: 535 "
     ), str(error)
     assert server.sink.begun == []
 

@@ -72,7 +72,11 @@ class Appliance:
             lines.put(line)
         lines.put(None)
 
-    def start(self) -> Appliance:
+    def start(self, timeout: float = 60) -> Appliance:
+        """Run `twistd -n mailappliance` for this config; wait (bounded) for its ready line.
+
+        A thread drains the output into self.output for the whole run. A start that fails
+        says who holds the appliance's ports."""
         self.output = []
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "mailappliance", "--config", str(self.ini)],
@@ -83,9 +87,27 @@ class Appliance:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._drain, args=(self.proc, self._lines), daemon=True).start()
-        self.read_until(r"mailappliance \S+ ready")
+        threading.Thread(
+            target=self._drain,
+            args=(self.proc, self._lines),
+            name=f"output-{self.name}",
+            daemon=True,
+        ).start()
+        try:
+            self.ready_line = self.read_until(r"mailappliance \S+ ready", timeout)
+        except AssertionError as e:
+            self.stop()
+            raise AssertionError(f"{e}\n{self._port_holders()}") from None
         return self
+
+    def _port_holders(self) -> str:
+        ports = sorted(set(self.ports.values()))
+        try:
+            ss = subprocess.run(["ss", "-tuanp"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        held = [line for line in ss.splitlines() if any(f"{self.ip}:{p} " in line for p in ports)]
+        return f"sockets on {self.ip} ports {ports}:\n" + "\n".join(held)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
