@@ -234,7 +234,7 @@ class RelayTarget:
             self.total -= 1
             if dq.open == 0:
                 # nobody else is getting through: everything waiting here is deferred now
-                self._fail_pending(dq, e.text, e.status)
+                self._fail_pending(dq, e.text, e.status, e.relay or NONE)
             # else a session of ours is open there: the waiting jobs are its, not those of
             # a new connection that would be refused again at once (and again, in a loop)
             self._pump_all(skip=dq)
@@ -285,10 +285,12 @@ class RelayTarget:
         if not job.done.called:
             job.done.callback(results)
 
-    def _fail_pending(self, dq: _DestinationQueue, text: str, status: str = "") -> None:
+    def _fail_pending(
+        self, dq: _DestinationQueue, text: str, status: str = "", relay: str = NONE
+    ) -> None:
         waiting, dq.pending = list(dq.pending), deque()
         for waiting_job in waiting:
-            waiting_job.fail(text, status=status)
+            waiting_job.fail(text, relay=relay, status=status)
 
     def stop(self) -> None:
         """Refuse new jobs; defer the waiting ones; end every session (a message cut short

@@ -62,19 +62,26 @@ class HopsFailed(Exception):
     """No host of the destination could be reached for a transaction; str() is the reason."""
 
     def __init__(
-        self, text: str, permanent: bool = False, reply: str = "", status: str = ""
+        self,
+        text: str,
+        permanent: bool = False,
+        reply: str = "",
+        status: str = "",
+        relay: str = "",
     ) -> None:
         super().__init__(text)
         self.text = text
         self.permanent = permanent
         self.reply = reply
         self.status = status  # RFC 3463 code, "" when the reply in text says it
+        self.relay = relay  # the last host tried, if it was reached ("" if not)
 
 
 class _HopError(Exception):
     def __init__(self, text: str, reply: Reply | None = None, status: str = "") -> None:
         super().__init__(text)
         self.status = status
+        self.relay = ""  # the host, once connected to it
         self.reply = reply
 
 
@@ -441,12 +448,15 @@ def _open_one(
     except (ConnectionClosed, ProtocolError, Timeout) as e:
         p.abort()
         tls = "TLS" in _describe(e)
-        raise _HopError(
+        error = _HopError(
             f"{host}: {_describe(e)} during the greeting",
             status=TLS_FAILED if tls else CONVERSATION_FAILED,
-        ) from None
-    except _HopError:
+        )
+        error.relay = str(hop)
+        raise error from None
+    except _HopError as e:
         p.abort()
+        e.relay = str(hop)  # reached: relay= names it, as Postfix's log does
         raise
     return p, ext
 
@@ -517,13 +527,13 @@ def open_session(
     read_chunk: Callable[[Iterator[bytes]], Deferred[bytes | None]],
 ) -> Generator[Deferred[Any], Any, Session]:
     """A session with the first host of destination that takes one; HopsFailed if none."""
-    last, status = "no host to try", NO_ANSWER
+    last, status, relay = "no host to try", NO_ANSWER, ""
     for hop in destination.hops:
         try:
             p, ext = yield _open_one(reactor, hop, settings, destination.smarthost)
         except _HopError as e:
-            last, status = str(e), e.status
+            last, status, relay = str(e), e.status, e.relay
             continue
         session = Session(p, hop, ext, settings, read_chunk)
         return session
-    raise HopsFailed(last, status=status)
+    raise HopsFailed(last, status=status, relay=relay)

@@ -182,6 +182,7 @@ def test_relay_verify_certificate_name_mismatch_deferred(smarthost_lab) -> None:
     qid = submit(a, "user1@163.com", ["user3@mail.sina.com"], tok)
     line = status_line(a, qid, "user3@mail.sina.com", "deferred")
     assert "status=deferred (" in line and "ns.sina.com[127.0.1.4]" in line, line
+    assert ", relay=ns.sina.com[127.0.1.4]:" in line, line
     assert re.search(r"certificate|verif", line, re.I), line
     assert ", dsn=4.7.5, " in line, line  # 4.7.5: cryptographic failure
     wait_for(

@@ -52,6 +52,7 @@ def test_relay_verify_untrusted_ca_deferred_then_delivered_when_trusted(lab) -> 
     qid = submit(a, "user1@163.com", ["user3@sina.com"], tok)
     line = status_line(a, qid, "user3@sina.com", "deferred")
     assert "status=deferred (" in line and "mail.sina.com[127.0.1.4]" in line, line
+    assert ", relay=mail.sina.com[127.0.1.4]:" in line, line  # reached, so relay= names it
     assert re.search(r"certificate verif", line, re.I), line
     assert ", dsn=4.7.5, " in line, line  # 4.7.5: cryptographic failure
     wait_for(
