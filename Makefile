@@ -28,7 +28,7 @@ lab: venv
 	@if [ "$$(id -u)" != 0 ]; then echo "make lab binds ports 25, 53, 465 and 587: run it as root" >&2; exit 1; fi
 	$(BIN)/python -m appliance.lab
 
-# Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf).  policy-rc.d
+# Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf, slapd, Postfix). policy-rc.d
 # keeps packaged daemons (named) from starting system-wide; fixtures start their own.
 debs:
 	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
