@@ -269,6 +269,12 @@ class LoginThrottle(Protocol):
         (a block, nothing is checked), else the attempt, counted already."""
         ...
 
+    def admit(self, ip: str, user: str) -> Deferred[LoginAttempt | None]:
+        """begin() for a protocol session: when the client's slots are taken by attempts
+        still being checked (not failures), it fires once one of them ends instead of
+        refusing, so a client's parallel logins with a good password all get in."""
+        ...
+
 
 # ---------------------------------------------------------------------------- DNS
 

@@ -7,6 +7,11 @@ failures is shut out for a while), with the holes an adversarial run found close
 - **An attempt counts when it starts.** `begin(ip, user)` records the attempt at once, as a
   failure until it is shown to be good, so forty parallel guesses count forty before any of
   them is answered: the eleventh is refused without its password being checked.
+- **Parallel logins wait rather than fail.** `admit(ip, user)` is begin() for protocols: when
+  a client's slots are all taken by attempts still being checked (not by failures), the next
+  login waits for one to end instead of being refused. A good password frees the slots (its
+  user's attempts from that client are forgotten), so a client opening twenty sessions at
+  once logs in on all of them; twenty guesses still get at most `max_failures` checked.
 - **Per client and per user.** A client (an IPv4 address or an IPv6 /64) is blocked after
   `max_failures` within `window`; a user after `max_user_failures` from any clients (a slow
   botnet guessing one account).
@@ -31,15 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import threads
+from twisted.internet import defer, threads
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from appliance import interfaces
 from appliance.durable import atomic_replace
 from appliance.ip import client_key
 from appliance.log import printable
 
 STATE_MODE = 0o600
 SAVE_AFTER = 1.0  # seconds from a new block to writing the state file
+MAX_WAITING = 100  # logins of one client waiting for a slot; more are refused at once
 
 CLIENT_BLOCKED = (
     "warning: {client}: {count} failed logins in {window:.0f}s (last user={sasl_username}),"
@@ -54,12 +62,19 @@ USER_BLOCKED = (
 class _Entry:
     """One attempt, listed under its client and its user."""
 
-    __slots__ = ("time", "client", "user")
+    __slots__ = ("time", "client", "user", "failed", "label")
 
     def __init__(self, time: float, client: str | None, user: str | None) -> None:
         self.time = time
         self.client = client
         self.user = user
+        self.failed = False  # shown to be wrong (until then: still being checked)
+        self.label = client or ""  # the client as logged
+
+
+def _failed(entry: _Entry) -> _Entry:
+    entry.failed = True
+    return entry
 
 
 class _Counts:
@@ -118,15 +133,21 @@ class LoginAttempt:
 
     def failed(self) -> float:
         """Wrong credentials: the attempt stays counted; the seconds to wait before saying so."""
-        return self.throttle.delay_for_client(self.entry.client)
+        self.entry.failed = True
+        self.throttle.failure_shown(self.entry)
+        delay = self.throttle.delay_for_client(self.entry.client)
+        self.throttle.ended(self.entry.client)
+        return delay
 
     def succeeded(self) -> None:
         """Good credentials: forget this user's failures from this client."""
         self.throttle.clear(self.entry.client, self.entry.user)
+        self.throttle.ended(self.entry.client)
 
     def abandoned(self) -> None:
         """Nothing was checked (the backend could not answer): the attempt does not count."""
         self.throttle.forget(self.entry)
+        self.throttle.ended(self.entry.client)
 
 
 class FailureThrottle(service.Service):
@@ -159,6 +180,10 @@ class FailureThrottle(service.Service):
         self.users = _Counts(max_user_failures, max_tracked)
         self._save_call: Any = None
         self._saving = False
+        # logins waiting for a slot, per client key: (Deferred, ip, user), oldest first
+        self._waiting: dict[
+            str, deque[tuple[Deferred[interfaces.LoginAttempt | None], str, str]]
+        ] = {}
 
     def __len__(self) -> int:
         """How many clients are tracked (for tests and stats)."""
@@ -177,9 +202,13 @@ class FailureThrottle(service.Service):
         return self.users.recent(user.lower(), self._horizon())
 
     def blocked(self, ip: str, user: str | None = None) -> bool:
-        """Whether a login from ip (as user, when given) is refused without checking it."""
+        """Whether a login from ip (as user, when given) is refused without checking it: the
+        client has max_failures failures (attempts still being checked do not block, they
+        take slots: see begin() and admit()), or the user max_user_failures attempts."""
         horizon = self._horizon()
-        if self.clients.recent(client_key(ip), horizon) >= self.max_failures:
+        key = client_key(ip)
+        self.clients.recent(key, horizon)
+        if sum(e.failed for e in self.clients.by_key.get(key, ())) >= self.max_failures:
             return True
         return user is not None and self.users.recent(user.lower(), horizon) >= (
             self.max_user_failures
@@ -203,20 +232,79 @@ class FailureThrottle(service.Service):
 
     def begin(self, ip: str, user: str) -> LoginAttempt | None:
         """A login from ip as user is about to be checked: None if it must be refused (a
-        block), else the attempt, already counted as a failure."""
-        if self.blocked(ip, user):
-            return None
+        block, or every slot of the client taken), else the attempt, already counted as a
+        failure."""
         key = client_key(ip)
+        if self.blocked(ip, user) or self.clients.recent(key, self._horizon()) >= self.max_failures:
+            return None
         user = user.lower()
         entry = _Entry(float(self.reactor.seconds()), key, user)
-        on_client = self.clients.add(key, entry)
+        self.clients.add(key, entry)
         on_user = self.users.add(user, entry)
-        client_label, user_label = printable(ip, 60), printable(user, 100)
-        if on_client == self.max_failures:
-            self._blocked(CLIENT_BLOCKED, "client_blocked", client_label, user_label, on_client)
+        entry.label = printable(ip, 60)
+        client_label, user_label = entry.label, printable(user, 100)
         if on_user == self.max_user_failures:
             self._blocked(USER_BLOCKED, "user_blocked", client_label, user_label, on_user)
         return LoginAttempt(self, entry)
+
+    def admit(self, ip: str, user: str) -> Deferred[interfaces.LoginAttempt | None]:
+        """begin(), but a login that finds its client's slots taken by attempts still being
+        checked waits for one to end (bounded: MAX_WAITING per client) instead of failing."""
+        key = client_key(ip)
+        waiting = self._waiting.get(key)
+        if not waiting and not self._full(key):
+            return defer.succeed(self.begin(ip, user))
+        if self.blocked(ip, user) or (waiting is not None and len(waiting) >= MAX_WAITING):
+            return defer.succeed(None)
+        d: Deferred[interfaces.LoginAttempt | None] = Deferred(lambda d: self._cancel_wait(key, d))
+        self._waiting.setdefault(key, deque()).append((d, ip, user))
+        return d
+
+    def _full(self, key: str) -> bool:
+        """Every slot of the client taken, some by attempts still being checked."""
+        entries = self.clients.by_key.get(key)
+        if entries is None:
+            return False
+        self.clients.recent(key, self._horizon())
+        entries = self.clients.by_key.get(key)
+        return (
+            entries is not None
+            and len(entries) >= self.max_failures
+            and not all(e.failed for e in entries)
+        )
+
+    def ended(self, key: str | None) -> None:
+        """An attempt of this client ended: let waiting logins in while slots are free."""
+        if key is None:
+            return
+        waiting = self._waiting.get(key)
+        while waiting:
+            d, ip, user = waiting[0]
+            if d.called:  # cancelled: the session went away
+                waiting.popleft()
+                continue
+            if self._full(key):
+                return
+            waiting.popleft()
+            d.callback(self.begin(ip, user))  # an attempt, or None once truly blocked
+        self._waiting.pop(key, None)
+
+    def _cancel_wait(self, key: str, d: Deferred[interfaces.LoginAttempt | None]) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            for item in list(waiting):
+                if item[0] is d:
+                    waiting.remove(item)
+            if not waiting:
+                del self._waiting[key]
+
+    def failure_shown(self, entry: _Entry) -> None:
+        """A failure is known: the client's max_failures-th starts its block (logged once)."""
+        entries = self.clients.by_key.get(entry.client or "", ())
+        failures = sum(e.failed for e in entries)
+        if failures == self.max_failures:
+            user = printable(entry.user or "", 100)
+            self._blocked(CLIENT_BLOCKED, "client_blocked", entry.label, user, failures)
 
     def clear(self, key: str | None, user: str | None) -> None:
         """A good login: the user's attempts from the client, and no others, are forgotten."""
@@ -262,11 +350,11 @@ class FailureThrottle(service.Service):
             for key, times in clients.items():
                 for t in times:
                     if float(t) > horizon:
-                        self.clients.add(str(key), _Entry(float(t), str(key), None))
+                        self.clients.add(str(key), _failed(_Entry(float(t), str(key), None)))
             for user, times in users.items():
                 for t in times:
                     if float(t) > horizon:
-                        self.users.add(str(user), _Entry(float(t), None, str(user)))
+                        self.users.add(str(user), _failed(_Entry(float(t), None, str(user))))
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, AttributeError) as e:

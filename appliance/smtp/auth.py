@@ -163,6 +163,14 @@ class SessionAuth:
         attempt = f.throttle.begin(host.peer_ip, username)
         if attempt is not None:
             return attempt
+        self.refused(username)
+        return None
+
+    def refused(self, username: str) -> None:
+        """The throttle refused the login: 421 and close for a blocked client, else 454."""
+        host = self.host
+        f = host.factory
+        assert f.throttle is not None
         host.events.auth_refused(host.client_label(), self.mechanism, username)
         if f.throttle.blocked(host.peer_ip):
             host.reply(
@@ -170,7 +178,6 @@ class SessionAuth:
             )
         else:
             host.reply(454, "4.7.0", "Too many failed logins for this user, try again later")
-        return None
 
     def check(self, step: Credentials) -> None:
         host = self.host
@@ -180,9 +187,24 @@ class SessionAuth:
             host.reply(502, "5.5.1", "Error: authentication not enabled")
             return
         username = printable(step.username, 100)
-        attempt = self.begin(username)
-        if attempt is None:
-            return
+        if f.throttle is None:
+            admitted: defer.Deferred[LoginAttempt | None] = defer.succeed(UNTHROTTLED)
+        else:
+            # parallel logins of one client wait for a slot rather than fail (the throttle)
+            admitted = f.throttle.admit(host.peer_ip, username)
+
+        def checked(attempt: LoginAttempt | None) -> defer.Deferred[None] | None:
+            if attempt is None:
+                self.refused(username)
+                return None
+            return self._authenticate(authenticator, step, username, attempt)
+
+        host.wait(admitted.addCallback(checked), "authentication")
+
+    def _authenticate(
+        self, authenticator: Authenticator, step: Credentials, username: str, attempt: LoginAttempt
+    ) -> defer.Deferred[None]:
+        host = self.host
         d = defer.maybeDeferred(authenticator.authenticate, step.credentials)
 
         def ok(login: str) -> None:
@@ -205,7 +227,7 @@ class SessionAuth:
             host.reply(454, "4.7.0", "Temporary authentication failure")
             return None
 
-        host.wait(d.addCallbacks(ok, bad), "authentication")
+        return d.addCallbacks(ok, bad)
 
     def login_failed(self, username: str, attempt: LoginAttempt) -> defer.Deferred[None]:
         """535 after the throttle's delay; one fail2ban-friendly auth_failed event."""

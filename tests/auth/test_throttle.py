@@ -42,11 +42,63 @@ def test_parallel_attempts_count_when_they_start() -> None:
     last = throttle.begin("192.0.2.1", "user1@example.test")  # would have been the right one
     assert sum(a is not None for a in attempts) == 10
     assert last is None
-    assert throttle.blocked("192.0.2.1")
+    assert not throttle.blocked("192.0.2.1")  # slots taken, not yet failures
     for a in attempts[:10]:
         assert a is not None
         a.failed()
     assert throttle.recent_failures("192.0.2.1") == 10
+    assert throttle.blocked("192.0.2.1")
+
+
+def test_admit_parallel_good_logins_wait_for_a_slot_all_get_in() -> None:
+    """Twenty logins of one client at once with the right password: ten are checked at
+    once, the others wait instead of failing, and each success lets waiting ones in."""
+    throttle, _ = make(max_failures=10)
+    admitted = [throttle.admit("192.0.2.1", "user1@example.test") for _ in range(20)]
+    now = [d.result for d in admitted if d.called]
+    assert len(now) == 10 and all(a is not None for a in now)
+    assert not throttle.blocked("192.0.2.1")
+    now[0].succeeded()  # a good password: its user's attempts from this client are forgotten
+    assert all(d.called and d.result is not None for d in admitted)
+    for d in admitted[1:]:
+        d.result.succeeded()
+    assert throttle.recent_failures("192.0.2.1") == 0
+
+
+def test_admit_parallel_guesses_at_most_max_failures_checked() -> None:
+    """Forty parallel guesses: ten are checked, thirty wait; once the ten have failed the
+    client is blocked and the thirty are refused without being checked."""
+    throttle, _ = make(max_failures=10)
+    admitted = [throttle.admit("192.0.2.1", "user2@example.test") for _ in range(40)]
+    checked = [d.result for d in admitted if d.called]
+    assert len(checked) == 10
+    for a in checked:
+        a.failed()
+    assert throttle.blocked("192.0.2.1")
+    assert all(d.called for d in admitted)
+    assert [d.result for d in admitted[10:]] == [None] * 30
+
+
+def test_admit_waiting_login_cancelled_leaves_no_trace() -> None:
+    """A session that goes away while its login waits: the wait is dropped."""
+    throttle, _ = make(max_failures=2)
+    first = [throttle.admit("192.0.2.1", "user1@example.test") for _ in range(2)]
+    waiting = throttle.admit("192.0.2.1", "user1@example.test")
+    assert not waiting.called
+    waiting.cancel()
+    waiting.addErrback(lambda f: None)
+    first[0].result.abandoned()
+    assert throttle._waiting == {}
+    assert throttle.recent_failures("192.0.2.1") == 1  # the other first attempt
+
+
+def test_admit_blocked_client_refused_at_once() -> None:
+    """A client with max_failures failures gets None at once, nothing waits."""
+    throttle, _ = make(max_failures=3)
+    for _ in range(3):
+        fail(throttle, "192.0.2.1")
+    d = throttle.admit("192.0.2.1", "user1@example.test")
+    assert d.called and d.result is None
 
 
 def test_success_clears_only_that_user_from_that_client() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import smtplib
 import socket
 import threading
 import time
@@ -164,3 +165,36 @@ def test_forty_parallel_guesses_then_right_password_no_235_even_after_restart(
     a.start()
     again = guess(a, threading.Barrier(1), "user1@163.com", "user1pass")
     assert again == "421 4.7.0 mail.163.com Error: too many failed logins"
+
+
+def test_twenty_parallel_logins_right_password_one_client_all_get_in(abuse_lab) -> None:
+    """Twenty sessions of one client log in at the same moment with the right password (a
+    client opening many connections): every one gets 235; the ones beyond the throttle's
+    ten slots wait for a slot instead of being refused, and no block is logged."""
+    a = abuse_lab["163"]
+    source = ("127.0.1.4", 0)  # a client of its own: other tests block 127.0.0.1
+    barrier = threading.Barrier(20)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        with smtplib.SMTP(a.ip, a.ports[587], timeout=30, source_address=source) as c:
+            c.ehlo("parallel.test")
+            barrier.wait(timeout=30)
+            try:
+                code, text = c.login("user1@163.com", "user1pass")
+                answer = f"{code} {text.decode()}"
+            except smtplib.SMTPException as e:
+                answer = str(e)
+        with lock:
+            results.append(answer)
+
+    threads = [threading.Thread(target=run) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 20
+    assert all(r.startswith("235") for r in results), results
+    maillog = (a.state / "maillog").read_text()
+    assert not re.search(r"warning: 127\.0\.1\.4: \d+ failed logins", maillog)
