@@ -296,6 +296,7 @@ class Session:
             if chunk is None:
                 break
             p.write_data(data)
+            yield p.drained()  # a slow next hop: the message is not read faster than it goes
             if chunk:
                 data, at_start = stuff(chunk, at_start)
                 last = (last + chunk)[-2:]

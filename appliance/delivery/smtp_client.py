@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
+    IPushProducer,
 )
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -115,7 +116,7 @@ def stuff(data: bytes, at_line_start: bool) -> tuple[bytes, bool]:
     return out, data.endswith(b"\n")
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class SMTPClientProtocol(LineReceiver):
     """The client side of one SMTP connection: commands out, replies matched to waiters."""
 
@@ -131,13 +132,39 @@ class SMTPClientProtocol(LineReceiver):
         self._closed: Failure | None = None
         self.connected_d: Deferred[SMTPClientProtocol] = Deferred()
         self.lost: Deferred[None] = Deferred()
+        self._write_paused = False
+        self._drain_waiters: list[Deferred[None]] = []
         self.tls: str = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
         self.tls_error: str = ""
 
     # -- connection events
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        # the transport tells us when its send buffer is full: a big body waits for it
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.connected_d.callback(self)
+
+    # -- IPushProducer: flow control of what we write
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self._write_paused = False
+        waiting, self._drain_waiters = self._drain_waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.resumeProducing()  # the connection is going: nobody waits on it any more
+
+    def drained(self) -> Deferred[None]:
+        """Fires once the transport can take more (at once if it can now)."""
+        if not self._write_paused or self._closed is not None:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drain_waiters.append(d)
+        return d
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._cancel_timer()
@@ -145,6 +172,7 @@ class SMTPClientProtocol(LineReceiver):
         text = str(error) or type(error).__name__
         if self._closed is None:
             self._closed = Failure(ConnectionClosed(text))
+        self.resumeProducing()
         waiters, self._waiters = self._waiters, deque()
         for d, _ in waiters:
             d.errback(self._closed)

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock, deferLater
+from twisted.protocols.basic import LineReceiver
 
 from appliance.delivery.routing import Destination, NextHop
 from appliance.delivery.session import HopsFailed, Session, SessionSettings, open_session
@@ -1044,3 +1046,79 @@ async def test_smarthost_without_plain_or_login_hops_failed(servers: Servers) ->
         f"SASL authentication to host {HOST}[127.0.0.1] impossible: no PLAIN or LOGIN offered"
     )
     assert "AUTH" not in f.connections[0].verbs()
+
+
+# ---------------------------------------------------------------------------- flow control
+
+
+class _StallingServer(LineReceiver):
+    """Says yes to everything, then stops reading the message after 354 until told."""
+
+    MAX_LENGTH = 1 << 20  # the test's message lines are 256 KiB
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.data = False
+        self.received = 0
+        self.sendLine(b"220 stall.test ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        if self.data:
+            self.received += len(line) + 2
+            if line == b".":
+                self.data = False
+                self.sendLine(b"250 2.0.0 Ok: queued")
+            return
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-stall.test\r\n250 PIPELINING")
+        elif verb == b"DATA":
+            self.data = True
+            self.sendLine(b"354 go ahead")
+            self.transport.pauseProducing()  # a next hop that does not read
+            self.factory.stalled.callback(self)
+        else:
+            self.sendLine(b"250 2.0.0 Ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_of_slow_next_hop_not_read_ahead() -> None:
+    """A next hop that stops reading mid-message: the relay stops reading the queue file
+    (a 16 MiB body is not all buffered in memory), then sends the rest once it reads."""
+    factory = Factory.forProtocol(_StallingServer)
+    factory.stalled = defer.Deferred()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    chunk, count = b"x" * (256 * 1024 - 2) + b"\r\n", 64
+    consumed = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal consumed
+        for _ in range(count):
+            consumed += 1
+            yield chunk
+
+    async def read_later(chunks: Iterator[bytes]) -> bytes | None:
+        return next(chunks, None)
+
+    try:
+        session = await within(
+            open_session(
+                reactor,
+                dest(hop(port.getHost().port)),
+                settings(),
+                lambda it: defer.ensureDeferred(read_later(it)),
+            )
+        )
+        msg = message("user@dest.test", size=len(chunk) * (count + 1))
+        sending = defer.ensureDeferred(session.transfer(msg, ["user@dest.test"], chunk, body()))
+        server = await within(factory.stalled)
+        for _ in range(50):  # let the relay write as far as the buffers take it
+            await deferLater(reactor, 0.01, lambda: None)
+        assert consumed < count / 2, f"read {consumed} of {count} chunks ahead of a stalled peer"
+        server.transport.resumeProducing()
+        (result,) = await within(sending)
+        assert result.outcome is Outcome.SENT, result
+        assert consumed == count
+        assert server.received >= len(chunk) * (count + 1)
+        await within(session.quit())
+    finally:
+        await port.stopListening()
