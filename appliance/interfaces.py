@@ -13,7 +13,7 @@ Deferreds fire on the reactor thread.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -489,6 +489,69 @@ class NewMessage(Protocol):
     def discard(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class MaildropMessage:
+    """One message of a POP3 maildrop snapshot (RFC 1939)."""
+
+    number: int  # the POP3 message number: 1..n in UID order, fixed for the session
+    uid: int  # the folder's stable UID (dovecot-uidlist)
+    uidl: str  # the UIDL answer: Dovecot's default %08Xu%08Xv (uid, then uidvalidity, hex)
+    key: str  # the store's name for it (its Maildir base name)
+    size: int  # octets of the message, exactly what open() gives (LIST, STAT; before dot-stuffing)
+
+
+class Maildrop(Protocol):
+    """The INBOX as one POP3 session sees it: the messages present when it was opened.
+
+    Messages delivered later are not in it (the next session sees them); one expunged by
+    someone else meanwhile stays listed, and open() then raises FileNotFoundError.
+    """
+
+    uidvalidity: int
+    messages: tuple[MaildropMessage, ...]  # in number order: messages[n - 1] is number n
+
+    @property
+    def total_size(self) -> int:
+        """The octets of all messages (STAT)."""
+        ...
+
+    def open(self, number: int) -> BinaryIO:
+        """Blocking: message number's bytes in binary mode, exactly `size` octets, CRLF line
+        ends as delivered (the POP3 server dot-stuffs them on the way out). ValueError for a
+        number not in the snapshot, FileNotFoundError if it was expunged meanwhile."""
+        ...
+
+    def apply_deletions(self, numbers: Iterable[int], retrieved: Iterable[int] = ()) -> int:
+        """Blocking, the UPDATE state: remove these messages durably; returns how many were
+        removed here (one someone else removed already is not an error, and not counted).
+
+        Each unlink is atomic and the folders are fsync'd before it returns, so a crash at
+        any point leaves each message deleted or intact, never half. Then the snapshot's
+        other messages still in new/ move to cur/ (a POP3 client has seen them, as Dovecot
+        does), and those in `retrieved` (RETR, not TOP) get the Seen flag. ValueError (and
+        nothing done) for a number not in the snapshot; OSError if some message could not be
+        removed (the others were, durably): answer -ERR "some deleted messages not removed".
+        """
+        ...
+
+
+class MailboxLock(Protocol):
+    """An exclusive POP3 session lock on one mailbox, held in a file in the Maildir (so other
+    processes and nodes sharing the tree respect it). Blocking methods: worker thread."""
+
+    refresh_interval: float  # seconds: call refresh() at least this often while held
+
+    def refresh(self) -> bool:
+        """Blocking: show the lock is alive (touch it); False if it is no longer ours (it was
+        taken over as stale): the session should end without applying deletions."""
+        ...
+
+    def release(self) -> None:
+        """Blocking: give the lock up; a lock file someone else has taken over is left alone.
+        Calling it twice is harmless."""
+        ...
+
+
 class MailStore(Protocol):
     """The mailboxes: durable delivery (write side) and what POP3/IMAP read (read side).
 
@@ -546,4 +609,18 @@ class MailStore(Protocol):
 
     def expunge(self, mailbox: Mailbox, folder: str, keys: Sequence[str]) -> None:
         """Remove messages for good; a key already gone is not an error."""
+        ...
+
+    # -- POP3 (all blocking)
+
+    def lock_mailbox(self, mailbox: Mailbox, owner: str) -> MailboxLock | None:
+        """Take the mailbox's POP3 session lock; None if another session (in any process, on
+        any node sharing the store) holds it and it is not stale: answer -ERR [IN-USE].
+        owner describes the session for an admin reading the lock file (one line)."""
+        ...
+
+    def open_maildrop(self, mailbox: Mailbox) -> Maildrop:
+        """The INBOX's messages present now (new/ and cur/), numbered 1..n in UID order; new
+        ones get their UIDs now. Take lock_mailbox() first: the snapshot assumes no other
+        POP3 session deletes from it."""
         ...

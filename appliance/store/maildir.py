@@ -193,6 +193,16 @@ class Maildir:
         """Names in cur/ (seen; may carry ':2,<flags>'), oldest first."""
         return self._list(self.cur)
 
+    def files(self) -> dict[str, tuple[str, str]]:
+        """base name (without ':2,<flags>') -> (subdir, file name) for every message in new/
+        and cur/; a message moved from new/ to cur/ while listing is found in cur/."""
+        found: dict[str, tuple[str, str]] = {}
+        for name in self.list_new():
+            found[name.split(":", 1)[0]] = ("new", name)
+        for name in self.list_cur():
+            found[name.split(":", 1)[0]] = ("cur", name)
+        return found
+
     def _folder(self, subdir: str) -> Path:
         if subdir not in ("new", "cur"):
             raise ValueError(f"subdir must be 'new' or 'cur', not {subdir!r}")

@@ -6,8 +6,11 @@
 
 The write side delivers durably (appliance.store.maildir); the read side lists messages with
 stable UIDs (appliance.store.uidlist), reads them, changes their flags (the Maildir ":2,"
-suffix) and expunges them. Nothing here is kept only in memory: another node sharing the
-tree sees the same UIDs and flags. Every method but announce/watch blocks (worker thread).
+suffix) and expunges them. For POP3 it takes the per-mailbox session lock
+(appliance.store.lock, a dovecot-pop3-session.lock file in the INBOX) and opens maildrop
+snapshots (appliance.store.maildrop). Nothing here is kept only in memory: another node sharing
+the tree sees the same UIDs, flags and locks. Every method but announce/watch blocks (worker
+thread).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from twisted.logger import Logger
 
 from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
 from appliance.interfaces import FolderListing, Mailbox, StoredMessage
+from appliance.store.lock import STALE_AFTER, SessionLock
 from appliance.store.maildir import Maildir
+from appliance.store.maildrop import MaildirMaildrop
 from appliance.store.uidlist import UidList
 
 INBOX = "INBOX"
@@ -118,6 +123,7 @@ class MaildirStore:
         *,
         dirsync: DirSync | None = None,
         cache_size: int = 4096,
+        stale_after: float = STALE_AFTER,
     ) -> None:
         self.mail_root = Path(mail_root)
         self.hostname = hostname or socket.gethostname()
@@ -125,6 +131,8 @@ class MaildirStore:
         self._cache: dict[Mailbox, Maildir] = {}
         self._cache_size = cache_size
         self._watchers: list[Callable[[Mailbox], None]] = []
+        # POP3 session locks not refreshed for this long are taken over (seconds)
+        self.stale_after = stale_after
 
     # -- locating
 
@@ -210,30 +218,33 @@ class MaildirStore:
 
     def _files(self, md: Maildir) -> dict[str, tuple[str, str]]:
         """base name -> (subdir, file name) for every message in new/ and cur/."""
-        found: dict[str, tuple[str, str]] = {}
-        for name in md.list_new():
-            found[base_of(name)] = ("new", name)
-        for name in md.list_cur():
-            found[base_of(name)] = ("cur", name)  # a message moved meanwhile: cur/ wins
-        return found
+        return md.files()
 
-    def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
-        md = self.folder(mailbox, folder)
+    def _scan(self, md: Maildir) -> tuple[int, int, list[tuple[int, str, str, str, int]]]:
+        """(uidvalidity, uidnext, [(uid, key, subdir, name, size)] in UID order) of a folder,
+        numbering new messages now."""
         if not md.exists():
             md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
         files = self._files(md)
         state = UidList(md.path).update(sorted(files))
-        messages = []
+        found = []
         for base, uid in sorted(state.uids.items(), key=lambda item: item[1]):
             subdir, name = files[base]
             try:
                 size = md.message_size(subdir, name)
             except FileNotFoundError:
                 continue  # expunged by another session since the listing
+            found.append((uid, base, subdir, name, size))
+        return state.uidvalidity, state.next_uid, found
+
+    def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
+        uidvalidity, uidnext, found = self._scan(self.folder(mailbox, folder))
+        messages = []
+        for uid, base, _, name, size in found:
             secs = base.partition(".")[0]  # names start with the delivery time
             received = float(secs) if secs.isdigit() else 0.0
             messages.append(StoredMessage(uid, base, size, flags_of(name), received))
-        return FolderListing(state.uidvalidity, state.next_uid, tuple(messages))
+        return FolderListing(uidvalidity, uidnext, tuple(messages))
 
     def _locate(self, md: Maildir, key: str) -> tuple[str, str]:
         if "/" in key or ":" in key or key in ("", ".", ".."):
@@ -268,3 +279,16 @@ class MaildirStore:
                 md.remove(*found)
             except FileNotFoundError:
                 pass
+
+    # -- POP3
+
+    def lock_mailbox(self, mailbox: Mailbox, owner: str) -> SessionLock | None:
+        md = self.maildir(mailbox)
+        if not md.exists():
+            md.ensure()
+        return SessionLock.acquire(md.path, owner, self.hostname, self.stale_after)
+
+    def open_maildrop(self, mailbox: Mailbox) -> MaildirMaildrop:
+        md = self.maildir(mailbox)
+        uidvalidity, _, found = self._scan(md)
+        return MaildirMaildrop(md, uidvalidity, found, self.dirsync)
