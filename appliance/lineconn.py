@@ -1,0 +1,301 @@
+"""The byte side of a line protocol (SMTP, POP3, IMAP): framing, replies, waiting, back-pressure.
+
+`LineConnection` is a Twisted protocol that knows nothing of any mail protocol; a subclass
+(appliance.smtp.connection, later POP3 and IMAP) supplies what it says through hooks. Here:
+- request lines end in CRLF and are bounded (line_limit()); a longer one is reported once to
+  line_too_long() and skipped up to the next CRLF, and the buffer never grows past the limit;
+- while in_data() says a body is being read (SMTP's DATA, an IMAP literal) the bytes go to
+  feed_data() instead;
+- while an asynchronous step runs (wait(d): a policy lookup, a login check, a commit) input
+  is held, and a client pipelining far past what a protocol needs is paused;
+- back-pressure: the connection is its transport's producer, so when a client has not read
+  more than the transport's buffer of replies (64 KiB) we stop answering until it drains,
+  and once MAX_PIPELINED more bytes wait unanswered we stop reading from it too (not at
+  once: a TLS layer pauses its producer while its handshake runs, and must go on reading
+  to finish it): memory per connection stays bounded whatever the client does;
+- replies made while one burst of input is handled go out in one write; a reply never
+  carries a control byte (whatever of the client's text a reply quotes is made printable,
+  clean());
+- the time limits are appliance.limits.Deadlines' (idle, whole request, greeting, body rate),
+  on one timer, which the subclass creates once connected (it says what a timeout answers);
+- errors the subclass counts (note_error()) past max_errors() end the connection through
+  too_many_errors(); an unexpected failure while waiting is logged and answered by
+  local_error().
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from appliance.limits import Deadlines
+from appliance.log import printable
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLContextFactory, ITransport
+
+CRLF = b"\r\n"
+MAX_PIPELINED = 256 * 1024  # bytes buffered while busy before we stop reading
+
+
+class Transport(Protocol):
+    """What a connection uses of its transport: ITransport's write/loseConnection/getPeer,
+    IPushProducer's pause/resume, ITLSTransport's startTLS and, under TLS, getHandle()
+    (no single Twisted interface has them all)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...  # noqa: N802 (Twisted's API)
+
+    def abortConnection(self) -> None: ...  # noqa: N802
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...  # noqa: N802
+
+    def getPeer(self) -> object: ...  # noqa: N802
+
+    def pauseProducing(self) -> None: ...  # noqa: N802
+
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+    def startTLS(self, context_factory: IOpenSSLContextFactory) -> None: ...  # noqa: N802
+
+    def getHandle(self) -> SSL.Connection: ...  # noqa: N802
+
+
+@implementer(IPushProducer)
+class LineConnection(protocol.Protocol):
+    """CRLF framing with bounded lines, batched replies, waiting on Deferreds, deadlines.
+
+    A subclass supplies line_received() and line_limit(), and says what the protocol answers
+    in line_too_long(), too_many_errors() and local_error(); in_data()/feed_data(),
+    utf8_replies() and max_errors() have defaults.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.skipping = False  # discarding an over-long request line up to its CRLF
+        self.busy = False  # an asynchronous step is running: hold further requests
+        self.paused = False  # reading stopped: too much pipelined while busy or write-blocked
+        self.write_blocked = False  # the client is not reading its replies
+        self.deadlines: Deadlines | None = None  # set by the subclass once connected
+        self.out: list[bytes] | None = None  # replies held back while process() runs
+        self.closing = False
+        self.errors = 0
+        self.peer_ip = "unknown"  # the client's address, once connected
+        self.link: Transport | None = None  # the transport, once connected
+
+    @property
+    def reading_stopped(self) -> bool:
+        """Whether the transport has been asked to stop reading (the same as paused)."""
+        return self.paused
+
+    def makeConnection(self, transport: ITransport) -> None:  # noqa: N802 (Twisted's API)
+        # self.transport, typed as what we use of it; kept once rather than cast on each use
+        self.link = cast(Transport, transport)
+        self.link.registerProducer(self, True)
+        super().makeConnection(transport)
+
+    # ------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's API)
+        """The transport holds a full buffer of replies the client has not read."""
+        self.write_blocked = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.write_blocked = False
+        if self.paused and not self.busy:
+            self._resume_reading()
+        if not self.closing and self.link is not None:
+            self.process()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass  # the connection is going away: connectionLost cleans up
+
+    def _pause_reading(self) -> None:
+        self.paused = True
+        if self.link is not None:
+            self.link.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        self.paused = False
+        if self.link is not None:
+            self.link.resumeProducing()
+
+    # ------------------------------------------------------------------ hooks for the protocol
+
+    def line_received(self, raw: bytes) -> None:
+        """One request line, without its CRLF (may contain a bare CR or LF)."""
+        raise NotImplementedError
+
+    def line_limit(self) -> int:
+        """The longest request line accepted, CRLF included."""
+        raise NotImplementedError
+
+    def in_data(self) -> bool:
+        """Whether a body (SMTP's DATA, a literal) is being read: feed_data() takes the bytes."""
+        return False
+
+    def feed_data(self) -> bool:
+        """Consume body bytes from self.buffer; True once the body has ended (line framing
+        resumes), False while more is needed (leave an unfinished part in self.buffer)."""
+        raise NotImplementedError
+
+    def line_too_long(self) -> None:
+        """Answer a request line longer than line_limit() (once per line; it is skipped).
+        Counting it as an error (note_error()) is the hook's to do."""
+        raise NotImplementedError
+
+    def max_errors(self) -> int:
+        """How many errors note_error() takes before too_many_errors()."""
+        return 20
+
+    def too_many_errors(self) -> None:
+        """Past max_errors(): say so and close_connection()."""
+        self.close_connection()
+
+    def local_error(self, what: str) -> None:
+        """Answer the request whose asynchronous step (what) failed unexpectedly; the failure
+        itself has been logged."""
+        raise NotImplementedError
+
+    def utf8_replies(self) -> bool:
+        """Whether replies may carry UTF-8 (otherwise clean() keeps them ASCII)."""
+        return False
+
+    # ------------------------------------------------------------------ output
+
+    def send_line(self, line: str) -> None:
+        if not line.isascii() or not line.isprintable():
+            line = self.clean(line)
+        link = self.link
+        if link is not None and not self.closing:
+            if self.out is not None:  # inside process(): one write for all its replies
+                self.out.append(line.encode("utf-8") + CRLF)
+            else:
+                link.write(line.encode("utf-8") + CRLF)
+
+    def clean(self, line: str) -> str:
+        """A reply quoting client text made safe: control bytes (and, unless utf8_replies(),
+        anything outside ASCII) shown as '?'."""
+        if self.utf8_replies():
+            return printable(line, len(line))
+        return "".join(c if " " <= c <= "~" else "?" for c in line)
+
+    def flush(self) -> None:
+        """Send the replies gathered in process(): one write, one wake-up of the socket."""
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            link = self.link
+            if link is not None:
+                link.write(data)
+
+    def close_connection(self) -> None:
+        self.flush()  # the last reply before the FIN
+        self.closing = True
+        link = self.link
+        if link is not None:
+            link.loseConnection()
+
+    def note_error(self) -> None:
+        """Count one error reply; past max_errors() (and not closing yet) too_many_errors()."""
+        self.errors += 1
+        if self.errors > self.max_errors() and not self.closing:
+            self.too_many_errors()
+
+    # ------------------------------------------------------------------ input
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's API)
+        if self.closing:
+            return
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.input()
+            if deadlines.data_end is not None:
+                deadlines.data_received(len(data))
+        self.buffer += data
+        self.process()
+
+    def process(self) -> None:
+        """Handle whatever complete input is buffered, until something asynchronous starts.
+
+        Replies made meanwhile are sent together at the end (a pipelining client's whole
+        burst costs one write); a nested call leaves that to the outer one.
+        """
+        if self.out is not None:
+            self._process()
+            return
+        self.out = []
+        try:
+            self._process()
+        finally:
+            self.flush()
+            self.out = None
+
+    def _process(self) -> None:
+        deadlines = self.deadlines
+        while not self.busy and not self.closing and not self.write_blocked and self.buffer:
+            if self.in_data():
+                if not self.feed_data():
+                    return
+                if deadlines is not None:
+                    deadlines.request()
+                continue
+            limit = self.line_limit()
+            end = self.buffer.find(CRLF)
+            if self.skipping:
+                if end < 0:
+                    self.buffer = self.buffer[-1:]  # keep a CR that may start the CRLF
+                    return
+                self.buffer = self.buffer[end + 2 :]
+                self.skipping = False
+                continue
+            if end < 0:
+                if len(self.buffer) > limit:
+                    self.line_too_long()
+                    self.skipping = True
+                    self.buffer = self.buffer[-1:]
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+            if deadlines is not None:
+                deadlines.request()
+            if end + 2 > limit:
+                self.line_too_long()
+                continue
+            self.line_received(line)
+        if len(self.buffer) > MAX_PIPELINED and (self.busy or self.write_blocked):
+            # a client pipelining far past what the protocol needs while we wait (for a
+            # lookup, or for it to read its replies): stop reading
+            if not self.paused:
+                self._pause_reading()
+
+    def wait(self, d: defer.Deferred[Any], what: str) -> None:
+        """Hold input until d (which sends its own reply) has fired; a failure of d is logged
+        and answered by local_error(what)."""
+        self.busy = True
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.hold()
+
+        def resume(result: object) -> None:
+            self.busy = False
+            if deadlines is not None:
+                deadlines.release()
+            if self.link is not None and not self.closing:
+                if self.paused and not self.write_blocked:
+                    self._resume_reading()
+                self.process()
+
+        def unexpected(failure: Failure) -> None:
+            self.log.failure("{what} for {peer} failed", failure, what=what, peer=self.peer_ip)
+            self.local_error(what)
+
+        d.addErrback(unexpected).addBoth(resume)

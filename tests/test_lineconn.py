@@ -1,0 +1,258 @@
+"""LineConnection's generic byte side, driven through a tiny echo protocol over StringTransport."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
+
+from appliance.lineconn import MAX_PIPELINED, LineConnection
+
+LIMIT = 16  # the echo protocol's longest line, CRLF included
+
+
+class Recording(StringTransport):
+    """StringTransport (with its producer support) that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+class Echo(LineConnection):
+    """Echoes each line as `+line`; WAIT waits on a Deferred, LIT n reads n raw bytes,
+    BAD counts an error, QUIT closes."""
+
+    def __init__(self, errors: int = 3, utf8: bool = False) -> None:
+        super().__init__()
+        self.allowed_errors = errors
+        self.utf8 = utf8
+        self.too_long = 0
+        self.pending: list[defer.Deferred[None]] = []
+        self.literal: int | None = None
+        self.literals: list[bytes] = []
+
+    def line_limit(self) -> int:
+        return LIMIT
+
+    def line_received(self, raw: bytes) -> None:
+        if raw == b"WAIT":
+            d: defer.Deferred[None] = defer.Deferred()
+            self.pending.append(d)
+            self.wait(d.addCallback(lambda _: self.send_line("+OK waited")), "waiting")
+        elif raw.startswith(b"LIT "):
+            self.literal = int(raw[4:])
+        elif raw == b"BAD":
+            self.send_line("-ERR bad")
+            self.note_error()
+        elif raw == b"QUIT":
+            self.send_line("+OK bye")
+            self.close_connection()
+        else:
+            self.send_line("+" + raw.decode("utf-8", "replace"))
+
+    def in_data(self) -> bool:
+        return self.literal is not None
+
+    def feed_data(self) -> bool:
+        assert self.literal is not None
+        if len(self.buffer) < self.literal:
+            return False
+        self.literals.append(self.buffer[: self.literal])
+        self.buffer = self.buffer[self.literal :]
+        self.literal = None
+        self.send_line("+OK literal")
+        return True
+
+    def line_too_long(self) -> None:
+        self.too_long += 1
+        self.send_line("-ERR line too long")
+
+    def max_errors(self) -> int:
+        return self.allowed_errors
+
+    def too_many_errors(self) -> None:
+        self.send_line("-ERR too many errors")
+        self.close_connection()
+
+    def local_error(self, what: str) -> None:
+        self.send_line(f"-ERR local error ({what})")
+
+    def utf8_replies(self) -> bool:
+        return self.utf8
+
+
+def connect(errors: int = 3, utf8: bool = False) -> tuple[Echo, Recording]:
+    proto = Echo(errors, utf8)
+    transport = Recording()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def replies(transport: Recording) -> list[bytes]:
+    return transport.value().split(b"\r\n")[:-1]
+
+
+def test_lines_crlf_framed_each_handed_over_without_crlf() -> None:
+    """Lines end in CRLF; a partial line waits for its end; a bare LF stays inside a line."""
+    proto, t = connect()
+    proto.dataReceived(b"one\r\ntw")
+    assert replies(t) == [b"+one"]
+    proto.dataReceived(b"o\nx\r\n")
+    assert replies(t) == [b"+one", b"+two?x"]  # the echoed bare LF is made printable
+    assert proto.buffer == b""
+
+
+def test_line_at_limit_accepted_one_byte_more_rejected() -> None:
+    """line_limit() counts the CRLF: LIMIT bytes pass, LIMIT + 1 are too long."""
+    proto, t = connect()
+    proto.dataReceived(b"a" * (LIMIT - 2) + b"\r\n" + b"b" * (LIMIT - 1) + b"\r\nnext\r\n")
+    assert replies(t) == [b"+" + b"a" * (LIMIT - 2), b"-ERR line too long", b"+next"]
+    assert proto.too_long == 1
+
+
+def test_overlong_line_in_pieces_reported_once_skipped_buffer_bounded() -> None:
+    """An over-long line arriving in many pieces calls line_too_long() once, is skipped up to
+    its CRLF (even a CRLF split across pieces) and never grows the buffer past the limit."""
+    proto, t = connect()
+    for _ in range(100):
+        proto.dataReceived(b"x" * 1000)
+        assert len(proto.buffer) <= LIMIT
+    proto.dataReceived(b"xx\r")
+    proto.dataReceived(b"\nafter\r\n")
+    assert proto.too_long == 1
+    assert replies(t) == [b"-ERR line too long", b"+after"]
+    assert not proto.skipping
+
+
+def test_burst_of_lines_answered_in_one_write() -> None:
+    """All replies made while one dataReceived is handled go out in a single write."""
+    proto, t = connect()
+    proto.dataReceived(b"a\r\nb\r\nc\r\n")
+    assert t.writes == [b"+a\r\n+b\r\n+c\r\n"]
+
+
+def test_send_line_outside_process_written_at_once() -> None:
+    """A reply made outside input handling (a greeting, a timer) is written immediately."""
+    proto, t = connect()
+    proto.send_line("+OK hello")
+    assert t.writes == [b"+OK hello\r\n"]
+
+
+def test_wait_holds_input_until_deferred_fires_then_resumes_in_order() -> None:
+    """Lines after WAIT are not handled until its Deferred fires; then they are, in order."""
+    proto, t = connect()
+    proto.dataReceived(b"WAIT\r\na\r\n")
+    assert replies(t) == [] and proto.busy
+    proto.dataReceived(b"b\r\n")
+    assert replies(t) == []
+    proto.pending[0].callback(None)
+    assert replies(t) == [b"+OK waited", b"+a", b"+b"]
+    assert not proto.busy
+    # the Deferred's own reply is written when it fires; the held lines' go out together
+    assert t.writes == [b"+OK waited\r\n", b"+a\r\n+b\r\n"]
+
+
+def test_wait_failure_logged_answered_by_local_error(logged_errors: list[dict]) -> None:
+    """A failing Deferred is logged and answered by local_error(what); input then resumes."""
+    proto, t = connect()
+    proto.dataReceived(b"WAIT\r\na\r\n")
+    proto.pending[0].errback(RuntimeError("boom"))
+    assert replies(t) == [b"-ERR local error (waiting)", b"+a"]
+    assert len(logged_errors) == 1
+    logged_errors.clear()
+
+
+def test_literal_bytes_go_to_feed_data_then_lines_resume() -> None:
+    """While in_data() is true the bytes go to feed_data(), CRLFs and all, not to lines."""
+    proto, t = connect()
+    proto.dataReceived(b"LIT 7\r\nab\r")
+    assert replies(t) == []
+    proto.dataReceived(b"\ncd\r\nnext\r\n")
+    assert proto.literals == [b"ab\r\ncd\r"]
+    assert replies(t) == [b"+OK literal", b"+?next"]  # the literal's last byte opens the line
+
+
+def test_producer_paused_holds_processing_until_resumed() -> None:
+    """While the transport says its buffer is full (pauseProducing) no input is handled."""
+    proto, t = connect()
+    assert t.producer is proto and t.streaming
+    proto.pauseProducing()
+    proto.dataReceived(b"a\r\nb\r\n")
+    assert replies(t) == [] and proto.write_blocked
+    assert t.producerState == "producing"  # a little pipelining does not stop reading
+    proto.resumeProducing()
+    assert replies(t) == [b"+a", b"+b"]
+    assert not proto.write_blocked
+
+
+def test_pipelining_past_max_while_write_blocked_stops_reading() -> None:
+    """Past MAX_PIPELINED unanswered bytes while write-blocked, the transport is paused;
+    once the client reads its replies, reading resumes and everything is answered."""
+    proto, t = connect()
+    proto.pauseProducing()
+    n = MAX_PIPELINED // 3 + 1
+    proto.dataReceived(b"a\r\n" * n)
+    assert t.producerState == "paused"
+    assert proto.paused and proto.reading_stopped
+    proto.resumeProducing()
+    assert t.producerState == "producing"
+    assert not proto.paused and not proto.reading_stopped
+    assert replies(t) == [b"+a"] * n
+
+
+def test_pipelining_past_max_while_waiting_stops_reading_until_fired() -> None:
+    """Past MAX_PIPELINED bytes held behind a wait(), the transport is paused until the
+    Deferred fires; a blocked writer keeps it paused until it drains."""
+    proto, t = connect()
+    proto.dataReceived(b"WAIT\r\n")
+    n = MAX_PIPELINED // 3 + 1
+    proto.dataReceived(b"a\r\n" * n)
+    assert t.producerState == "paused" and proto.reading_stopped
+    proto.pauseProducing()
+    proto.resumeProducing()  # drained, but still busy: stays paused
+    assert t.producerState == "paused"
+    proto.pauseProducing()
+    proto.pending[0].callback(None)  # fired while write-blocked: still paused
+    assert t.producerState == "paused"
+    proto.resumeProducing()
+    assert t.producerState == "producing" and not proto.reading_stopped
+    assert replies(t) == [b"+OK waited"] + [b"+a"] * n
+
+
+@pytest.mark.parametrize(
+    ("utf8", "expected"),
+    [(False, "+a?[31m b? ?"), (True, "+a?[31m b? ü")],
+)
+def test_clean_control_bytes_and_non_ascii_shown_as_question_marks(
+    utf8: bool, expected: str
+) -> None:
+    """A reply never carries a control byte; non-ASCII only when utf8_replies()."""
+    proto, t = connect(utf8=utf8)
+    proto.dataReceived("a\x1b[31m b\x00 ü\r\n".encode())
+    assert t.value() == expected.encode() + b"\r\n"
+
+
+def test_too_many_errors_after_max_errors_closes() -> None:
+    """The error after max_errors() calls too_many_errors() once; later input is ignored."""
+    proto, t = connect(errors=3)
+    proto.dataReceived(b"BAD\r\n" * 3)
+    assert not t.disconnecting
+    proto.dataReceived(b"BAD\r\nBAD\r\na\r\n")
+    assert replies(t) == [b"-ERR bad"] * 4 + [b"-ERR too many errors"]
+    assert t.disconnecting and proto.closing
+    proto.dataReceived(b"b\r\n")
+    assert replies(t)[-1] == b"-ERR too many errors"
+
+
+def test_close_connection_flushes_pending_replies_first() -> None:
+    """close_connection() sends the replies of the burst, then loses the connection; the
+    lines pipelined behind it are not handled."""
+    proto, t = connect()
+    proto.dataReceived(b"a\r\nQUIT\r\nb\r\n")
+    assert t.writes == [b"+a\r\n+OK bye\r\n"]
+    assert t.disconnecting
