@@ -456,6 +456,28 @@ SCHEMA: dict[str, dict[str, Key]] = {
             integer(1, 1000), "30", "bounce a message with more Received headers (a loop)"
         ),
     },
+    "pop3": {
+        "listen": Key(addresses(110), "", "POP3 with STLS, e.g. 127.0.1.1:110"),
+        "pop3s_listen": Key(addresses(995), "", "POP3 over implicit TLS, e.g. 127.0.1.1:995"),
+        "max_command_line": Key(integer(255, 8192), "512", "longest command line, CRLF included"),
+        "idle_timeout": Key(duration, "10m", "close a client silent this long (RFC 1939: 10m+)"),
+        "command_timeout": Key(duration, "10m", "deadline for a whole command line"),
+        "login_timeout": Key(duration, "2m", "deadline from connect to a successful login"),
+        "stress_threshold": Key(
+            integer(1, 100), "80", "percent of max_connections in use that means stress"
+        ),
+        "stress_timeout": Key(duration, "10s", "every deadline under stress"),
+        "max_connections": Key(
+            integer(1, 100_000), "500", "concurrent POP3 connections, both ports together"
+        ),
+        "max_connections_per_ip": Key(
+            integer(1, 100_000), "50", "concurrent connections per client (IPv6: per /64)"
+        ),
+        "max_errors": Key(integer(1, 1000), "20", "bad commands before the connection closes"),
+        "lock_stale_after": Key(
+            duration, "5m", "a mailbox's session lock not refreshed this long is stale"
+        ),
+    },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
     },
@@ -638,6 +660,13 @@ def _cross_checks(
         for key in ("ldap_urls", "ldap_base_dn"):
             if key in auth and not auth[key]:
                 problems.append(f"{label}: [auth] {key}: required when backend = ldap")
+    pop3, smtp = sections["pop3"], sections["smtp"]
+    serves_smtp = any(smtp.get(k) for k in ("listen", "smtps_listen", "submission_listen"))
+    if (pop3.get("listen") or pop3.get("pop3s_listen")) and not serves_smtp:
+        problems.append(
+            f"{label}: [pop3] listen: POP3 serves the mailboxes SMTP delivers into and the "
+            "users of [auth]: configure [smtp] listen too"
+        )
     relay = sections["relay"]
     if relay.get("smarthost_user") and relay.get("smarthost_password_file") is None:
         problems.append(

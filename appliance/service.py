@@ -59,6 +59,8 @@ from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
 from appliance.paths import Paths
 from appliance.policy.sendmail import SendmailPolicy
+from appliance.pop3.factory import POP3Factory
+from appliance.pop3.settings import POP3Settings
 from appliance.queue.notices import Notices
 from appliance.queue.queue import Queue
 from appliance.queue.scheduler import RelayScheduler
@@ -387,12 +389,15 @@ def build_queue(
     retry_interval: float = 60.0,
     min_free_space: int = 0,
     events: Logger | None = None,
+    lock_stale_after: float = 300.0,
 ) -> tuple[Queue, MaildirStore]:
     """The queue over local delivery into the Maildir store under state_dir (tests and bench
     build theirs this way too)."""
     pool = WorkerPool(reactor, fsync_threads, name="queue")
     dirsync = DirSync()
-    store = MaildirStore(state_dir / "mail", hostname, dirsync=dirsync)
+    store = MaildirStore(
+        state_dir / "mail", hostname, dirsync=dirsync, stale_after=lock_stale_after
+    )
     queue = Queue(
         state_dir / "queue",
         local=LocalDelivery(store, pool),
@@ -584,6 +589,68 @@ def _owner(cfg: Config) -> dict[str, int]:
     return {"uid": pw.pw_uid, "gid": grp.getgrnam(group).gr_gid if group else pw.pw_gid}
 
 
+def pop3_enabled(config: Config) -> bool:
+    p = config.pop3
+    return bool(p.listen or p.pop3s_listen)
+
+
+def make_pop3_service(
+    prepared: Prepared,
+    store: MaildirStore,
+    pool: WorkerPool,
+    reactor: Any,
+    throttle: FailureThrottle,
+) -> service.MultiService:
+    """The 110 (STLS) and 995 listeners over the store the queue delivers into, sharing the
+    users, the login throttle and one set of connection slots."""
+    cfg = prepared.config
+    parts = prepared.mail
+    assert parts is not None, "POP3 needs the [auth] users that load_mail_parts() loads"
+    p = cfg.pop3
+    settings = POP3Settings(
+        hostname=cfg.appliance.hostname,
+        max_command_line=p.max_command_line,
+        limits=SessionLimits(
+            idle_timeout=p.idle_timeout,
+            command_timeout=p.command_timeout,
+            greeting_timeout=p.login_timeout,
+            stress_timeout=p.stress_timeout,
+            stress_threshold=p.stress_threshold / 100,
+        ),
+        max_connections=p.max_connections,
+        max_connections_per_ip=p.max_connections_per_ip,
+        max_errors=p.max_errors,
+        plaintext_networks=cfg.auth.plaintext_networks,
+        mechanisms=cfg.auth.mechanisms,
+    )
+    slots = ConnectionSlots(
+        p.max_connections, p.max_connections_per_ip, stress_threshold=p.stress_threshold / 100
+    )
+    tls = prepared.tls.context_factory
+    pop3 = service.MultiService()
+    pop3.setName("pop3")
+    events = mail_logger("pop3d")
+    for implicit, addresses, name in ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s")):
+        factory = POP3Factory(
+            settings,
+            implicit_tls=implicit,
+            store=store,
+            authenticator=parts.users.authenticator,
+            tls=tls,
+            throttle=throttle,
+            pool=pool,
+            events=events,
+            reactor=reactor,
+            slots=slots,
+        )
+        wrapped = TLSMemoryBIOFactory(tls, False, factory) if implicit else factory
+        for hp in addresses:
+            listener = strports.service(_tcp_endpoint(hp), wrapped, reactor=reactor)
+            listener.setName(f"{name} {hp}")
+            listener.setServiceParent(pop3)
+    return pop3
+
+
 def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
     """The tree; reactor (default: the installed one, which twistd installs first) provides
     every IReactor* interface the parts need, so it is not narrowed to one here."""
@@ -608,13 +675,14 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         if users_service is not None:
             users_service.setName("auth")
             users_service.setServiceParent(root)
-        queue, _store = build_queue(
+        queue, store = build_queue(
             paths.state_dir,
             cfg.appliance.hostname,
             reactor,
             fsync_threads=cfg.queue.fsync_threads,
             retry_interval=cfg.queue.retry_interval,
             min_free_space=cfg.smtp.min_free_space,
+            lock_stale_after=cfg.pop3.lock_stale_after,
         )
         relay_engine = engine if engine is not None else make_dns_engine(prepared, reactor)
         relay = make_relay(prepared, relay_engine, queue.pool, reactor)
@@ -628,6 +696,8 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         throttle.setName("throttle")
         throttle.setServiceParent(root)
         make_smtp_service(prepared, queue, reactor, engine, throttle).setServiceParent(root)
+        if pop3_enabled(cfg):
+            make_pop3_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:
             placeholder = service.MultiService()

@@ -103,7 +103,7 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
     missing = tmp_path / "missing.zone"
     assert problems_of(p) == [
         "lab.ini: [zone:example.test] file: no such file: " + str(missing),
-        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, log, tls, zone:NAME)",
+        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, log, tls, zone:NAME)",
         "lab.ini: [appliance] colour: unknown key (known keys: group, hostname, state_dir, user)",
         "lab.ini: [appliance] hostname: required key is missing",
         "lab.ini: [dns] listen: port must be 0-65535, got 99999",
@@ -213,3 +213,29 @@ def test_cli_help_on_every_level() -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "usage: mailappliance" in out.stdout
+
+
+def test_load_pop3_without_smtp_is_an_error(tmp_path: Path) -> None:
+    """POP3 reads the mailboxes SMTP fills, with its users: POP3 alone is refused, named."""
+    path = write(
+        tmp_path,
+        "[appliance]\nhostname = mail.163.com\n[dns]\nenabled = no\n"
+        "[pop3]\npop3s_listen = 127.0.1.1:995\n",
+    )
+    assert problems_of(path) == [
+        "lab.ini: [pop3] listen: POP3 serves the mailboxes SMTP delivers into and the users of "
+        "[auth]: configure [smtp] listen too"
+    ]
+
+
+def test_load_relay_smarthost_user_without_password_file_is_an_error(tmp_path: Path) -> None:
+    """A smarthost login needs its password file, and a smarthost to log in to."""
+    path = write(
+        tmp_path,
+        "[appliance]\nhostname = mail.163.com\n[dns]\nenabled = no\n"
+        "[relay]\nsmarthost_user = user3@sina.com\n",
+    )
+    assert problems_of(path) == [
+        "lab.ini: [relay] smarthost_password_file: required when smarthost_user is set",
+        "lab.ini: [relay] smarthost_user: set, but no smarthost to log in to",
+    ]

@@ -1,0 +1,282 @@
+"""POP3 logins: USER/PASS (RFC 1939) and AUTH (RFC 5034), through the shared LoginThrottle.
+
+PLAIN, LOGIN and USER/PASS send the password itself, so they are offered and accepted only
+under TLS or from [auth] plaintext_networks (otherwise `-ERR [AUTH] Plaintext authentication
+disallowed on non-secure connections`, Dovecot's words); CRAM-MD5 only when the Authenticator
+can check it. The SASL exchange is appliance.sasl's, with POP3's "+ " continuation. A client
+the throttle blocks gets `-ERR [SYS/TEMP]` without anything being checked; each login is
+admitted by the throttle before its credentials are checked, so parallel guesses count at
+once; a failed one is answered `-ERR [AUTH]` after the throttle's delay and logged once (for
+fail2ban); a backend that cannot answer gives `-ERR [SYS/TEMP]` and the attempt does not count.
+The session takes over once the credentials are good (locking the mailbox).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appliance.errors import ApplianceError
+from appliance.interfaces import Authenticator, LoginAttempt, SaslCredentials
+from appliance.ip import in_networks
+from appliance.log import printable
+from appliance.sasl import MAX_LINE, Challenge, SaslError, SaslExchange
+
+if TYPE_CHECKING:
+    from appliance.pop3.events import POP3Events
+    from appliance.pop3.factory import POP3Factory
+
+SASL_LINE_LIMIT = MAX_LINE + 2  # the framing limit (CRLF included) while an exchange runs
+PLAINTEXT_REFUSED = "[AUTH] Plaintext authentication disallowed on non-secure connections"
+
+
+class _Unthrottled:
+    """The attempt of a listener without a throttle: no delay, nothing to count."""
+
+    def failed(self) -> float:
+        return 0.0
+
+    def succeeded(self) -> None:
+        pass
+
+    def abandoned(self) -> None:
+        pass
+
+
+UNTHROTTLED = _Unthrottled()
+
+
+class AuthHost(Protocol):
+    """What the login dialogue needs of its session."""
+
+    factory: POP3Factory
+    peer_ip: str
+    tls_info: str | None  # not None once the connection is encrypted
+    busy: bool
+    events: POP3Events
+
+    def send_line(self, line: str) -> None: ...
+
+    def ok(self, text: str) -> None: ...
+
+    def err(self, text: str, close: bool = False) -> None: ...
+
+    def wait(self, d: defer.Deferred[Any], what: str) -> None: ...
+
+    def logged_in(self, login: str, method: str) -> defer.Deferred[None]: ...
+
+
+class POP3Auth:
+    """The login state of one session: the USER given, the SASL exchange under way."""
+
+    log = Logger()
+
+    def __init__(self, host: AuthHost) -> None:
+        self.host = host
+        self.user: bytes | None = None  # USER's argument, waiting for PASS
+        self.mechanism = ""  # of the login being checked: USER, PLAIN, LOGIN, CRAM-MD5
+        self.exchange: SaslExchange | None = None  # lines go here while it is set
+        self.failures = 0
+
+    # ------------------------------------------------------------------ what is offered
+
+    def plaintext_allowed(self) -> bool:
+        if self.host.tls_info is not None:
+            return True
+        return in_networks(self.host.peer_ip, self.host.factory.settings.plaintext_networks)
+
+    def cram_available(self) -> bool:
+        authenticator = self.host.factory.authenticator
+        return authenticator is not None and authenticator.cram_md5_available()
+
+    def offered_mechanisms(self) -> list[str]:
+        f = self.host.factory
+        if f.authenticator is None:
+            return []
+        s = f.settings
+        mechs = [m for m in s.mechanisms if m != "CRAM-MD5"] if self.plaintext_allowed() else []
+        if "CRAM-MD5" in s.mechanisms and self.cram_available():
+            mechs.append("CRAM-MD5")
+        return mechs
+
+    def user_offered(self) -> bool:
+        return self.host.factory.authenticator is not None and self.plaintext_allowed()
+
+    # ------------------------------------------------------------------ USER / PASS
+
+    def do_user(self, arg: bytes) -> None:
+        host = self.host
+        if host.factory.authenticator is None:
+            host.err("authentication not enabled")
+            return
+        if not self.plaintext_allowed():
+            host.err(PLAINTEXT_REFUSED)
+            return
+        if not arg or len(arg) > 255:
+            host.err("USER needs a user name")
+            return
+        self.user = arg
+        host.ok("")
+
+    def do_pass(self, arg: bytes) -> None:
+        host = self.host
+        user, self.user = self.user, None
+        if user is None:
+            host.err("no USER given")
+            return
+        if not self.plaintext_allowed():  # TLS cannot have gone away, but be sure
+            host.err(PLAINTEXT_REFUSED)
+            return
+        self.mechanism = "USER"
+        username = printable(user, 100)
+        self.check(UsernamePassword(user, arg), username)
+
+    # ------------------------------------------------------------------ AUTH
+
+    def do_auth(self, arg: str) -> None:
+        host = self.host
+        f = host.factory
+        if f.authenticator is None:
+            host.err("authentication not enabled")
+            return
+        if not arg:
+            # a listing of the mechanisms, as many servers answer a bare AUTH
+            host.send_line("+OK")
+            for mech in self.offered_mechanisms():
+                host.send_line(mech)
+            host.send_line(".")
+            return
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        if mech not in f.settings.mechanisms or (mech == "CRAM-MD5" and not self.cram_available()):
+            host.err("Unsupported authentication mechanism")
+            return
+        if mech != "CRAM-MD5" and not self.plaintext_allowed():
+            host.err(PLAINTEXT_REFUSED)
+            return
+        if self.refuse_blocked(""):
+            return
+        self.mechanism = mech
+        self.exchange = SaslExchange(
+            mech, f.settings.hostname, initial.strip() or None, mechanisms=f.settings.mechanisms
+        )
+        self.advance(None)
+
+    def line_received(self, raw: bytes) -> None:
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            self.exchange = None
+            self.host.err("Malformed authentication response")
+            return
+        self.advance(line)
+
+    def advance(self, line: str | None) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        step = exchange.step(line)
+        if isinstance(step, Challenge):
+            self.host.send_line(f"+ {step.text}")
+            return
+        self.exchange = None  # later lines are commands again
+        if isinstance(step, SaslError):
+            if step.code == 535:  # a PLAIN authzid that is not the user: a failed login
+                self.check(None, step.text)
+                return
+            self.host.err(step.text)
+            return
+        self.check(step.credentials, printable(step.username, 100))
+
+    # ------------------------------------------------------------------ the check
+
+    def refuse_blocked(self, username: str) -> bool:
+        """A client the throttle blocks is refused without anything checked (and closed)."""
+        host = self.host
+        throttle = host.factory.throttle
+        if throttle is None or not throttle.blocked(host.peer_ip):
+            return False
+        host.events.auth_refused(username, self.mechanism or "USER")
+        host.err("[SYS/TEMP] Too many failed logins", close=True)
+        return True
+
+    def refused(self, username: str) -> None:
+        host = self.host
+        if self.refuse_blocked(username):
+            return
+        host.events.auth_refused(username, self.mechanism)
+        host.err("[SYS/TEMP] Too many failed logins for this user, try again later")
+
+    def check(self, credentials: SaslCredentials | None, username: str) -> None:
+        """Admit the login with the throttle, then check credentials (None: known bad)."""
+        host = self.host
+        f = host.factory
+        authenticator = f.authenticator
+        if authenticator is None:
+            host.err("authentication not enabled")
+            return
+        if self.refuse_blocked(username):
+            return
+        if f.throttle is None:
+            admitted: defer.Deferred[LoginAttempt | None] = defer.succeed(UNTHROTTLED)
+        else:
+            admitted = f.throttle.admit(host.peer_ip, username)
+
+        def checked(attempt: LoginAttempt | None) -> defer.Deferred[None] | None:
+            if attempt is None:
+                self.refused(username)
+                return None
+            if credentials is None:
+                return self.login_failed(username, attempt)
+            return self._authenticate(authenticator, credentials, username, attempt)
+
+        host.wait(admitted.addCallback(checked), "authentication")
+
+    def _authenticate(
+        self,
+        authenticator: Authenticator,
+        credentials: SaslCredentials,
+        username: str,
+        attempt: LoginAttempt,
+    ) -> defer.Deferred[None]:
+        host = self.host
+        d = defer.maybeDeferred(authenticator.authenticate, credentials)
+
+        def ok(login: str) -> defer.Deferred[None]:
+            # a good password counts as a success even if the mailbox turns out to be locked
+            attempt.succeeded()
+            return host.logged_in(login, self.mechanism)
+
+        def bad(failure: Failure) -> defer.Deferred[None] | None:
+            if failure.check(UnauthorizedLogin):
+                return self.login_failed(username, attempt)
+            attempt.abandoned()
+            if failure.check(ApplianceError):
+                self.log.warn(
+                    "authentication backend unavailable: {reason}", reason=failure.getErrorMessage()
+                )
+            else:
+                self.log.failure("authentication backend failed", failure)
+            host.err("[SYS/TEMP] Temporary authentication failure")
+            return None
+
+        return d.addCallbacks(ok, bad)
+
+    def login_failed(self, username: str, attempt: LoginAttempt) -> defer.Deferred[None]:
+        """-ERR [AUTH] after the throttle's delay; one fail2ban-friendly event."""
+        host = self.host
+        delay = attempt.failed()
+        self.failures += 1
+        host.events.auth_failed(username, self.mechanism, self.failures)
+        answer: defer.Deferred[None] = defer.Deferred()
+        if delay <= 0:
+            answer.callback(None)
+        else:
+            host.factory.reactor.callLater(delay, answer.callback, None)
+        answer.addCallback(lambda _: host.err("[AUTH] Authentication failed"))
+        return answer
