@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IOpenSSLContextFactory, ITransport
 
 CRLF = b"\r\n"
+MAX_BATCH = 64 * 1024  # reply bytes gathered in one process() before they are written
 MAX_PIPELINED = 256 * 1024  # bytes buffered while busy before we stop reading
 
 
@@ -87,6 +88,7 @@ class LineConnection(protocol.Protocol):
         self.write_blocked = False  # the client is not reading its replies
         self.deadlines: Deadlines | None = None  # set by the subclass once connected
         self.out: list[bytes] | None = None  # replies held back while process() runs
+        self.out_bytes = 0  # their size
         self.closing = False
         self.errors = 0
         self.peer_ip = "unknown"  # the client's address, once connected
@@ -178,7 +180,13 @@ class LineConnection(protocol.Protocol):
         link = self.link
         if link is not None and not self.closing:
             if self.out is not None:  # inside process(): one write for all its replies
-                self.out.append(line.encode("utf-8") + CRLF)
+                data = line.encode("utf-8") + CRLF
+                self.out.append(data)
+                self.out_bytes += len(data)
+                if self.out_bytes >= MAX_BATCH:
+                    # a burst of pipelined commands: its replies go out in slices, so the
+                    # transport can push back (write_blocked) before they pile up
+                    self.flush()
             else:
                 link.write(line.encode("utf-8") + CRLF)
 
@@ -194,6 +202,7 @@ class LineConnection(protocol.Protocol):
         if self.out:
             data = b"".join(self.out)
             self.out.clear()
+            self.out_bytes = 0
             link = self.link
             if link is not None:
                 link.write(data)

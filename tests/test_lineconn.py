@@ -6,7 +6,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
-from appliance.lineconn import MAX_PIPELINED, LineConnection
+from appliance.lineconn import MAX_BATCH, MAX_PIPELINED, LineConnection
 
 LIMIT = 16  # the echo protocol's longest line, CRLF included
 
@@ -256,3 +256,35 @@ def test_close_connection_flushes_pending_replies_first() -> None:
     proto.dataReceived(b"a\r\nQUIT\r\nb\r\n")
     assert t.writes == [b"+a\r\n+OK bye\r\n"]
     assert t.disconnecting
+
+
+class Pushing(Recording):
+    """A transport whose buffer 'fills' at the first write past `full` bytes: it pauses its
+    producer there, as Twisted's FileDescriptor.write does past its bufferSize."""
+
+    def __init__(self, full: int) -> None:
+        super().__init__()
+        self.full = full
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if sum(map(len, self.writes)) > self.full and self.producer is not None:
+            self.producer.pauseProducing()
+
+
+def test_huge_burst_replies_sliced_so_the_transport_can_push_back() -> None:
+    """A burst whose replies exceed MAX_BATCH is written in slices; once the transport says
+    it is full, the rest of the burst waits (replies never pile up past one slice)."""
+    proto = Echo()
+    t = Pushing(full=MAX_BATCH)
+    proto.makeConnection(t)
+    n = 3 * MAX_BATCH // 4  # '+a\r\n' replies: 3 x MAX_BATCH bytes of them
+    proto.dataReceived(b"a\r\n" * n)
+    assert len(t.writes) >= 2
+    assert max(map(len, t.writes)) <= MAX_BATCH + 8
+    answered = sum(map(len, t.writes)) // 4
+    assert proto.write_blocked and answered < n
+    proto.resumeProducing()
+    t.full = 1 << 30
+    proto.resumeProducing()
+    assert replies(t) == [b"+a"] * n
