@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/163.ini
-DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop
 STAMP := $(VENV)/.installed
 
 .PHONY: run lab test venv debs lint typecheck clean
