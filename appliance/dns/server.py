@@ -203,7 +203,11 @@ class ForwardCache:
 
 
 class _UpstreamUDP(protocol.DatagramProtocol):
-    """One query on its own ephemeral port (source-port randomisation against spoofing)."""
+    """One query on its own ephemeral port (source-port randomisation against spoofing).
+
+    The socket is connected to the forwarder: the kernel then passes only its datagrams,
+    and a forwarder that is down (ICMP port unreachable) fails the query at once rather
+    than after the whole timeout (the lab's other appliance stopped: 2 s per lookup)."""
 
     def __init__(self, server: tuple[str, int], query: bytes, qid: int) -> None:
         self.server = server
@@ -211,8 +215,21 @@ class _UpstreamUDP(protocol.DatagramProtocol):
         self.qid = qid
         self.deferred: defer.Deferred[bytes] = defer.Deferred()
 
-    def startProtocol(self) -> None:
-        self.transport.write(self.query, self.server)
+    def startProtocol(self) -> None:  # noqa: N802 (Twisted's API)
+        self.transport.connect(*self.server)
+        self.transport.write(self.query, None)
+
+    def connectionRefused(self) -> None:  # noqa: N802 (Twisted's API)
+        self._refused()
+
+    def stopProtocol(self) -> None:  # noqa: N802 (Twisted's API)
+        # Twisted's epoll reactor reports the ICMP error of a connected UDP socket as the
+        # port's end rather than connectionRefused(): before an answer, that is a refusal
+        self._refused()
+
+    def _refused(self) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(ConnectionRefusedError(f"{self.server[0]}:{self.server[1]}"))
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         if (

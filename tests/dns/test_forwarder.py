@@ -144,6 +144,17 @@ def test_forwarder_silent_server_times_out() -> None:
 
 
 @pytest_twisted.inlineCallbacks
+def test_forwarder_down_refused_at_once_not_timed_out() -> None:
+    """A forwarder with nothing on its port (the other lab appliance stopped): the query
+    fails on the ICMP refusal, not after forward_timeout (each lookup used to wait it out)."""
+    from tests.conftest import free_port
+
+    fwd = forwarder(free_port("127.0.0.1"), timeout=30)
+    with pytest.raises(LookupError, match="ConnectionRefusedError"):
+        yield fwd.resolve(b"x.example.org", dns.A, dns.IN)
+
+
+@pytest_twisted.inlineCallbacks
 def test_forwarder_through_engine_end_to_end(upstream) -> None:
     """Engine + forwarder: a loopback client's foreign question is answered with RA."""
     engine = DNSEngine(
