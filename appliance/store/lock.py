@@ -75,11 +75,16 @@ def node_id() -> str:
     return f"{boot}/{namespace}"
 
 
-def process_start(pid: int) -> str:
-    """The process's start time in clock ticks after boot, "" if unknown (or no process)."""
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (state) on; [] if there is no such process."""
     stat = _read_text(f"/proc/{pid}/stat")
     # the command name (field 2) may hold spaces and parentheses: count after the last ')'
-    fields = stat.rpartition(")")[2].split()
+    return stat.rpartition(")")[2].split()
+
+
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks after boot, "" if unknown (or no process)."""
+    fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else ""
 
 
@@ -93,6 +98,9 @@ def pid_alive(pid: int, start: str = "") -> bool:
         return False
     except PermissionError:
         pass  # it exists, as another user
+    fields = _stat_fields(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # killed, not yet reaped by its parent: it holds nothing any more
     if start:
         now = process_start(pid)
         if now and now != start:

@@ -270,3 +270,25 @@ def test_lock_held_by_another_process_then_killed_taken_over(tmp_path: Path) -> 
             child.stdin.close()
         if child.stdout is not None:
             child.stdout.close()
+
+
+def test_pid_alive_zombie_counts_as_dead() -> None:
+    """A lock holder killed but not yet reaped by its parent (a zombie) holds nothing: its
+    lock is taken over at once, not after stale_after."""
+    import signal
+
+    from appliance.store.lock import pid_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            stat = open(f"/proc/{child.pid}/stat").read()
+            if stat.rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait()
