@@ -492,15 +492,20 @@ class POP3Session(LineConnection):
             self.wait(defer.ensureDeferred(self._stream(msg, int(lines))), "TOP")
 
     async def _stream(self, msg: MaildropMessage, lines: int | None) -> None:
-        """RETR (lines None) or TOP: the message in chunks, as fast as the client reads."""
+        """RETR (lines None) or TOP: the message in chunks, as fast as the client reads.
+
+        A message that fits one chunk (most) costs one worker job: open, read, close."""
         pool = self.factory.pool
         maildrop = self.maildrop
         assert maildrop is not None
         try:
-            fh: BinaryIO = await pool.run(maildrop.open, msg.number)
+            first: tuple[bytes | None, BinaryIO | None] = await pool.run(
+                _open_first, maildrop, msg.number
+            )
         except FileNotFoundError:
             self.err(f"[SYS/TEMP] message {msg.number} was removed meanwhile")
             return
+        chunk, fh = first
         try:
             self.ok(f"{msg.size} octets" if lines is None else "")
             stuffer = DotStuffer()
@@ -510,12 +515,16 @@ class POP3Session(LineConnection):
                 if self.write_blocked:
                     await self.drained()
                     continue
-                chunk: bytes = await pool.run(fh.read, CHUNK)
-                if not chunk:
-                    break
+                if chunk is None:
+                    if fh is None:
+                        break
+                    chunk = await pool.run(fh.read, CHUNK)
+                    if not chunk:
+                        break
                 if cut is not None:
                     chunk = cut.feed(chunk)
                 data = stuffer.feed(chunk)
+                chunk = None
                 sent += len(data)
                 self.write_raw(data)
                 if cut is not None and cut.done:
@@ -537,7 +546,8 @@ class POP3Session(LineConnection):
             )
             self.close_connection()
         finally:
-            pool.run(fh.close).addErrback(lambda f: self.log.failure("closing failed", f))
+            if fh is not None:
+                pool.run(fh.close).addErrback(lambda f: self.log.failure("closing failed", f))
 
     # ------------------------------------------------------------------ back-pressure
 
@@ -645,3 +655,18 @@ COMMANDS: dict[str, Command] = {
     "RSET": Command(POP3Session.do_rset, _TRANS),
     "NOOP": Command(POP3Session.do_noop, _TRANS),
 }
+
+
+def _open_first(maildrop: Maildrop, number: int) -> tuple[bytes, BinaryIO | None]:
+    """Worker thread: the message's first chunk, and the open file if more may follow
+    (None: it was all of it, and the file is closed already)."""
+    fh = maildrop.open(number)
+    try:
+        first = fh.read(CHUNK)
+        if len(first) < CHUNK:  # a short read of a file: its end
+            fh.close()
+            return first, None
+    except BaseException:
+        fh.close()
+        raise
+    return first, fh

@@ -1,0 +1,610 @@
+#!/usr/bin/env python3
+"""POP3 load: RETR of N 1 KB messages by 1 client and by C clients, ours beside Dovecot 2.3.
+
+    .venv/bin/python bench/pop3_load.py [--messages 2000] [--clients 10] [--reps 3]
+        [--size 1024] [--timeout 120] [--keep]
+
+Ours: the mail.163.com lab appliance (`twistd -n mailappliance`, as tests/integration/
+conftest.py's make_lab does): etc/ copied into a temporary folder with the lab config unchanged
+(passwd-file, `[auth] plaintext_networks = 127.0.0.0/8 ::1`), only the ports moved to free high
+ports on 127.0.1.1. Before it starts, `mailappliance --config INI user add --password-stdin`
+adds popbench01..popbenchC@163.com (password <user>pass, like the lab users).
+
+Dovecot: a private Dovecot 2.3 configured as ../shared/bench/pop3_dovecot.sh configures its own
+(nothing from /etc/dovecot; passwd-file users with {PLAIN} passwords, uid/gid 65534, `ssl = no`,
+`disable_plaintext_auth = no`, mail_location = maildir:<root>/mail/%n) with its root in the
+same temporary folder, POP3 on a free port of 127.0.0.1. That script fills and measures its own
+single mailbox, so it cannot be pointed at ours: this one writes the same config and passwd
+lines for every mailbox used here.
+
+Mailboxes: user1@163.com (lab user) holds N messages, for the 1-client load; popbench01..C hold
+N/C each, for the C-client load. The messages are written directly into new/ (tmp/ then
+rename), the same file names and bytes for both servers: our Maildir is the appliance's
+state_dir/mail/163.com/<user>/Maildir, Dovecot's is an identical copy (chowned to 65534, since
+Dovecot moves new/ to cur/ and writes its indexes and uidlist into the folder, which would also
+change what ours sees). Each message is SIZE bytes in all, CRLF line ends (as our store keeps
+mail), named like Dovecot names them (`<secs>.M<usecs>P<pid>Q<n>.bench,S=<size>`).
+
+Both servers are read in plain POP3 (USER/PASS, no TLS) from loopback, which the lab config
+allows. No DELE: every repetition reads the same messages. Before the repetitions, one
+untimed session per mailbox and server (STAT, UIDL, one RETR) lets each server build its
+index/UID state, so every timed session is a "warm" one (the README's Dovecot figure is the
+second session too).
+
+One load: each client is a process (poplib), logs in (one login at a time, since our login
+throttle counts logins in flight) and STATs before the clock; then all start together and each
+RETRs all its messages in order. msgs/s = messages / (first RETR sent -> last RETR answered,
+over all clients). Each repetition runs ours and Dovecot, alternating which goes first, each
+with 1 client then C clients; the load average is printed before each load, a progress line a
+second while it runs, then the raw row (messages, seconds, msg/s, our appliance's CPU: all
+threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
+and the ratios ours/Dovecot for 1 and C clients (the bar: >= 0.8x with one client).
+Progress goes to stderr, results to stdout. Both servers are stopped at the end, on error and
+on Ctrl-C/SIGTERM (TERM, bounded wait, KILL). Every load stops at --timeout, each server's
+start at 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import poplib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for p in (str(REPO / "bench"), str(REPO)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import relay_load as rl  # noqa: E402  (CPU sampling, lab start; same style)
+
+DOMAIN = "163.com"
+SINGLE = ("user1", "user1pass")  # lab user (README: password = user + "pass")
+DV_UID = DV_GID = 65534
+BAR = 0.8
+STOP_WAIT = 15.0
+
+
+def say(msg: str) -> None:
+    rl.say(msg)
+
+
+def loadavg() -> str:
+    return rl.loadavg()
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def make_messages(n: int, size: int, tag: str) -> list[tuple[str, bytes]]:
+    """n (name, bytes) of exactly size bytes (at least the headers), CRLF line ends."""
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        head = (
+            "Return-Path: <a@example.test>\r\n"
+            "From: a@example.test\r\n"
+            f"To: {tag}@{DOMAIN}\r\n"
+            f"Subject: bench message {i}\r\n"
+            f"Message-ID: <{now}.{i}.{tag}@bench.localdomain>\r\n"
+            "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+            "\r\n"
+        ).encode()
+        left = max(size - len(head), 0)
+        line = b"x" * 75 + b"\r\n"
+        body = (line * (left // len(line) + 1))[:left]
+        if left >= 2:
+            body = body[:-2] + b"\r\n"
+        data = head + body
+        out.append((f"{now}.M{i:06d}P{os.getpid()}Q{i + 1}.bench,S={len(data)}", data))
+    return out
+
+
+def fill(maildir: Path, messages: list[tuple[str, bytes]]) -> None:
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, data in messages:
+        tmp = maildir / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, maildir / "new" / name)
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for d, dirs, files in os.walk(root):
+        for x in dirs + files:
+            os.chown(os.path.join(d, x), uid, gid)
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+@dataclass
+class Server:
+    label: str
+    host: str
+    port: int
+    user_fmt: str  # how a mailbox's login name is written: "{u}@163.com" or "{u}"
+    pid: int | None = None  # whose CPU we sample (ours)
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.recv(100)
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def stop_proc(proc: subprocess.Popen | None, name: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        say(f"{name} pid {proc.pid} did not stop in {STOP_WAIT:g} s: KILL")
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+DOVECOT_CONF = """\
+# private benchmark instance (as ../shared/bench/pop3_dovecot.sh): nothing from /etc/dovecot
+instance_name = pop3-load-dovecot
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = 100
+mail_location = maildir:{root}/mail/%n
+pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {root}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {root}/passwd
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
+
+
+def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
+    for sub in ("run", "state", "mail", "home"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chown(root / "mail", DV_UID, DV_GID)
+    lines = []
+    for u, pw in users:
+        home = root / "home" / u
+        home.mkdir(exist_ok=True)
+        os.chown(home, DV_UID, DV_GID)
+        lines.append(f"{u}:{{PLAIN}}{pw}:{DV_UID}:{DV_GID}::{home}::\n")
+    passwd = root / "passwd"
+    passwd.write_text("".join(lines))
+    shutil.chown(passwd, "root", "dovecot")  # the auth process runs as dovecot
+    passwd.chmod(0o640)
+    conf = root / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(root=root, port=port))
+    r = subprocess.run(
+        ["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True, timeout=30
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"doveconf rejected {conf}:\n{r.stderr[-2000:]}")
+    return conf
+
+
+def dovecot_version() -> str:
+    try:
+        return subprocess.run(
+            ["dovecot", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+def client(
+    idx: int,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    login_lock,
+    ready,
+    go,
+    progress,
+    results,
+    timeout: float,
+) -> None:
+    """One POP3 client (a process): login + STAT, then on `go` RETR 1..n; results[idx]."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (TERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with login_lock:
+            pop = poplib.POP3(host, port, timeout=timeout)
+            pop.user(user)
+            pop.pass_(password)
+        count, _size = pop.stat()
+        ready.release()
+        if not go.wait(timeout):
+            raise TimeoutError("no start signal")
+        octets = 0
+        t0 = time.monotonic()
+        for i in range(1, count + 1):
+            _resp, lines, n = pop.retr(i)
+            octets += n
+            progress[idx] = i
+        t1 = time.monotonic()
+        pop.quit()
+        results.put((idx, count, octets, t0, t1, ""))
+    except Exception as e:  # reported by the parent
+        results.put((idx, 0, 0, 0.0, 0.0, f"{type(e).__name__}: {e}"[:200]))
+        ready.release()
+
+
+@dataclass
+class Outcome:
+    server: str
+    clients: int
+    messages: int
+    load1: str
+    done: int = 0
+    seconds: float | None = None
+    cpu: str = ""
+    error: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        if self.seconds and self.done == self.messages and not self.error:
+            return self.messages / self.seconds
+        return None
+
+
+def one_load(
+    srv: Server, boxes: list[tuple[str, str, int]], timeout: float, cpu: rl.CPU | None
+) -> Outcome:
+    """C client processes, one per mailbox (user, password, messages expected)."""
+    ctx = mp.get_context("fork")
+    n = len(boxes)
+    expected = sum(b[2] for b in boxes)
+    out = Outcome(srv.label, n, expected, loadavg())
+    lock, ready, go = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
+    progress = ctx.Array("i", n, lock=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=client,
+            args=(i, srv.host, srv.port, srv.user_fmt.format(u=u), pw, lock, ready, go)
+            + (progress, results, timeout),
+            daemon=True,
+        )
+        for i, (u, pw, _c) in enumerate(boxes)
+    ]
+    rows: dict[int, tuple] = {}
+    finished = False
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 60
+        for _ in procs:
+            if not ready.acquire(timeout=max(deadline - time.monotonic(), 0.01)):
+                raise SystemExit(f"{srv.label}: clients not logged in within 60 s")
+        start = cpu.sample() if cpu else None
+        if cpu:
+            cpu.mark()
+        t_go = time.monotonic()
+        go.set()
+        next_tick = t_go + 1.0
+        deadline = t_go + timeout
+        while len(rows) < n:
+            try:
+                r = results.get(timeout=0.05)
+                rows[r[0]] = r
+            except Exception:  # queue.Empty
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                out.error = f"load deadline ({timeout:g} s) reached"
+                break
+            if now >= next_tick:
+                next_tick += 1.0
+                extra = f"  {fmt_cpu(cpu.since())}" if cpu else ""
+                print(
+                    f"    {srv.label} {n} client(s) {now - t_go:5.1f}s"
+                    f" retrieved {sum(progress):>6}/{expected}{extra}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if cpu and start:
+            out.cpu = fmt_cpu(cpu.since(start))
+        finished = not out.error
+    finally:
+        for p in procs:  # after an error or Ctrl-C, no waiting: TERM at once
+            p.join(timeout=5 if finished else 0)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    errs = [r[5] for r in rows.values() if r[5]]
+    if errs and not out.error:
+        out.error = f"{len(errs)} client(s) failed: {errs[0]}"
+    good = [r for r in rows.values() if not r[5]]
+    out.done = sum(r[1] for r in good)
+    if good:
+        out.seconds = max(r[4] for r in good) - min(r[3] for r in good)
+    if out.done != expected and not out.error:
+        out.error = f"retrieved {out.done}, expected {expected}"
+    return out
+
+
+def fmt_cpu(c: dict[str, float]) -> str:
+    return f"ours cpu {c['ours']:3.0f}% (main thread {c['ours main']:3.0f}%)"
+
+
+def warm(srv: Server, boxes: list[tuple[str, str, int]]) -> None:
+    """One untimed session per mailbox: STAT, UIDL and one RETR (index/UID state built)."""
+    for u, pw, count in boxes:
+        pop = poplib.POP3(srv.host, srv.port, timeout=60)
+        try:
+            pop.user(srv.user_fmt.format(u=u))
+            pop.pass_(pw)
+            got, _ = pop.stat()
+            if got != count:
+                raise SystemExit(f"{srv.label}: {u} has {got} messages, expected {count}")
+            pop.uidl()
+            if count:
+                pop.retr(1)
+        finally:
+            pop.quit()
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return format(x, spec) if x is not None else "-"
+
+
+def describe(o: Outcome) -> str:
+    return (
+        f"{o.server:>8} {o.clients:>2} client(s): {o.done}/{o.messages} msgs in"
+        f" {fmt(o.seconds, '.3f')} s = {fmt(o.rate)} msg/s"
+        + (f"  {o.cpu}" if o.cpu else "")
+        + (f"  ERROR {o.error}" if o.error else "")
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="pop3-bench-"))
+    work.chmod(0o755)  # Dovecot's processes (dovecot, 65534) must reach their folders
+    ours = None
+    dv_proc: subprocess.Popen | None = None
+    results: list[tuple[int, Outcome, Outcome, Outcome, Outcome]] = []
+    per = args.messages // args.clients
+    multi = [(f"popbench{i:02d}", f"popbench{i:02d}pass", per) for i in range(1, args.clients + 1)]
+    single = [(SINGLE[0], SINGLE[1], args.messages)]
+    try:
+        # ---- ours: the lab's 163 appliance, ports moved
+        lab = rl.lab_appliances(work / "lab")
+        ours = lab["163"]
+        cli = str(Path(sys.executable).parent / "mailappliance")
+        for u, pw, _c in multi:
+            r = subprocess.run(
+                [cli, "--config", str(ours.ini), "user", "add", f"{u}@{DOMAIN}"]
+                + ["--password-stdin"],
+                input=pw + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if r.returncode != 0:
+                raise SystemExit(f"user add {u}@{DOMAIN} failed: {r.stderr[-1000:]}")
+        say(
+            f"filling Maildirs: {args.messages} msgs for {SINGLE[0]}, {per} for each of {multi[0][0]}.."
+        )
+        boxes = {u: make_messages(c, args.size, u) for u, _pw, c in single + multi}
+        for u, msgs in boxes.items():
+            fill(ours.maildir(f"{u}@{DOMAIN}"), msgs)
+        # ---- Dovecot: same config as pop3_dovecot.sh, identical copies of the Maildirs
+        dv_root = work / "dovecot"
+        dv_port = free_port()
+        conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in single + multi])
+        for u in boxes:
+            dst = dv_root / "mail" / u
+            shutil.copytree(ours.maildir(f"{u}@{DOMAIN}"), dst)
+            chown_tree(dst, DV_UID, DV_GID)
+        rl.start(ours)
+        port = ours.ports[110]
+        s_ours = Server("ours", ours.ip, port, "{u}@" + DOMAIN, ours.proc.pid)
+        out_f = (dv_root / "dovecot.out").open("w")
+        dv_proc = subprocess.Popen(
+            ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
+        )
+        if not wait_port("127.0.0.1", dv_port, 20, dv_proc):
+            log = (
+                (dv_root / "dovecot.log").read_text() if (dv_root / "dovecot.log").exists() else ""
+            )
+            raise SystemExit(f"dovecot did not start:\n{log[-2000:]}")
+        say(f"dovecot pid {dv_proc.pid}, POP3 127.0.0.1:{dv_port}")
+        s_dv = Server("dovecot", "127.0.0.1", dv_port, "{u}")
+        print(
+            f"ours: etc/163.ini (lab config: passwd-file, plaintext_networks 127.0.0.0/8) copied to"
+            f" {ours.ini.parent}, ports moved: pop3 110 -> {ours.ip}:{port}"
+            f" (smtp {ours.ports[25]}, dns {ours.ports[53]}, pop3s {ours.ports[995]});"
+            f" pid {ours.proc.pid}",
+            flush=True,
+        )
+        print(
+            f"dovecot: {dovecot_version()}, private instance {conf} (as pop3_dovecot.sh:"
+            f" passwd-file, ssl = no), POP3 127.0.0.1:{dv_port}; pid {dv_proc.pid}",
+            flush=True,
+        )
+        print(
+            f"load: plain POP3 USER/PASS from loopback (no TLS, both), RETR without DELE;"
+            f" 1 client x {args.messages} msgs ({SINGLE[0]}) and {args.clients} clients x"
+            f" {per} msgs ({multi[0][0]}..{multi[-1][0]}), {args.size} B each, identical"
+            " files (Dovecot's a copy); one warm-up session per mailbox before rep 1",
+            flush=True,
+        )
+        for srv in (s_ours, s_dv):
+            say(f"warm-up sessions on {srv.label}")
+            warm(srv, single + multi)
+        cpu = rl.CPU({"ours": ours.proc.pid})
+
+        for rep in range(1, args.reps + 1):
+            order = (s_ours, s_dv) if rep % 2 else (s_dv, s_ours)
+            print(f"rep {rep}/{args.reps}: load average {loadavg()}", flush=True)
+            got: dict[tuple[str, int], Outcome] = {}
+            for srv in order:
+                for bx in (single, multi):
+                    say(f"rep {rep} {srv.label}: {len(bx)} client(s)")
+                    o = one_load(srv, bx, args.timeout, cpu if srv is s_ours else None)
+                    print(f"  rep {rep} load avg {o.load1}  {describe(o)}", flush=True)
+                    got[(srv.label, len(bx))] = o
+            results.append(
+                (
+                    rep,
+                    got[("ours", 1)],
+                    got[("dovecot", 1)],
+                    got[("ours", len(multi))],
+                    got[("dovecot", len(multi))],
+                )
+            )
+    finally:
+        stop_proc(dv_proc, "dovecot")
+        if ours is not None:
+            try:
+                ours.stop()
+            except Exception as e:
+                say(f"stopping ours: {e}")
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    c = args.clients
+    print()
+    print(
+        f"POP3 RETR, ours (lab 163 config, ports moved) vs {dovecot_version().split()[0]} Dovecot,"
+        f" {args.messages} x {args.size} B, plain POP3 from loopback, {args.reps} reps;"
+        " msg/s = messages / (first RETR -> last RETR answered)"
+    )
+    head = (
+        f"{'rep':>3} | {'load avg':>14} | {'ours 1 s':>8} | {'ours 1':>7} | {'dv 1 s':>7}"
+        f" | {'dv 1':>7} | {f'ours {c} s':>9} | {f'ours {c}':>8} | {f'dv {c} s':>7}"
+        f" | {f'dv {c}':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    cols: list[list[float]] = [[], [], [], []]
+    for rep, *os_ in results:
+        cells = []
+        for i, o in enumerate(os_):
+            cells.append((o.seconds, o.rate))
+            if o.rate:
+                cols[i].append(o.rate)
+        (a, ra), (b, rb), (d, rd), (e, re_) = cells
+        w = 8 if c < 10 else 9
+        print(
+            f"{rep:>3} | {os_[0].load1:>14} | {fmt(a, '.3f'):>8} | {fmt(ra):>7}"
+            f" | {fmt(b, '.3f'):>7} | {fmt(rb):>7} | {fmt(d, '.3f'):>{w}} | {fmt(rd):>8}"
+            f" | {fmt(e, '.3f'):>7} | {fmt(re_):>7}"
+        )
+    med = [statistics.median(x) if x else None for x in cols]
+    r1 = med[0] / med[1] if med[0] and med[1] else None
+    rc = med[2] / med[3] if med[2] and med[3] else None
+    print(
+        f"median msg/s: ours 1 client {fmt(med[0])}, dovecot 1 client {fmt(med[1])};"
+        f" ours {c} clients {fmt(med[2])}, dovecot {c} clients {fmt(med[3])}"
+    )
+    verdict = "-" if r1 is None else "PASS" if r1 >= BAR else "FAIL"
+    print(f"ratio ours/dovecot, 1 client: {fmt(r1, '.2f')}x  (bar >= {BAR:.1f}x: {verdict})")
+    print(f"ratio ours/dovecot, {c} clients: {fmt(rc, '.2f')}x")
+    print(f"load average at end: {loadavg()}")
+    complete = all(len(x) == args.reps for x in cols)
+    return 0 if complete else 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="See the module docstring for details (read the file).",
+    )
+    ap.add_argument("--messages", type=int, default=2000, help="messages in all per load (2000)")
+    ap.add_argument(
+        "--clients", type=int, default=10, help="clients/mailboxes of the multi load (10)"
+    )
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
+    ap.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
+    ap.add_argument("--timeout", type=float, default=120, help="deadline of each load, s (120)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+    if args.messages < 1 or args.clients < 1 or args.reps < 1 or args.size < 1:
+        ap.error("--messages, --clients, --reps and --size must be >= 1")
+    if args.messages % args.clients:
+        ap.error("--messages must be a multiple of --clients")
+    if os.geteuid() != 0:
+        ap.error("run as root: the private Dovecot runs its users as uid 65534")
+    if not shutil.which("dovecot"):
+        ap.error("dovecot missing (apt-get install dovecot-core dovecot-pop3d)")
+    got: list[int] = []
+
+    def interrupt(signum: int, _frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        signum = got[-1] if got else signal.SIGINT
+        say(f"interrupted ({signal.Signals(signum).name}); both servers stopped")
+        return 128 + signum
+
+
+if __name__ == "__main__":
+    sys.exit(main())
