@@ -193,7 +193,10 @@ class POP3Session(LineConnection):
         link = self.link
         if link is None or self.closing or not data:
             return
-        self.flush()
+        if self.out:  # the +OK (and any reply) gathered before: one write, one TLS record
+            data = b"".join(self.out) + data
+            self.out.clear()
+            self.out_bytes = 0
         link.write(data)
 
     # ------------------------------------------------------------------ LineConnection's hooks
@@ -506,6 +509,9 @@ class POP3Session(LineConnection):
             self.err(f"[SYS/TEMP] message {msg.number} was removed meanwhile")
             return
         chunk, fh = first
+        gathering = self.out is None  # outside process(): hold the +OK for the first write
+        if gathering:
+            self.out = []
         try:
             self.ok(f"{msg.size} octets" if lines is None else "")
             stuffer = DotStuffer()
@@ -546,6 +552,9 @@ class POP3Session(LineConnection):
             )
             self.close_connection()
         finally:
+            if gathering:
+                self.flush()  # whatever is still held (the +OK of a message cut short)
+                self.out = None
             if fh is not None:
                 pool.run(fh.close).addErrback(lambda f: self.log.failure("closing failed", f))
 
