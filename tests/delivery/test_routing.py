@@ -112,7 +112,7 @@ TRANSPORT = """\
 # the transport map of these tests
 shop.test       relay.test:2525     # no MX lookup: shop.test does not even exist
 .corp.test      [relay.test]:587    # subdomains of corp.test
-.b.corp.test    [10.0.0.2]          # closer parent
+.b.corp.test    [127.0.0.22]          # closer parent
 partner.test    smarthost
 pref.test       mx                  # MX routing although a smarthost is set
 gone.test       nosuch.test:25
@@ -120,7 +120,7 @@ far.test        [mx.outside.invalid]:25
 mine.test       [127.0.0.10]:25
 mineport.test   [127.0.0.10]:2525
 myname.test     ME.test
-*               [10.0.0.1]:25
+*               [127.0.0.21]:25
 """
 
 OURS = {"local_names": ["Me.Test"], "local_addresses": [("127.0.0.10", 25)]}
@@ -361,9 +361,9 @@ def test_route_without_local_identity_uses_every_mx(resolver: LocalResolver) -> 
 
 def test_route_smarthost_ip_literal(resolver: LocalResolver) -> None:
     """A smarthost IP literal is used as is, for every domain, without DNS."""
-    router = Router(resolver, smarthost=HostPort("10.0.0.5", 587))
+    router = Router(resolver, smarthost=HostPort("127.0.0.25", 587))
     assert routed(router, "nosuch.test") == Destination(
-        "[10.0.0.5]:587", (NextHop("10.0.0.5", "10.0.0.5", 587, 0),), smarthost=True
+        "[127.0.0.25]:587", (NextHop("127.0.0.25", "127.0.0.25", 587, 0),), smarthost=True
     )
 
 
@@ -419,22 +419,22 @@ def test_route_transport_parent_entry(resolver: LocalResolver, transport: Transp
     """.corp.test covers its subdomains, the closest parent winning; not corp.test itself."""
     router = Router(resolver, transport=transport)
     assert routed(router, "a.corp.test").key == "[relay.test]:587"
-    assert routed(router, "x.b.corp.test").hops == (NextHop("10.0.0.2", "10.0.0.2", 25, 0),)
-    assert routed(router, "corp.test").key == "[10.0.0.1]:25"
+    assert routed(router, "x.b.corp.test").hops == (NextHop("127.0.0.22", "127.0.0.22", 25, 0),)
+    assert routed(router, "corp.test").key == "[127.0.0.21]:25"
 
 
 def test_route_transport_star_default(resolver: LocalResolver, transport: TransportMap) -> None:
     """An unlisted domain takes the * entry, even with a smarthost set."""
     router = Router(resolver, transport=transport, smarthost=HostPort("relay.test", 587))
     dest = routed(router, "gmail.example")
-    assert dest == Destination("[10.0.0.1]:25", (NextHop("10.0.0.1", "10.0.0.1", 25, 0),))
+    assert dest == Destination("[127.0.0.21]:25", (NextHop("127.0.0.21", "127.0.0.21", 25, 0),))
 
 
 def test_route_transport_smarthost_entry(resolver: LocalResolver, transport: TransportMap) -> None:
     """A smarthost entry goes through the configured smarthost, marked as such."""
-    router = Router(resolver, transport=transport, smarthost=HostPort("10.0.0.5", 587))
+    router = Router(resolver, transport=transport, smarthost=HostPort("127.0.0.25", 587))
     dest = routed(router, "partner.test")
-    assert (dest.key, dest.smarthost) == ("[10.0.0.5]:587", True)
+    assert (dest.key, dest.smarthost) == ("[127.0.0.25]:587", True)
 
 
 def test_route_transport_smarthost_entry_without_smarthost(
@@ -450,7 +450,7 @@ def test_route_transport_mx_entry_overrides_smarthost(
     resolver: LocalResolver, transport: TransportMap
 ) -> None:
     """An mx entry routes by MX even when a smarthost is set."""
-    router = Router(resolver, transport=transport, smarthost=HostPort("10.0.0.5", 587))
+    router = Router(resolver, transport=transport, smarthost=HostPort("127.0.0.25", 587))
     dest = routed(router, "pref.test")
     assert (dest.key, dest.smarthost, dest.hops[0].host) == ("pref.test", False, "mx1.pref.test")
 

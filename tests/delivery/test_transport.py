@@ -18,10 +18,10 @@ sina.com        mail.sina.com:2525      # straight to that host, no MX lookup
 example.net     smarthost               # through the smarthost
 example.com     mx                      # normal MX routing even when a smarthost is set
 
-Upper.Example.  [10.0.0.2]:2525
+Upper.Example.  [127.0.0.22]:2525
 v6.example      [2001:db8::25]:26
 v6alt.example   [IPv6:2001:db8::26]
-*               [10.0.0.1]:25           # default for every other domain
+*               [127.0.0.21]:25           # default for every other domain
 """
 
 
@@ -58,7 +58,7 @@ def test_transport_parent_entry_matches_subdomains_not_itself(tmp_path: Path) ->
     tm = load(tmp_path)
     assert tm.lookup("a.example.org") == Route("direct", "relay.example.org", 587)
     assert tm.lookup("x.y.a.example.org") == Route("direct", "relay.example.org", 587)
-    assert tm.lookup("example.org") == Route("direct", "10.0.0.1", 25)
+    assert tm.lookup("example.org") == Route("direct", "127.0.0.21", 25)
 
 
 def test_transport_closest_parent_wins(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_transport_smarthost_and_mx_words(tmp_path: Path) -> None:
 
 def test_transport_star_is_the_default(tmp_path: Path) -> None:
     """A domain no entry names gets the * entry; an IP literal host stays as written."""
-    assert load(tmp_path).lookup("gmail.com") == Route("direct", "10.0.0.1", 25)
+    assert load(tmp_path).lookup("gmail.com") == Route("direct", "127.0.0.21", 25)
 
 
 def test_transport_without_star_unknown_domain_is_none(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_transport_without_star_unknown_domain_is_none(tmp_path: Path) -> None:
 def test_transport_keys_are_case_insensitive(tmp_path: Path) -> None:
     """Keys and lookups ignore case and a trailing root dot."""
     tm = load(tmp_path)
-    assert tm.lookup("upper.example") == Route("direct", "10.0.0.2", 2525)
+    assert tm.lookup("upper.example") == Route("direct", "127.0.0.22", 2525)
     assert tm.lookup("SINA.COM.") == Route("direct", "mail.sina.com", 2525)
     assert tm.lookup("A.Example.ORG") == Route("direct", "relay.example.org", 587)
 
