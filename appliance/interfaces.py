@@ -86,6 +86,13 @@ class Envelope:
     def remote_recipients(self) -> tuple[Recipient, ...]:
         return tuple(r for r in self.recipients if r.remote)
 
+    def recipient_for(self, address: str) -> Recipient | None:
+        """The RCPT a final relay address came from (its NOTIFY, ORCPT), if any."""
+        for r in self.recipients:
+            if address in r.forward_to or r.address == address:
+                return r
+        return None
+
 
 @dataclass(frozen=True)
 class QueuedMessage:

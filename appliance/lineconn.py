@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -69,7 +69,7 @@ class Transport(Protocol):
     def getHandle(self) -> SSL.Connection: ...  # noqa: N802
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class LineConnection(protocol.Protocol):
     """CRLF framing with bounded lines, batched replies, waiting on Deferreds, deadlines.
 
@@ -93,6 +93,7 @@ class LineConnection(protocol.Protocol):
         self.errors = 0
         self.peer_ip = "unknown"  # the client's address, once connected
         self.link: Transport | None = None  # the transport, once connected
+        self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
 
     @property
     def reading_stopped(self) -> bool:
@@ -104,6 +105,18 @@ class LineConnection(protocol.Protocol):
         self.link = cast(Transport, transport)
         self.link.registerProducer(self, True)
         super().makeConnection(transport)
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        """Record the negotiated protocol and cipher (Received headers, login lines)."""
+        self.tls_info = "TLS"
+        link = self.link
+        if link is None:
+            return
+        try:
+            conn = link.getHandle()
+            self.tls_info = f"{conn.get_protocol_version_name()} {conn.get_cipher_name()}"
+        except Exception:
+            self.tls_info = "TLS"
 
     # ------------------------------------------------------------------ IPushProducer
 

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from twisted.cred.credentials import CramMD5Credentials, UsernamePassword
+
+from appliance.ip import in_networks
 
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 PLAINTEXT = frozenset({"PLAIN", "LOGIN"})  # send the password itself: offer only under TLS
@@ -223,3 +226,41 @@ class SaslExchange:
         creds.username = user_b
         creds.response = digest.lower()
         return Credentials(creds, username, "CRAM-MD5")
+
+
+# ---------------------------------------------------------------------------- what a protocol offers
+
+
+class _Unthrottled:
+    """interfaces.LoginAttempt of a listener without a throttle: no delay, nothing counted."""
+
+    def failed(self) -> float:
+        return 0.0
+
+    def succeeded(self) -> None:
+        pass
+
+    def abandoned(self) -> None:
+        pass
+
+
+UNTHROTTLED = _Unthrottled()
+
+
+def plaintext_allowed(
+    tls_info: str | None,
+    peer_ip: str,
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
+    """Whether PLAIN/LOGIN (and POP3's USER/PASS) may be used: under TLS, or from a
+    network the admin lists ([auth] plaintext_networks)."""
+    return tls_info is not None or in_networks(peer_ip, networks)
+
+
+def offered_mechanisms(configured: Collection[str], plaintext_ok: bool, cram_ok: bool) -> list[str]:
+    """The SASL mechanisms to offer now, in the configured order: the password-sending ones
+    only when plaintext_ok, CRAM-MD5 only when the backend can check it (cram_ok)."""
+    mechs = [m for m in configured if m != "CRAM-MD5"] if plaintext_ok else []
+    if "CRAM-MD5" in configured and cram_ok:
+        mechs.append("CRAM-MD5")
+    return mechs

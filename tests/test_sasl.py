@@ -274,3 +274,20 @@ def test_exchange_cram_md5_through_portal_logs_in(portal: Portal) -> Any:
     assert isinstance(result, Credentials)
     _, avatar, _ = yield portal.login(result.credentials, None, IMailAccount)
     assert avatar == "user1@163.com"
+
+
+def test_offered_mechanisms_password_ones_only_when_plaintext_allowed() -> None:
+    """PLAIN/LOGIN only under TLS or from a listed network; CRAM-MD5 only if checkable."""
+    import ipaddress
+
+    from appliance.sasl import offered_mechanisms, plaintext_allowed
+
+    lab = [ipaddress.ip_network("127.0.0.0/8")]
+    assert plaintext_allowed(None, "127.0.0.1", lab)
+    assert not plaintext_allowed(None, "192.0.2.1", lab)
+    assert plaintext_allowed("TLSv1.3 TLS_AES_256_GCM_SHA384", "192.0.2.1", lab)
+    configured = ("PLAIN", "LOGIN", "CRAM-MD5")
+    assert offered_mechanisms(configured, True, True) == ["PLAIN", "LOGIN", "CRAM-MD5"]
+    assert offered_mechanisms(configured, False, True) == ["CRAM-MD5"]
+    assert offered_mechanisms(configured, True, False) == ["PLAIN", "LOGIN"]
+    assert offered_mechanisms(("LOGIN",), False, True) == []

@@ -38,7 +38,7 @@ from appliance.delivery.smtp_client import (
     auth_plain,
     stuff,
 )
-from appliance.interfaces import Envelope, Outcome, QueuedMessage, Recipient, RecipientResult
+from appliance.interfaces import Envelope, Outcome, QueuedMessage, RecipientResult
 
 TLS_MODES = ("none", "may", "encrypt", "verify")
 # RFC 3463 codes of failures without a reply to quote (Postfix's choices)
@@ -275,7 +275,7 @@ class Session:
     def _rcpt_line(self, env: Envelope, address: str) -> str:
         line = f"RCPT TO:<{address}>"
         if "DSN" in self.extensions:
-            rcpt = _recipient_of(env, address)
+            rcpt = env.recipient_for(address)
             if rcpt is not None and rcpt.notify:
                 line += f" NOTIFY={rcpt.notify}"
             if rcpt is not None and rcpt.orcpt:
@@ -336,7 +336,7 @@ class Session:
         )
 
     def _notify_of(self, address: str) -> str | None:
-        rcpt = None if self._env is None else _recipient_of(self._env, address)
+        rcpt = None if self._env is None else self._env.recipient_for(address)
         return None if rcpt is None else rcpt.notify
 
     def _plain(self, address: str, outcome: Outcome, text: str) -> RecipientResult:
@@ -364,13 +364,6 @@ class Session:
 
     def abort(self) -> None:
         self.protocol.abort()
-
-
-def _recipient_of(env: Envelope, address: str) -> Recipient | None:
-    for r in env.recipients:
-        if address in r.forward_to or r.address == address:
-            return r
-    return None
 
 
 class _ClientFactory(Factory):

@@ -23,9 +23,16 @@ from twisted.python.failure import Failure
 
 from appliance.errors import ApplianceError
 from appliance.interfaces import Authenticator, LoginAttempt, SaslCredentials
-from appliance.ip import in_networks
 from appliance.log import printable
-from appliance.sasl import MAX_LINE, Challenge, SaslError, SaslExchange
+from appliance.sasl import (
+    MAX_LINE,
+    UNTHROTTLED,
+    Challenge,
+    SaslError,
+    SaslExchange,
+    offered_mechanisms,
+    plaintext_allowed,
+)
 
 if TYPE_CHECKING:
     from appliance.pop3.events import POP3Events
@@ -33,22 +40,6 @@ if TYPE_CHECKING:
 
 SASL_LINE_LIMIT = MAX_LINE + 2  # the framing limit (CRLF included) while an exchange runs
 PLAINTEXT_REFUSED = "[AUTH] Plaintext authentication disallowed on non-secure connections"
-
-
-class _Unthrottled:
-    """The attempt of a listener without a throttle: no delay, nothing to count."""
-
-    def failed(self) -> float:
-        return 0.0
-
-    def succeeded(self) -> None:
-        pass
-
-    def abandoned(self) -> None:
-        pass
-
-
-UNTHROTTLED = _Unthrottled()
 
 
 class AuthHost(Protocol):
@@ -86,9 +77,8 @@ class POP3Auth:
     # ------------------------------------------------------------------ what is offered
 
     def plaintext_allowed(self) -> bool:
-        if self.host.tls_info is not None:
-            return True
-        return in_networks(self.host.peer_ip, self.host.factory.settings.plaintext_networks)
+        h = self.host
+        return plaintext_allowed(h.tls_info, h.peer_ip, h.factory.settings.plaintext_networks)
 
     def cram_available(self) -> bool:
         authenticator = self.host.factory.authenticator
@@ -98,11 +88,9 @@ class POP3Auth:
         f = self.host.factory
         if f.authenticator is None:
             return []
-        s = f.settings
-        mechs = [m for m in s.mechanisms if m != "CRAM-MD5"] if self.plaintext_allowed() else []
-        if "CRAM-MD5" in s.mechanisms and self.cram_available():
-            mechs.append("CRAM-MD5")
-        return mechs
+        return offered_mechanisms(
+            f.settings.mechanisms, self.plaintext_allowed(), self.cram_available()
+        )
 
     def user_offered(self) -> bool:
         return self.host.factory.authenticator is not None and self.plaintext_allowed()

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from appliance.interfaces import Mailbox, MailboxLock, Maildrop, MaildropMessage
 from appliance.limits import Deadlines
@@ -53,7 +52,6 @@ class Counts:
     deleted: int = 0
 
 
-@implementer(IHandshakeListener)
 class POP3Session(LineConnection):
     """One POP3 client connection, built by POP3Factory.buildProtocol."""
 
@@ -64,7 +62,6 @@ class POP3Session(LineConnection):
         self.factory = factory
         self.session_id = secrets.token_hex(4)
         self.state = AUTHORIZATION
-        self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once known
         self.auth = POP3Auth(self)
         self.login: str | None = None
         self.method = ""
@@ -145,17 +142,6 @@ class POP3Session(LineConnection):
         """After a final reply: a client that does not read would keep the connection."""
         if self.write_blocked and self.link is not None:
             self.link.abortConnection()
-
-    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
-        self.tls_info = "TLS"
-        link = self.link
-        if link is None:
-            return
-        try:
-            conn = link.getHandle()
-            self.tls_info = f"{conn.get_protocol_version_name()} {conn.get_cipher_name()}"
-        except Exception:
-            self.tls_info = "TLS"
 
     # ------------------------------------------------------------------ Slot (appliance.limits)
 

@@ -71,12 +71,6 @@ class _Pending:
                     out.append(address)
         return out
 
-    def recipient(self, address: str) -> Recipient | None:
-        for r in self.entry.envelope.recipients:
-            if address in r.forward_to or r.address == address:
-                return r
-        return None
-
 
 class RelayScheduler:
     """interfaces.QueueAdmin; owns queue/deferred/ while the appliance runs."""
@@ -247,7 +241,7 @@ class RelayScheduler:
         waiting: list[tuple[Recipient | None, RecipientResult]] = []
         final: list[RecipientResult] = []
         for result in results:
-            rcpt = p.recipient(result.address)
+            rcpt = entry.envelope.recipient_for(result.address)
             if result.outcome is Outcome.DEFERRED and expired:
                 result = RecipientResult(
                     result.address,

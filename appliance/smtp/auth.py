@@ -22,9 +22,17 @@ from twisted.python.failure import Failure
 
 from appliance.errors import ApplianceError
 from appliance.interfaces import Authenticator, LoginAttempt
-from appliance.ip import in_networks
 from appliance.log import printable
-from appliance.sasl import MAX_LINE, Challenge, Credentials, SaslError, SaslExchange
+from appliance.sasl import (
+    MAX_LINE,
+    UNTHROTTLED,
+    Challenge,
+    Credentials,
+    SaslError,
+    SaslExchange,
+    offered_mechanisms,
+    plaintext_allowed,
+)
 from appliance.smtp.address import ReplyError
 from appliance.smtp.events import SessionEvents
 
@@ -32,22 +40,6 @@ if TYPE_CHECKING:
     from appliance.smtp.factory import SMTPFactory
 
 SASL_LINE_LIMIT = MAX_LINE  # the framing limit (CRLF included) while an exchange runs
-
-
-class _Unthrottled:
-    """The attempt of a listener without a throttle: no delay, nothing to count."""
-
-    def failed(self) -> float:
-        return 0.0
-
-    def succeeded(self) -> None:
-        pass
-
-    def abandoned(self) -> None:
-        pass
-
-
-UNTHROTTLED = _Unthrottled()
 
 
 class AuthHost(Protocol):
@@ -81,9 +73,8 @@ class SessionAuth:
 
     def plaintext_allowed(self) -> bool:
         """Whether PLAIN/LOGIN may be used: under TLS, or from a plaintext network."""
-        if self.host.tls_info is not None:
-            return True
-        return in_networks(self.host.peer_ip, self.host.factory.settings.plaintext_networks)
+        h = self.host
+        return plaintext_allowed(h.tls_info, h.peer_ip, h.factory.settings.plaintext_networks)
 
     def cram_available(self) -> bool:
         authenticator = self.host.factory.authenticator
@@ -91,13 +82,8 @@ class SessionAuth:
 
     def offered_mechanisms(self) -> list[str]:
         """The mechanisms for the EHLO AUTH line (empty: do not offer AUTH)."""
-        s = self.host.factory.settings
-        mechs = [m for m in s.mechanisms if m != "CRAM-MD5"]
-        if not self.plaintext_allowed():
-            mechs = []
-        if "CRAM-MD5" in s.mechanisms and self.cram_available():
-            mechs.append("CRAM-MD5")
-        return mechs
+        mechanisms = self.host.factory.settings.mechanisms
+        return offered_mechanisms(mechanisms, self.plaintext_allowed(), self.cram_available())
 
     def start(self, arg: str) -> None:
         """AUTH <mechanism> [initial-response], once the session has allowed the command."""

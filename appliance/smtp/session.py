@@ -20,9 +20,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from appliance.interfaces import Verdict
 from appliance.limits import Deadlines
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
     from appliance.smtp.factory import SMTPFactory
 
 
-@implementer(IHandshakeListener)
 class SMTPSession(SMTPConnection):
     """One SMTP client connection, built by SMTPFactory.buildProtocol."""
 
@@ -51,7 +48,6 @@ class SMTPSession(SMTPConnection):
         self.session_id = secrets.token_hex(4)
         self.helo: str | None = None
         self.esmtp = False
-        self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once known
         self.auth = SessionAuth(self)
         self.txn: Transaction | None = None
         self.incoming: transaction.Incoming | None = None
@@ -266,18 +262,6 @@ class SMTPSession(SMTPConnection):
         self.esmtp = False
         self.txn = None
         self.auth.user = None
-
-    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
-        """Record the negotiated protocol and cipher for the Received header."""
-        self.tls_info = "TLS"
-        link = self.link
-        if link is None:
-            return
-        try:
-            conn = link.getHandle()
-            self.tls_info = f"{conn.get_protocol_version_name()} {conn.get_cipher_name()}"
-        except Exception:
-            self.tls_info = "TLS"
 
     def do_auth(self, arg: str) -> None:
         if self.factory.authenticator is None:
