@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,6 +50,20 @@ def unique_name(hostname: str) -> str:
     usecs = time.time_ns() // 1000
     secs, usec = divmod(usecs, 1_000_000)
     return f"{secs}.M{usec}P{os.getpid()}Q{next(_counter)}.{escape_hostname(hostname)}"
+
+
+_TIME_PARTS = re.compile(r"(\d+)\.(?:M(\d+))?(?:[^Q.]*Q(\d+))?")
+
+
+def delivery_order(name: str) -> tuple[int, int, int, str]:
+    """A sort key putting Maildir names in the order they were delivered: the seconds, the
+    microseconds (M) and our counter (Q) compared as numbers, as Dovecot compares them
+    (plain string order puts 'M99' after 'M100000', 'Q10' before 'Q9'); other names last."""
+    m = _TIME_PARTS.match(name)
+    if m is None:
+        return (1 << 62, 0, 0, name)
+    secs, usec, q = m.groups()
+    return (int(secs), int(usec or 0), int(q or 0), name)
 
 
 def size_from_name(name: str) -> int | None:

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
 from appliance.interfaces import FolderListing, Mailbox, StoredMessage
 from appliance.store.lock import STALE_AFTER, SessionLock
-from appliance.store.maildir import Maildir
+from appliance.store.maildir import Maildir, delivery_order
 from appliance.store.maildrop import MaildirMaildrop
 from appliance.store.uidlist import UidList
 
@@ -226,7 +226,7 @@ class MaildirStore:
         if not md.exists():
             md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
         files = self._files(md)
-        state = UidList(md.path).update(sorted(files))
+        state = UidList(md.path).update(sorted(files, key=delivery_order))
         found = []
         for base, uid in sorted(state.uids.items(), key=lambda item: item[1]):
             subdir, name = files[base]

@@ -13,7 +13,13 @@ import pytest
 from appliance.durable import DirSync
 from appliance.interfaces import Mailbox
 from appliance.store import maildir as maildir_module
-from appliance.store.maildir import Maildir, escape_hostname, size_from_name, unique_name
+from appliance.store.maildir import (
+    Maildir,
+    delivery_order,
+    escape_hostname,
+    size_from_name,
+    unique_name,
+)
 from appliance.store.store import MaildirStore
 
 MESSAGE = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody line\r\n.leading dot\r\n"
@@ -298,3 +304,24 @@ def test_maildir_removed_at_run_time_is_made_again(tmp_path) -> None:
     shutil.rmtree(tmp_path / "example.test" / "user")
     md.deliver(b"two\r\n", "mx.test")
     assert [md.read_message("new", n) for n in md.list_new()] == [b"two\r\n"]
+
+
+def test_delivery_order_compares_times_and_counter_as_numbers() -> None:
+    """Names sort as delivered: seconds, microseconds and counter as numbers, not strings
+    (Dovecot's order); a name of another form sorts after them."""
+    names = [
+        "1700000000.M99P7Q10.host",
+        "1700000000.M100000P7Q2.host",
+        "1700000000.M99P7Q9.host",
+        "1699999999.M999999P7Q1.host",
+        "odd-name",
+        "1700000001.host",
+    ]
+    assert sorted(names, key=delivery_order) == [
+        "1699999999.M999999P7Q1.host",
+        "1700000000.M99P7Q9.host",
+        "1700000000.M99P7Q10.host",
+        "1700000000.M100000P7Q2.host",
+        "1700000001.host",
+        "odd-name",
+    ]
