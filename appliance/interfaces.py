@@ -528,6 +528,12 @@ class Maildrop(Protocol):
         number not in the snapshot, FileNotFoundError if it was expunged meanwhile."""
         ...
 
+    def read(self, numbers: Iterable[int], limit: int) -> dict[int, bytes | None]:
+        """Blocking: the bytes of several (small) messages at once, by number: each message
+        whole if it has at most `limit` octets (otherwise its first limit + 1), None for one
+        expunged meanwhile. ValueError for a number not in the snapshot."""
+        ...
+
     def apply_deletions(self, numbers: Iterable[int], retrieved: Iterable[int] = ()) -> int:
         """Blocking, the UPDATE state: remove these messages durably; returns how many were
         removed here (one someone else removed already is not an error, and not counted).

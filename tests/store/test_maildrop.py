@@ -258,3 +258,24 @@ def test_maildrop_bad_number_refused_nothing_done(tmp_path: Path) -> None:
             drop.open(bad)
     assert len(store.open_maildrop(USER).messages) == 1
     assert os.listdir(maildir(tmp_path) / "cur") == []
+
+
+def test_maildrop_read_several_whole_expunged_none_moved_found(tmp_path: Path) -> None:
+    """read() gives each message's bytes by number (as open() does), None for one expunged
+    meanwhile, finds one IMAP renamed into cur/, and reads at most limit + 1 octets."""
+    store = MaildirStore(tmp_path, "mx.test")
+    for i in range(4):
+        deliver(store, message(i))
+    drop = store.open_maildrop(USER)
+    store.expunge(USER, "INBOX", [drop.messages[1].key])
+    store.set_flags(USER, "INBOX", drop.messages[2].key, frozenset({"\\Flagged"}))
+    got = drop.read([1, 2, 3, 4], 100_000)
+    assert got == {
+        1: message(0).encode(),
+        2: None,
+        3: message(2).encode(),
+        4: message(3).encode(),
+    }
+    assert drop.read([4], 10) == {4: message(3).encode()[:11]}
+    with pytest.raises(ValueError):
+        drop.read([5], 10)
