@@ -13,7 +13,8 @@
   and once MAX_PIPELINED more bytes wait unanswered we stop reading from it too (not at
   once: a TLS layer pauses its producer while its handshake runs, and must go on reading
   to finish it): memory per connection stays bounded whatever the client does;
-- replies made while one burst of input is handled go out in one write; a reply never
+- replies made while one burst of input is handled go out in one write, and straight to the
+  socket when nothing is queued before them (write_now()); a reply never
   carries a control byte (whatever of the client's text a reply quotes is made printable,
   clean());
 - the time limits are appliance.limits.Deadlines' (idle, whole request, greeting, body rate),
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,6 +68,37 @@ class Transport(Protocol):
     def startTLS(self, context_factory: IOpenSSLContextFactory) -> None: ...  # noqa: N802
 
     def getHandle(self) -> SSL.Connection: ...  # noqa: N802
+
+
+def write_now(transport: object, data: bytes) -> None:
+    """transport.write(data), but sent at once when the transport is a plain TCP connection
+    with nothing queued: Twisted's write only queues, registers the socket for writability
+    and sends on the reactor's next turn (two epoll_ctl calls and a loop iteration per reply,
+    which for a request-reply protocol is most of a small reply's cost). What the socket does
+    not take at once (or any error, which Twisted then finds and reports as usual) goes to
+    transport.write, after which everything is queued there in order."""
+    t = transport
+    if type(t) is tcp.Server:
+        try:
+            idle = (
+                t.connected
+                and not t.disconnecting
+                and not t.TLS
+                and not t._writeDisconnected
+                and not t._tempDataBuffer
+                and t.offset == len(t.dataBuffer)
+            )
+        except AttributeError:  # another Twisted's internals: its own way, always
+            idle = False
+        if idle:
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+    cast(Transport, t).write(data)
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -190,10 +222,14 @@ class LineConnection(protocol.Protocol):
     def send_line(self, line: str) -> None:
         if not line.isascii() or not line.isprintable():
             line = self.clean(line)
+        self.send_bytes(line.encode("utf-8") + CRLF)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Reply bytes as they are (a line made by send_line, or a protocol's own data, such
+        as a POP3 message): gathered while process() runs, otherwise written at once."""
         link = self.link
         if link is not None and not self.closing:
             if self.out is not None:  # inside process(): one write for all its replies
-                data = line.encode("utf-8") + CRLF
                 self.out.append(data)
                 self.out_bytes += len(data)
                 if self.out_bytes >= MAX_BATCH:
@@ -201,7 +237,7 @@ class LineConnection(protocol.Protocol):
                     # transport can push back (write_blocked) before they pile up
                     self.flush()
             else:
-                link.write(line.encode("utf-8") + CRLF)
+                write_now(link, data)
 
     def clean(self, line: str) -> str:
         """A reply quoting client text made safe: control bytes (and, unless utf8_replies(),
@@ -218,7 +254,7 @@ class LineConnection(protocol.Protocol):
             self.out_bytes = 0
             link = self.link
             if link is not None:
-                link.write(data)
+                write_now(link, data)
 
     def close_connection(self) -> None:
         self.flush()  # the last reply before the FIN

@@ -288,3 +288,110 @@ def test_huge_burst_replies_sliced_so_the_transport_can_push_back() -> None:
     t.full = 1 << 30
     proto.resumeProducing()
     assert replies(t) == [b"+a"] * n
+
+
+# ------------------------------------------------------------------ write_now, on a real socket
+
+
+class FDSet:
+    """The IReactorFDSet a tcp.Server registers with, recording instead of polling."""
+
+    def __init__(self) -> None:
+        self.writers: set[object] = set()
+
+    def addReader(self, r: object) -> None:  # noqa: N802
+        pass
+
+    def removeReader(self, r: object) -> None:  # noqa: N802
+        pass
+
+    def addWriter(self, w: object) -> None:  # noqa: N802
+        self.writers.add(w)
+
+    def removeWriter(self, w: object) -> None:  # noqa: N802
+        self.writers.discard(w)
+
+
+@pytest.fixture
+def tcp_pair():
+    """A real loopback TCP connection: (Twisted's tcp.Server over one end, the other end,
+    the recording reactor)."""
+    import socket
+
+    from twisted.internet import tcp
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # small: fills up soon
+    peer.connect(lsock.getsockname())
+    sock, addr = lsock.accept()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    lsock.close()
+    fds = FDSet()
+    server = tcp.Server(sock, Echo(), addr, None, 1, fds)  # type: ignore[arg-type]
+    yield server, peer, fds
+    peer.close()
+    sock.close()
+
+
+def recv_exactly(peer, n: int) -> bytes:
+    out = b""
+    peer.settimeout(5)
+    while len(out) < n:
+        chunk = peer.recv(n - len(out))
+        assert chunk, "connection closed early"
+        out += chunk
+    return out
+
+
+def test_write_now_sends_at_once_without_registering_for_writes(tcp_pair) -> None:
+    """With nothing queued, a reply is on the wire when write_now returns: no writer
+    registration, no reactor turn."""
+    from appliance.lineconn import write_now
+
+    server, peer, fds = tcp_pair
+    write_now(server, b"+OK hello\r\n")
+    assert fds.writers == set()
+    assert recv_exactly(peer, 11) == b"+OK hello\r\n"
+
+
+def test_write_now_rest_queued_in_order_once_the_socket_is_full(tcp_pair) -> None:
+    """A peer that does not read: what the socket does not take is queued by Twisted, and
+    every later write goes behind it, so the bytes arrive whole and in order."""
+    from appliance.lineconn import write_now
+
+    server, peer, fds = tcp_pair
+    parts = [bytes([65 + i % 26]) * 300_000 for i in range(4)]
+    for part in parts:
+        write_now(server, part)
+    assert fds.writers == {server}  # the socket was full: Twisted sends the rest
+    expected = b"".join(parts)
+    got = b""
+    peer.settimeout(5)
+    while len(got) < len(expected):
+        chunk = peer.recv(1 << 20)
+        assert chunk
+        got += chunk
+        if server in fds.writers:
+            server.doWrite()  # what the reactor does once the socket is writable
+    assert got == expected
+
+
+def test_write_now_leaves_tls_and_closing_connections_to_twisted(tcp_pair) -> None:
+    """Under TLS (the bytes must be encrypted) or once closing, the transport's own write."""
+    from appliance.lineconn import write_now
+
+    server, peer, fds = tcp_pair
+    server.TLS = True
+    written: list[bytes] = []
+    server.write = written.append  # type: ignore[method-assign]
+    write_now(server, b"secret\r\n")
+    server.TLS = False
+    server.disconnecting = True
+    write_now(server, b"late\r\n")
+    assert written == [b"secret\r\n", b"late\r\n"]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
