@@ -6,9 +6,11 @@ after QUIT only: a dropped connection deletes nothing). The login dialogue is
 appliance.pop3.auth's; framing, reply batching, waiting, back-pressure and deadlines are
 appliance.lineconn's. After a good login the mailbox's session lock is taken (a second
 session gets `-ERR [IN-USE]`), refreshed while the session lasts and released at its end,
-every store call in the pool. RETR and TOP stream the message in 64 KiB chunks read in the
-pool and dot-stuffed on the way (appliance.pop3.stream), each chunk only once the client has
-read the previous ones. STLS discards whatever was pipelined behind it. Every -ERR counts
+every store call in the pool. RETR and TOP of a small message (up to 64 KiB, most mail) are
+answered from what appliance.pop3.readahead read ahead of them in the pool, without leaving
+the reactor; a bigger one is streamed in 64 KiB chunks read in the pool, each only once the
+client has read the previous ones; both are dot-stuffed on the way (appliance.pop3.stream).
+STLS discards whatever was pipelined behind it. Every -ERR counts
 toward max_errors; nothing a client sends reaches a traceback.
 
 A session holds one of the POP3 service's ConnectionSlots and is a Slot to it: while it waits
@@ -28,10 +30,11 @@ from twisted.python.failure import Failure
 
 from appliance.interfaces import Mailbox, MailboxLock, Maildrop, MaildropMessage
 from appliance.limits import Deadlines
-from appliance.lineconn import LineConnection
+from appliance.lineconn import LineConnection, write_now
 from appliance.pop3.auth import SASL_LINE_LIMIT, POP3Auth
 from appliance.pop3.events import POP3Events
-from appliance.pop3.stream import CHUNK, DotStuffer, TopCut
+from appliance.pop3.readahead import ReadAhead
+from appliance.pop3.stream import CHUNK, DotStuffer, TopCut, stuffed
 
 if TYPE_CHECKING:
     from appliance.pop3.factory import POP3Factory
@@ -67,6 +70,7 @@ class POP3Session(LineConnection):
         self.method = ""
         self.lock: MailboxLock | None = None
         self.maildrop: Maildrop | None = None
+        self.readahead: ReadAhead | None = None  # once logged in
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.counts = Counts()
@@ -125,6 +129,8 @@ class POP3Session(LineConnection):
             self.counted = False
         self._stop_stall_timer()
         self._fire_drained()
+        if self.readahead is not None:
+            self.readahead.clear()
         if not self.updating:
             self.release_lock()
         self.log_logout()
@@ -183,7 +189,7 @@ class POP3Session(LineConnection):
             data = b"".join(self.out) + data
             self.out.clear()
             self.out_bytes = 0
-        link.write(data)
+        write_now(link, data)
 
     # ------------------------------------------------------------------ LineConnection's hooks
 
@@ -309,6 +315,7 @@ class POP3Session(LineConnection):
                 self.release_lock()
                 return
             self.maildrop = maildrop
+            self.readahead = ReadAhead(pool.run, maildrop)
             self.login = login
             self.method = method
             self.state = TRANSACTION
@@ -465,7 +472,7 @@ class POP3Session(LineConnection):
     def do_retr(self, arg: str) -> None:
         msg = self._message(arg)
         if msg is not None:
-            self.wait(defer.ensureDeferred(self._stream(msg, None)), "RETR")
+            self._send_message(msg, None)
 
     def do_top(self, arg: str) -> None:
         number, _, lines = arg.partition(" ")
@@ -478,12 +485,65 @@ class POP3Session(LineConnection):
             return
         msg = self._message(number)
         if msg is not None:
-            self.wait(defer.ensureDeferred(self._stream(msg, int(lines))), "TOP")
+            self._send_message(msg, int(lines))
+
+    def _send_message(self, msg: MaildropMessage, lines: int | None) -> None:
+        """RETR (lines None) or TOP: a small message read ahead is answered at once; one not
+        read yet is read (with the window after it) first; a big one is streamed."""
+        what = "RETR" if lines is None else "TOP"
+        ra = self.readahead
+        assert ra is not None
+        if not ra.small(msg.number):
+            if ra.pending is not None:  # one reader of the maildrop at a time
+                d = ra.settled().addCallback(lambda _: self._stream_it(msg, lines))
+                self.wait(d, what)
+                return
+            self.wait(self._stream_it(msg, lines), what)
+            return
+        if self._answer_held(msg, lines):
+            return
+
+        def read(_: None) -> defer.Deferred[None] | None:
+            if self.closing or self.lost or self._answer_held(msg, lines):
+                return None
+            return self._stream_it(msg, lines)  # not held (unreadable?): try the long way
+
+        self.wait(ra.fetch(msg.number, self.deleted).addCallback(read), what)
+
+    def _answer_held(self, msg: MaildropMessage, lines: int | None) -> bool:
+        """Answer from what was read ahead; False if the message is not held."""
+        ra = self.readahead
+        assert ra is not None
+        number = msg.number
+        if number in ra.gone:
+            self.err(f"[SYS/TEMP] message {number} was removed meanwhile")
+            return True
+        data = ra.take(number) if lines is None else ra.peek(number)
+        if data is None:
+            return False
+        counts = self.counts
+        if lines is None:
+            body, end = stuffed(data)
+            counts.retr += 1
+            counts.retr_bytes += len(body)
+            self.retrieved.add(number)
+            reply = b"+OK %d octets\r\n" % msg.size
+        else:
+            body, end = stuffed(TopCut(lines).feed(data))
+            counts.top += 1
+            counts.top_bytes += len(body)
+            reply = b"+OK\r\n"
+        self.send_bytes(reply + body + end)  # one write
+        ra.used(number, self.deleted)
+        return True
+
+    def _stream_it(self, msg: MaildropMessage, lines: int | None) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._stream(msg, lines))
 
     async def _stream(self, msg: MaildropMessage, lines: int | None) -> None:
-        """RETR (lines None) or TOP: the message in chunks, as fast as the client reads.
-
-        A message that fits one chunk (most) costs one worker job: open, read, close."""
+        """RETR (lines None) or TOP of a big message (or one not read ahead): the message in
+        chunks, as fast as the client reads. A message that fits one chunk costs one worker
+        job: open, read, close."""
         pool = self.factory.pool
         maildrop = self.maildrop
         assert maildrop is not None

@@ -30,7 +30,9 @@ class DotStuffer:
         self.last_cr = chunk.endswith(b"\r") if chunk else False
         if not chunk:
             return head
-        body = _BARE_LF.sub(b"\r\n", chunk)
+        body = chunk
+        if body.count(b"\n") != body.count(b"\r\n"):  # (two C scans: cheaper than the regex)
+            body = _BARE_LF.sub(b"\r\n", body)
         body = body.replace(b"\n.", b"\n..")
         if self.at_line_start and body[:1] == b".":
             body = b"." + body
@@ -41,6 +43,17 @@ class DotStuffer:
         if self.at_line_start:
             return b".\r\n"
         return b"\r\n.\r\n"
+
+
+def stuffed(message: bytes) -> tuple[bytes, bytes]:
+    """A whole message as RETR sends it, and the end of the multi-line answer to follow it:
+    what DotStuffer gives for one chunk, in a few C calls."""
+    if message.count(b"\n") != message.count(b"\r\n"):
+        message = _BARE_LF.sub(b"\r\n", message)
+    body = message.replace(b"\n.", b"\n..")
+    if body[:1] == b".":
+        body = b"." + body
+    return body, (b".\r\n" if not body or body.endswith(b"\n") else b"\r\n.\r\n")
 
 
 class TopCut:

@@ -57,14 +57,28 @@ class TLSStringTransport(StringTransport):
 
 
 class SyncPool:
-    """WorkerPool.run, at once on this thread (deterministic over StringTransport)."""
+    """WorkerPool.run, at once on this thread (deterministic over StringTransport); with
+    hold set, each job waits until release() (a job still in the pool)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.hold = False
+        self.held: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
 
     def run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         self.calls.append(getattr(f, "__name__", repr(f)))
+        if self.hold:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((d, f, args))
+            return d
         return defer.maybeDeferred(f, *args)
+
+    def release(self) -> None:
+        """Finish the jobs held so far, in order."""
+        self.hold = False
+        held, self.held = self.held, []
+        for d, f, args in held:
+            defer.maybeDeferred(f, *args).chainDeferred(d)
 
 
 class MemoryAuthenticator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.pop3.stream import DotStuffer, TopCut
+from appliance.pop3.stream import DotStuffer, TopCut, stuffed
 
 MESSAGES = [
     b"Subject: a\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n",
@@ -71,3 +71,12 @@ def test_topcut_bare_lf_blank_line() -> None:
 def test_topcut_cr_only_line_not_blank_twice() -> None:
     """A header line of a single character is not taken for the blank line."""
     assert top([b"A\r\nX\r\n\r\nb\r\n"], 0) == b"A\r\nX\r\n\r\n"
+
+
+@pytest.mark.parametrize("msg", MESSAGES)
+def test_stuffed_whole_message_same_as_dotstuffer(msg: bytes) -> None:
+    """stuffed() (a whole message read ahead) gives what DotStuffer gives for it: the body,
+    then the end of the answer."""
+    body, end = stuffed(msg)
+    assert body + end == stuff([msg])
+    assert end in (b".\r\n", b"\r\n.\r\n")
