@@ -2,7 +2,7 @@
 """POP3 load: RETR of N 1 KB messages by 1 client and by C clients, ours beside Dovecot 2.3.
 
     .venv/bin/python bench/pop3_load.py [--messages 2000] [--clients 10] [--reps 3]
-        [--size 1024] [--timeout 120] [--keep]
+        [--size 1024] [--timeout 120] [--pin same|split|none] [--keep]
 
 Ours: the mail.163.com lab appliance (`twistd -n mailappliance`, as tests/integration/
 conftest.py's make_lab does): etc/ copied into a temporary folder with the lab config unchanged
@@ -39,6 +39,19 @@ with 1 client then C clients; the load average is printed before each load, a pr
 second while it runs, then the raw row (messages, seconds, msg/s, our appliance's CPU: all
 threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
 and the ratios ours/Dovecot for 1 and C clients (the bar: >= 0.8x with one client).
+CPU placement of the 1-client load (--pin): with one client the figure is a ping-pong, one
+request, one reply, so it is mostly the time it takes the two processes to wake each other. On
+a small virtual machine (this one has 2 vCPUs) a wake-up across vCPUs costs the hypervisor
+tens to hundreds of microseconds, far more than either server spends on a RETR, and whether
+the scheduler happens to put the client and the server on one vCPU or two changes the figure
+several-fold from second to second (a bare Python socket server measured 1,100-8,600 msg/s
+across vCPUs, 25,000-30,000 on one). `--pin same` (the default) puts the server (every
+thread of ours, every process of Dovecot's) and the client on CPU 0 for that load, so the
+figure measures what the servers do rather than the hypervisor; `--pin split` puts the
+server on CPU 0 and the client on CPU 1 (every RETR wakes the other vCPU); `--pin none`
+leaves placement to the scheduler. The same placement for both servers, set once the client
+has logged in and undone after the load. The C-client load is never pinned (Dovecot's
+process per client and our worker threads may use every CPU).
 Progress goes to stderr, results to stdout. Both servers are stopped at the end, on error and
 on Ctrl-C/SIGTERM (TERM, bounded wait, KILL). Every load stops at --timeout, each server's
 start at 60 s.
@@ -140,6 +153,48 @@ class Server:
     port: int
     user_fmt: str  # how a mailbox's login name is written: "{u}@163.com" or "{u}"
     pid: int | None = None  # whose CPU we sample (ours)
+    root_pid: int | None = None  # the process whose tree serves (pinned by --pin)
+
+
+PIN_CPUS = {"same": ({0}, {0}), "split": ({0}, {1}), "none": (None, None)}  # server, client
+
+
+def tree_tasks(root: int) -> list[int]:
+    """Every thread of root and of its descendant processes (Dovecot forks per session)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    tasks = []
+    for pid in pids:
+        try:
+            tasks.extend(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return tasks
+
+
+def pin_tree(root: int, cpus: set[int]) -> int:
+    """Set the CPU affinity of root's whole tree; how many threads were set."""
+    n = 0
+    for tid in tree_tasks(root):
+        try:
+            os.sched_setaffinity(tid, cpus)
+            n += 1
+        except OSError:
+            pass  # ended meanwhile
+    return n
 
 
 def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen) -> bool:
@@ -253,10 +308,13 @@ def client(
     progress,
     results,
     timeout: float,
+    cpus: set[int] | None,
 ) -> None:
     """One POP3 client (a process): login + STAT, then on `go` RETR 1..n; results[idx]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (TERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     try:
         with login_lock:
             pop = poplib.POP3(host, port, timeout=timeout)
@@ -299,9 +357,16 @@ class Outcome:
 
 
 def one_load(
-    srv: Server, boxes: list[tuple[str, str, int]], timeout: float, cpu: rl.CPU | None
+    srv: Server,
+    boxes: list[tuple[str, str, int]],
+    timeout: float,
+    cpu: rl.CPU | None,
+    pin: str = "none",
 ) -> Outcome:
-    """C client processes, one per mailbox (user, password, messages expected)."""
+    """C client processes, one per mailbox (user, password, messages expected); pin: the
+    placement of server and client (PIN_CPUS) while the load runs."""
+    server_cpus, client_cpus = PIN_CPUS[pin]
+    all_cpus = os.sched_getaffinity(0)
     ctx = mp.get_context("fork")
     n = len(boxes)
     expected = sum(b[2] for b in boxes)
@@ -313,7 +378,7 @@ def one_load(
         ctx.Process(
             target=client,
             args=(i, srv.host, srv.port, srv.user_fmt.format(u=u), pw, lock, ready, go)
-            + (progress, results, timeout),
+            + (progress, results, timeout, client_cpus),
             daemon=True,
         )
         for i, (u, pw, _c) in enumerate(boxes)
@@ -327,6 +392,11 @@ def one_load(
         for _ in procs:
             if not ready.acquire(timeout=max(deadline - time.monotonic(), 0.01)):
                 raise SystemExit(f"{srv.label}: clients not logged in within 60 s")
+        if server_cpus is not None and srv.root_pid is not None:
+            pinned = pin_tree(srv.root_pid, server_cpus)
+            say(
+                f"  {srv.label}: {pinned} server threads on CPU {server_cpus}, client on {client_cpus}"
+            )
         start = cpu.sample() if cpu else None
         if cpu:
             cpu.mark()
@@ -357,6 +427,8 @@ def one_load(
             out.cpu = fmt_cpu(cpu.since(start))
         finished = not out.error
     finally:
+        if server_cpus is not None and srv.root_pid is not None:
+            pin_tree(srv.root_pid, all_cpus)
         for p in procs:  # after an error or Ctrl-C, no waiting: TERM at once
             p.join(timeout=5 if finished else 0)
             if p.is_alive():
@@ -452,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
             chown_tree(dst, DV_UID, DV_GID)
         rl.start(ours)
         port = ours.ports[110]
-        s_ours = Server("ours", ours.ip, port, "{u}@" + DOMAIN, ours.proc.pid)
+        s_ours = Server("ours", ours.ip, port, "{u}@" + DOMAIN, ours.proc.pid, ours.proc.pid)
         out_f = (dv_root / "dovecot.out").open("w")
         dv_proc = subprocess.Popen(
             ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
@@ -463,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
             )
             raise SystemExit(f"dovecot did not start:\n{log[-2000:]}")
         say(f"dovecot pid {dv_proc.pid}, POP3 127.0.0.1:{dv_port}")
-        s_dv = Server("dovecot", "127.0.0.1", dv_port, "{u}")
+        s_dv = Server("dovecot", "127.0.0.1", dv_port, "{u}", None, dv_proc.pid)
         print(
             f"ours: etc/163.ini (lab config: passwd-file, plaintext_networks 127.0.0.0/8) copied to"
             f" {ours.ini.parent}, ports moved: pop3 110 -> {ours.ip}:{port}"
@@ -480,7 +552,9 @@ def run(args: argparse.Namespace) -> int:
             f"load: plain POP3 USER/PASS from loopback (no TLS, both), RETR without DELE;"
             f" 1 client x {args.messages} msgs ({SINGLE[0]}) and {args.clients} clients x"
             f" {per} msgs ({multi[0][0]}..{multi[-1][0]}), {args.size} B each, identical"
-            " files (Dovecot's a copy); one warm-up session per mailbox before rep 1",
+            " files (Dovecot's a copy); one warm-up session per mailbox before rep 1;"
+            f" 1-client load pinned: {args.pin} (server CPUs {PIN_CPUS[args.pin][0]},"
+            f" client {PIN_CPUS[args.pin][1]}), {args.clients}-client load unpinned",
             flush=True,
         )
         for srv in (s_ours, s_dv):
@@ -495,7 +569,13 @@ def run(args: argparse.Namespace) -> int:
             for srv in order:
                 for bx in (single, multi):
                     say(f"rep {rep} {srv.label}: {len(bx)} client(s)")
-                    o = one_load(srv, bx, args.timeout, cpu if srv is s_ours else None)
+                    o = one_load(
+                        srv,
+                        bx,
+                        args.timeout,
+                        cpu if srv is s_ours else None,
+                        args.pin if bx is single else "none",
+                    )
                     print(f"  rep {rep} load avg {o.load1}  {describe(o)}", flush=True)
                     got[(srv.label, len(bx))] = o
             results.append(
@@ -523,7 +603,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(
         f"POP3 RETR, ours (lab 163 config, ports moved) vs {dovecot_version().split()[0]} Dovecot,"
-        f" {args.messages} x {args.size} B, plain POP3 from loopback, {args.reps} reps;"
+        f" {args.messages} x {args.size} B, plain POP3 from loopback, {args.reps} reps,"
+        f" 1-client load --pin {args.pin};"
         " msg/s = messages / (first RETR -> last RETR answered)"
     )
     head = (
@@ -580,6 +661,13 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
     ap.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
     ap.add_argument("--timeout", type=float, default=120, help="deadline of each load, s (120)")
+    ap.add_argument(
+        "--pin",
+        choices=sorted(PIN_CPUS),
+        default="same",
+        help="CPU placement of server and client in the 1-client load (same: both on CPU 0;"
+        " split: server 0, client 1; none: the scheduler's). See the docstring.",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     if args.messages < 1 or args.clients < 1 or args.reps < 1 or args.size < 1:
