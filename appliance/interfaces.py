@@ -1,7 +1,8 @@
 """The seams between packages: the values that cross them and the contracts written on them.
 
 A package talks to another only through what is here. Protocol packages (smtp, later pop3 and
-imap) see a `Policy`, an `Authenticator`, a `LoginThrottle`, a `MessageSink` and a `Resolver`;
+imap) see a `Policy`, a `MessageFilter` (the filter chain), an `Authenticator`, a
+`LoginThrottle`, a `MessageSink` and a `Resolver`;
 the queue sees `DeliveryTarget`s; delivery targets see a `MailStore`. Only service.py (and
 cli.py) know which class implements which seam, and wire them together.
 
@@ -208,6 +209,98 @@ class Policy(Protocol):
 
         client_relay: the connect verdict let this client relay.
         """
+        ...
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What an SMTP session knows of its client when it asks the filters."""
+
+    session_id: str
+    client_ip: str
+    client_name: str | None  # verified reverse DNS, None if unknown
+    helo: str  # "" before HELO/EHLO
+    tls: str | None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
+    auth_user: str | None  # the SASL login
+
+
+@dataclass(frozen=True)
+class FilterVerdict:
+    """What a filter (or the chain) says: go on (code None), or the SMTP reply refusing.
+
+    headers are complete header fields ("X-Spam-Flag: YES", folded lines CRLF + tab) to put
+    in front of the message, in this order, when it is accepted; filter names who decided
+    and reason the detail for the log ("Eicar-Test-Signature", "score=1000.0"); neither
+    ever reaches the client beyond text.
+    """
+
+    code: int | None = None  # None: accept (so far); else 4xx/5xx
+    text: str = ""  # "5.7.1 Message content rejected" (enhanced code first)
+    headers: tuple[str, ...] = ()
+    filter: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code is None
+
+
+ACCEPT = FilterVerdict()
+
+
+class BodyBuffer(Protocol):
+    """Where SMTP puts a message's text while the filters have not yet decided on it:
+    MessageBody's reads once it is complete. Bounded memory (what does not fit goes to a
+    file), written on the reactor thread like the spool."""
+
+    size: int
+
+    def write(self, data: bytes) -> None:
+        """More of the message (raises DiskFull when its file cannot grow)."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def in_memory(self) -> bytes | None: ...
+
+    def close(self) -> None:
+        """Let the bytes go (and remove the file); harmless twice."""
+        ...
+
+
+class MessageFilter(Protocol):
+    """A check SMTP makes at connect, MAIL, RCPT and the end of the data: SPF, DNSBL, DKIM,
+    DMARC, spamd, clamd, or the chain of all of them (which is one too).
+
+    Each decision may be answered at once or later (a Deferred); it never fails: a check
+    that cannot be made says so itself, with a 4xx verdict or by accepting, as its admin
+    configured. The chain asks its filters in order and stops at the first refusal.
+    """
+
+    name: str
+
+    def connect(self, facts: SessionFacts) -> FilterVerdict | Deferred[FilterVerdict]: ...
+
+    def sender(
+        self, facts: SessionFacts, mail_from: str
+    ) -> FilterVerdict | Deferred[FilterVerdict]: ...
+
+    def recipient(
+        self, facts: SessionFacts, mail_from: str, rcpt: str
+    ) -> FilterVerdict | Deferred[FilterVerdict]: ...
+
+    def body_buffer(self, envelope: Envelope) -> BodyBuffer | None:
+        """Where to keep this message's text until message() has decided, or None when no
+        filter looks at its content (the text then goes straight to the sink)."""
+        ...
+
+    def message(
+        self, envelope: Envelope, queue_id: str, body: BodyBuffer
+    ) -> Deferred[FilterVerdict]:
+        """The end of the data: the text (our Received header first) is all in body."""
         ...
 
 

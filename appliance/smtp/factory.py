@@ -10,7 +10,13 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress, IOpenSSLContextFactory, IReactorTime
 from twisted.logger import Logger
 
-from appliance.interfaces import Authenticator, LoginThrottle, MessageSink, Policy
+from appliance.interfaces import (
+    Authenticator,
+    LoginThrottle,
+    MessageFilter,
+    MessageSink,
+    Policy,
+)
 from appliance.limits import ConnectionSlots
 from appliance.smtp.rdns import ReverseLookup
 from appliance.smtp.session import SMTPSession
@@ -25,7 +31,8 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
     for STARTTLS (an implicit-TLS listener is wrapped by service.py), None for no STARTTLS;
     throttle: login-failure delays, None for none; events: the mail event stream's Logger
     (appliance.log.mail_logger("smtpd")); reactor: for timeouts and delays; rdns: verified
-    client names, None to leave every client 'unknown'.
+    client names, None to leave every client 'unknown'; filters: the filter chain asked after
+    the policy at connect, MAIL, RCPT and the end of the data, None for none.
     """
 
     def __init__(
@@ -42,6 +49,7 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
         reactor: IReactorTime,
         rdns: ReverseLookup | None = None,
         slots: ConnectionSlots | None = None,
+        filters: MessageFilter | None = None,
     ) -> None:
         self.settings = settings
         self.mode = mode
@@ -53,6 +61,7 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
         self.events = events
         self.reactor = reactor
         self.rdns = rdns
+        self.filters = filters
         if slots is None:
             slots = ConnectionSlots(
                 settings.max_connections,

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from appliance.interfaces import Verdict
+from appliance.deferreds import decision
+from appliance.interfaces import FilterVerdict, SessionFacts, Verdict
 from appliance.limits import Deadlines
 from appliance.log import printable
 from appliance.smtp import transaction
@@ -94,22 +95,50 @@ class SMTPSession(SMTPConnection):
 
     def greet(self) -> None:
         f = self.factory
-        s = f.settings
         self.events.connect(self.client_label())
         verdict = self.connect_verdict = f.policy.check_connect(self.peer_ip, self.peer_name)
         if not verdict.ok and not verdict.discard:
-            self.rejected_at_connect = verdict
-            self.events.reject_connect(self.client_label(), verdict)
-            self.send_line(f"{verdict.code} {verdict.text}")
+            self.refuse_connect(verdict)
             return
+        if f.filters is None or verdict.relay:  # (a client the access map trusts: no DNSBL)
+            self.send_banner()
+            return
+
+        def checked(result: FilterVerdict) -> None:
+            if not result.ok:
+                self.refuse_connect(Verdict(result.code, result.text))
+            else:
+                self.send_banner()
+
+        self.wait(decision(f.filters.connect, self.facts()).addCallback(checked), "connect")
+
+    def send_banner(self) -> None:
+        s = self.factory.settings
         banner = s.banner or f"{s.hostname} ESMTP mailappliance"
         self.send_line(f"220 {banner}")
+
+    def refuse_connect(self, verdict: Verdict) -> None:
+        """Turned away at the greeting: every command but QUIT gets 503 from here on."""
+        self.rejected_at_connect = verdict
+        self.events.reject_connect(self.client_label(), verdict)
+        self.send_line(f"{verdict.code} {verdict.text}")
+
+    def facts(self) -> SessionFacts:
+        """What the filters are told of this client."""
+        return SessionFacts(
+            session_id=self.session_id,
+            client_ip=self.peer_ip,
+            client_name=self.peer_name,
+            helo=self.helo or "",
+            tls=self.tls_info,
+            auth_user=self.auth.user,
+        )
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
         if self.deadlines is not None:
             self.deadlines.stop()
-        if self.incoming is not None and self.incoming.message is not None:
-            self.incoming.message.abort()
+        if self.incoming is not None:
+            self.incoming.abort()
         if self.counted:
             self.factory.slots.release(self)
             self.counted = False

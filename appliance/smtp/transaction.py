@@ -1,11 +1,13 @@
 """The mail transaction: MAIL FROM, RCPT TO, DATA and the end of the message.
 
 Handlers in the session's command table (they take the session and the argument). MAIL and
-RCPT check syntax and parameters, ask the sink for room and the Policy for its decision
-(holding input until it is made); DATA starts an IncomingMessage in the MessageSink, writes
-our Received header, and feeds the text through the DataReader; at the end the message is
-refused with the reader's reply, dropped (DISCARD), or committed and answered with its queue
-id. Refusals are logged as reject events.
+RCPT check syntax and parameters, ask the sink for room, the Policy for its decision and then
+the filter chain (holding input until both are made); DATA starts an IncomingMessage in the
+MessageSink, writes our Received header, and feeds the text through the DataReader. When the
+filters look at the content, the text goes to their BodyBuffer instead, and only once they
+have accepted it is it written to the sink, after the headers they add. At the end the
+message is refused with the reader's or the filters' reply, dropped (DISCARD), or committed
+and answered with its queue id. Refusals are logged as reject events.
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from appliance.interfaces import DiskFull, IncomingMessage, Recipient, Resolution, Verdict
+from appliance.deferreds import decision
+from appliance.interfaces import (
+    BodyBuffer,
+    DiskFull,
+    Envelope,
+    FilterVerdict,
+    IncomingMessage,
+    MessageFilter,
+    Recipient,
+    Resolution,
+    Verdict,
+)
 from appliance.smtp.address import ReplyError, check_address, parse_path
 from appliance.smtp.data import DataReader
 from appliance.smtp.envelope import Transaction, envelope_of, received_header
@@ -38,13 +51,25 @@ class Incoming:
     txn: Transaction
     message: IncomingMessage | None  # None: DISCARD, read it and keep nothing
     reader: DataReader
+    envelope: Envelope
+    buffer: BodyBuffer | None = None  # the filters look at the text: it waits here
 
+    def write(self, data: bytes) -> None:
+        """Text for the message (raises DiskFull)."""
+        if self.buffer is not None:
+            self.buffer.write(data)
+        elif self.message is not None:
+            self.message.write(data)
 
-def _decision(
-    f: Callable[P, T | defer.Deferred[T]], *args: P.args, **kw: P.kwargs
-) -> defer.Deferred[T]:
-    """A policy decision as a Deferred, whether it was answered at once or later."""
-    return cast("defer.Deferred[T]", defer.maybeDeferred(f, *args, **kw))
+    def abort(self) -> None:
+        if self.message is not None:
+            self.message.abort()
+        self.close_buffer()
+
+    def close_buffer(self) -> None:
+        buffer, self.buffer = self.buffer, None
+        if buffer is not None:
+            buffer.close()
 
 
 def _split_text(text: str) -> tuple[str, str]:
@@ -83,11 +108,18 @@ def do_mail(session: SMTPSession, arg: str) -> None:
         check_address(path.address, params.smtputf8, "FROM")
     if not f.sink.has_room(params.size):
         raise ReplyError(452, "4.3.1", "Insufficient system storage")
-    d = _decision(
+    d = decision(
         f.policy.check_sender, path.address, session.peer_ip, session.peer_name, session.auth.user
     )
 
-    def decided(verdict: Verdict) -> None:
+    def decided(verdict: Verdict) -> defer.Deferred[Verdict]:
+        if verdict.code is not None and not verdict.discard:
+            return defer.succeed(verdict)
+        return _filtered(
+            session, verdict, lambda chain: chain.sender(session.facts(), path.address)
+        )
+
+    def answered(verdict: Verdict) -> None:
         if verdict.code is not None and not verdict.discard:
             _reject(session, "MAIL", verdict, path.address, None)
             session.reply(verdict.code, *_split_text(verdict.text))
@@ -97,7 +129,23 @@ def do_mail(session: SMTPSession, arg: str) -> None:
         )
         session.reply(250, "2.1.0", "Ok")
 
-    session.wait(d.addCallback(decided), "sender check")
+    session.wait(d.addCallback(decided).addCallback(answered), "sender check")
+
+
+def _filtered(
+    session: SMTPSession,
+    verdict: Verdict,
+    ask: Callable[[MessageFilter], FilterVerdict | defer.Deferred[FilterVerdict]],
+) -> defer.Deferred[Verdict]:
+    """After the policy accepted: the filter chain's word (its refusal as a Verdict)."""
+    chain = session.factory.filters
+    if chain is None or session.connect_verdict.relay:
+        return defer.succeed(verdict)
+
+    def said(result: FilterVerdict) -> Verdict:
+        return verdict if result.ok else Verdict(result.code, result.text)
+
+    return decision(ask, chain).addCallback(said)
 
 
 def do_rcpt(session: SMTPSession, arg: str) -> None:
@@ -113,7 +161,7 @@ def do_rcpt(session: SMTPSession, arg: str) -> None:
         address = f"postmaster@{s.hostname.partition('.')[2] or s.hostname}"
     params = rcpt_params(path.params)
     check_address(address, session.txn.params.smtputf8, "TO")
-    d = _decision(
+    d = decision(
         f.policy.resolve_recipient,
         address,
         session.peer_ip,
@@ -121,6 +169,18 @@ def do_rcpt(session: SMTPSession, arg: str) -> None:
         session.auth.user,
         session.connect_verdict.relay,
     )
+
+    def filtered(resolution: Resolution) -> defer.Deferred[Resolution]:
+        verdict, txn = resolution.verdict, session.txn
+        if (verdict.code is not None and not verdict.discard) or txn is None:
+            return defer.succeed(resolution)
+
+        def said(v: Verdict) -> Resolution:
+            return resolution if v is verdict else Resolution(verdict=v)
+
+        return _filtered(
+            session, verdict, lambda chain: chain.recipient(session.facts(), txn.mail_from, address)
+        ).addCallback(said)
 
     def decided(resolution: Resolution) -> None:
         verdict = resolution.verdict
@@ -145,7 +205,7 @@ def do_rcpt(session: SMTPSession, arg: str) -> None:
         )
         session.reply(250, "2.1.5", "Ok")
 
-    session.wait(d.addCallback(decided), "recipient check")
+    session.wait(d.addCallback(filtered).addCallback(decided), "recipient check")
 
 
 def do_data(session: SMTPSession, arg: str) -> None:
@@ -175,13 +235,15 @@ def do_data(session: SMTPSession, arg: str) -> None:
             session.txn = None
             raise ReplyError(452, "4.3.1", "Insufficient system storage") from None
     reader = DataReader(max_size=f.settings.max_message_size, max_line=f.settings.max_text_line)
-    session.incoming = Incoming(txn, message, reader)
+    incoming = session.incoming = Incoming(txn, message, reader, envelope)
     if message is not None:
         session.events.client(
             message.queue_id, session.client_label(), session.auth.mechanism, session.auth.user
         )
+        if f.filters is not None and not session.connect_verdict.relay:
+            incoming.buffer = f.filters.body_buffer(envelope)
         try:
-            message.write(received_header(envelope, message.queue_id, f.settings.hostname))
+            incoming.write(received_header(envelope, message.queue_id, f.settings.hostname))
         except DiskFull:
             reader.disk_full = True
     if session.deadlines is not None:
@@ -196,13 +258,13 @@ def feed_data(session: SMTPSession, incoming: Incoming) -> bool:
     data = reader.take_output()
     if message is not None:
         if reader.failed:
-            message.abort()  # the message will be refused: stop using disk for it now
+            incoming.abort()  # the message will be refused: stop using disk for it now
         elif data:
             try:
-                message.write(data)
+                incoming.write(data)
             except DiskFull:
                 reader.disk_full = True
-                message.abort()
+                incoming.abort()
     if not done:
         return False
     session.incoming = None
@@ -215,8 +277,7 @@ def _end_of_data(session: SMTPSession, incoming: Incoming) -> None:
     session.txn = None
     problem = incoming.reader.problem()
     if problem is not None:
-        if message is not None:
-            message.abort()
+        incoming.abort()
         code, enhanced, text = problem
         _reject(session, "END-OF-MESSAGE", Verdict(code, f"{enhanced} {text}"), txn.mail_from, None)
         session.reply(code, enhanced, text)
@@ -225,6 +286,54 @@ def _end_of_data(session: SMTPSession, incoming: Incoming) -> None:
         session.events.discard(txn.mail_from)
         session.reply(250, "2.0.0", "Ok: discarded")
         return
+    if incoming.buffer is not None:
+        _filter_then_commit(session, incoming, message)
+        return
+    _commit(session, message)
+
+
+def _filter_then_commit(session: SMTPSession, incoming: Incoming, message: IncomingMessage) -> None:
+    """The filters decide on the text in the buffer; accepted, it goes to the sink after
+    the headers they add, then the message is committed."""
+    chain = session.factory.filters
+    buffer = incoming.buffer
+    assert chain is not None and buffer is not None
+    txn = incoming.txn
+    d = defer.maybeDeferred(chain.message, incoming.envelope, message.queue_id, buffer)
+
+    def decided(verdict: FilterVerdict) -> defer.Deferred[None] | None:
+        if not verdict.ok:
+            incoming.abort()
+            refusal = Verdict(verdict.code, verdict.text)
+            _reject(session, "END-OF-MESSAGE", refusal, txn.mail_from, None)
+            session.reply(verdict.code or 451, *_split_text(verdict.text))
+            return None
+        try:
+            for header in verdict.headers:
+                message.write(header.encode("utf-8") + b"\r\n")
+            for chunk in buffer.chunks():
+                message.write(chunk)
+        except DiskFull:
+            incoming.abort()
+            session.reply(452, "4.3.1", "Insufficient system storage")
+            return None
+        incoming.close_buffer()
+        return _commit_deferred(session, message)
+
+    def failed(failure: Failure) -> None:
+        incoming.abort()
+        session.log.failure("filtering {queue_id} failed", failure, queue_id=message.queue_id)
+        session.reply(451, "4.7.1", "Temporary failure in message checks, try again later")
+
+    session.wait(d.addCallbacks(decided, failed), "message checks")
+
+
+def _commit(session: SMTPSession, message: IncomingMessage) -> None:
+    session.wait(_commit_deferred(session, message), "commit")
+
+
+def _commit_deferred(session: SMTPSession, message: IncomingMessage) -> defer.Deferred[None]:
+    """Commit, then 250 with the queue id, or the reply saying why not."""
     d = defer.maybeDeferred(message.commit)
 
     def committed(queue_id: str) -> None:
@@ -238,4 +347,4 @@ def _end_of_data(session: SMTPSession, incoming: Incoming) -> None:
         session.log.failure("commit of {queue_id} failed", failure, queue_id=message.queue_id)
         session.reply(451, "4.3.0", "Error: local error in processing")
 
-    session.wait(d.addCallbacks(committed, failed), "commit")
+    return d.addCallbacks(committed, failed)

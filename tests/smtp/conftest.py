@@ -172,7 +172,7 @@ def smtp():
         logs.append(render(event))
 
     def make(
-        mode: ListenerMode = MTA, peer: str = "127.0.0.1", tls=STARTTLS_CONTEXT, **kw
+        mode: ListenerMode = MTA, peer: str = "127.0.0.1", tls=STARTTLS_CONTEXT, filters=None, **kw
     ) -> Session:
         settings = SMTPSettings(hostname="mail.example.test", **kw)
         factory = SMTPFactory(
@@ -185,10 +185,12 @@ def smtp():
             throttle=None,
             events=mail_logger("smtpd", observer),
             reactor=clock,
+            filters=filters,
         )
         return Session(factory, clock, peer)
 
     make.clock = clock
+    make.observer = observer
     make.logs = logs
     make.events = events
     make.sink = sink
