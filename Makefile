@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/163.ini
-DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop clamav-daemon spamassassin spamd spamc
 STAMP := $(VENV)/.installed
 
 .PHONY: run lab test venv debs lint typecheck clean
@@ -28,7 +28,8 @@ lab: venv
 	@if [ "$$(id -u)" != 0 ]; then echo "make lab binds ports 25, 53, 465 and 587: run it as root" >&2; exit 1; fi
 	$(BIN)/python -m appliance.lab
 
-# Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf, slapd, Postfix). policy-rc.d
+# Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf, slapd, Postfix, clamd,
+# spamd). policy-rc.d
 # keeps packaged daemons (named) from starting system-wide; fixtures start their own.
 debs:
 	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -194,11 +194,37 @@ def next_hop(raw: str, ctx: _Ctx) -> HostPort:
     return HostPort(host, port)
 
 
+def daemon_address(raw: str, ctx: _Ctx) -> HostPort | Path:
+    """A daemon to talk to: 127.0.0.1:3310, [::1]:783, or unix:<path> (relative to the INI
+    file's folder) or an absolute path for a UNIX socket."""
+    v = raw.strip()
+    if v.startswith("unix:"):
+        return path(v[5:], ctx)
+    if v.startswith("/"):
+        return Path(v)
+    m = re.match(r"^(\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)$", v)
+    if not m:
+        raise ValueError(
+            f"expected host:port like 127.0.0.1:3310 or unix:/run/clamav/clamd.ctl, got {raw!r}"
+        )
+    return host_port(v)
+
+
 def ip_address(raw: str, ctx: _Ctx) -> str:
     try:
         return str(ipaddress.ip_address(raw.strip()))
     except ValueError:
         raise ValueError(f"expected an IP address like 127.0.1.1, got {raw!r}") from None
+
+
+def score(raw: str, ctx: _Ctx) -> float:
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a score like 10 or 7.5, got {raw!r}") from None
+    if not 0 <= v <= 10_000:
+        raise ValueError(f"expected a score from 0 to 10000, got {v:g}")
+    return v
 
 
 def durations(raw: str, ctx: _Ctx) -> tuple[int, ...]:
@@ -477,6 +503,36 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lock_stale_after": Key(
             duration, "5m", "a mailbox's session lock not refreshed this long is stale"
         ),
+    },
+    "clamav": {
+        "address": Key(
+            daemon_address, NONE, "clamd to scan every message with (host:port or unix:path)"
+        ),
+        "timeout": Key(duration, "30s", "give up on clamd after this"),
+        "on_failure": Key(
+            choice("tempfail", "accept"),
+            "tempfail",
+            "clamd down or slow: refuse for now (451 4.7.1), or accept unscanned",
+        ),
+        "max_size": Key(size, "25M", "messages larger than this are not scanned (and logged)"),
+        "scan_authenticated": Key(boolean, "yes", "also scan mail from logged-in users"),
+    },
+    "spamassassin": {
+        "address": Key(
+            daemon_address, NONE, "spamd to score messages with (host:port or unix:path)"
+        ),
+        "timeout": Key(duration, "30s", "give up on spamd after this"),
+        "on_failure": Key(
+            choice("tempfail", "accept"),
+            "tempfail",
+            "spamd down or slow: refuse for now (451 4.7.1), or accept unscored",
+        ),
+        "max_size": Key(size, "512K", "messages larger than this are not scored (as spamc)"),
+        "scan_authenticated": Key(boolean, "no", "also score mail from logged-in users"),
+        "reject_score": Key(
+            score, "0", "refuse mail scoring this or more (550 5.7.1); 0: never, only tag it"
+        ),
+        "user": Key(text, "", "whose SpamAssassin preferences spamd applies (User: header)"),
     },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),

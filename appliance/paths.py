@@ -24,6 +24,7 @@ class Paths:
     maillog: Path
     login_failures: Path  # the login throttle's blocks, kept across restarts
     control_socket: Path  # where `mailappliance queue ...` reaches the running appliance
+    filter_dir: Path  # message text the filters are still deciding on, past what fits memory
 
     @classmethod
     def of(cls, config: Config) -> Paths:
@@ -41,6 +42,7 @@ class Paths:
             maillog=config.log.maillog or state / "maillog",
             login_failures=state / "login-failures.json",
             control_socket=state / "control.sock",
+            filter_dir=state / "filter",
         )
 
 

@@ -53,7 +53,13 @@ from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwa
 from appliance.dns.zonefile import load_zone
 from appliance.durable import DirSync
 from appliance.errors import ApplianceError, ConfigError, ZoneError
-from appliance.interfaces import Authenticator, Policy, UserDirectory
+from appliance.filters.base import Filter
+from appliance.filters.chain import FilterChain
+from appliance.filters.clamav import ClamAVFilter
+from appliance.filters.daemon import DaemonAddress
+from appliance.filters.scanning import ScannerSettings
+from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
+from appliance.interfaces import Authenticator, MessageFilter, Policy, UserDirectory
 from appliance.limits import ConnectionSlots, SessionLimits
 from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
@@ -550,6 +556,7 @@ def make_smtp_service(
     rdns = None
     if dns_engine is not None:
         rdns = ReverseLookup(LocalResolver(dns_engine), reactor)
+    filters = make_filters(cfg, reactor)
     smtp = service.MultiService()
     smtp.setName("smtp")
     events = mail_logger("smtpd")
@@ -570,6 +577,7 @@ def make_smtp_service(
             reactor=reactor,
             rdns=rdns,
             slots=slots,
+            filters=filters,
         )
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if mode.implicit_tls else factory
         for hp in addresses:
@@ -577,6 +585,41 @@ def make_smtp_service(
             listener.setName(f"{mode.name} {hp}")
             listener.setServiceParent(smtp)
     return smtp
+
+
+def _daemon(value: HostPort | Path) -> DaemonAddress:
+    if isinstance(value, Path):
+        return DaemonAddress(path=value)
+    return DaemonAddress(value.host, value.port)
+
+
+def _scanner(section: Any) -> ScannerSettings:
+    return ScannerSettings(
+        _daemon(section.address),
+        timeout=section.timeout,
+        on_failure=section.on_failure,
+        max_size=section.max_size,
+        scan_authenticated=section.scan_authenticated,
+    )
+
+
+def make_filters(cfg: Config, reactor: Any) -> MessageFilter | None:
+    """The filter chain of [clamav] and [spamassassin] (viruses first: an infected message
+    is refused before spamd spends time on it); None when no filter is configured."""
+    filters: list[Filter] = []
+    if cfg.clamav.address is not None:
+        filters.append(ClamAVFilter(_scanner(cfg.clamav), reactor))
+    sa = cfg.spamassassin
+    if sa.address is not None:
+        settings = SpamSettings(_scanner(sa), reject_score=sa.reject_score, user=sa.user)
+        filters.append(SpamAssassinFilter(settings, reactor))
+    if not filters:
+        return None
+    folder = Paths.of(cfg).filter_dir
+    folder.mkdir(mode=0o700, exist_ok=True)  # (chowned with the state folder when root drops)
+    return FilterChain(
+        filters, hostname=cfg.appliance.hostname, spill_folder=folder, events=mail_logger("filter")
+    )
 
 
 def _owner(cfg: Config) -> dict[str, int]:

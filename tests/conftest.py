@@ -11,6 +11,9 @@ from twisted.logger import globalLogPublisher
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the real clamd and spamd (session-scoped, started by the first test that asks)
+pytest_plugins = ["tests.filters.daemons"]
+
 
 @pytest.fixture(autouse=True)
 def logged_errors() -> Iterator[list[dict]]:

@@ -103,7 +103,7 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
     missing = tmp_path / "missing.zone"
     assert problems_of(p) == [
         "lab.ini: [zone:example.test] file: no such file: " + str(missing),
-        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, log, tls, zone:NAME)",
+        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, clamav, spamassassin, log, tls, zone:NAME)",
         "lab.ini: [appliance] colour: unknown key (known keys: group, hostname, state_dir, user)",
         "lab.ini: [appliance] hostname: required key is missing",
         "lab.ini: [dns] listen: port must be 0-65535, got 99999",
@@ -238,4 +238,45 @@ def test_load_relay_smarthost_user_without_password_file_is_an_error(tmp_path: P
     assert problems_of(path) == [
         "lab.ini: [relay] smarthost_password_file: required when smarthost_user is set",
         "lab.ini: [relay] smarthost_user: set, but no smarthost to log in to",
+    ]
+
+
+def test_load_filter_daemons_addresses_and_mistakes(tmp_path: Path) -> None:
+    """[clamav] and [spamassassin]: host:port or unix:path (relative to the INI folder);
+    a wrong address, policy or score is named with its file, section and key."""
+    p = write(
+        tmp_path,
+        """\
+        [appliance]
+        hostname = mail.example.test
+        [clamav]
+        address = unix:run/clamd.ctl
+        [spamassassin]
+        address = 127.0.0.1:783
+        reject_score = 12.5
+        """,
+    )
+    cfg = config.load(p)
+    assert cfg.clamav.address == tmp_path / "run" / "clamd.ctl"
+    assert cfg.clamav.on_failure == "tempfail" and cfg.clamav.max_size == 25 * 1024**2
+    assert cfg.spamassassin.address == config.HostPort("127.0.0.1", 783)
+    assert cfg.spamassassin.reject_score == 12.5 and cfg.spamassassin.max_size == 512 * 1024
+    bad = write(
+        tmp_path,
+        """\
+        [appliance]
+        hostname = mail.example.test
+        [clamav]
+        address = clamd.local
+        on_failure = ignore
+        [spamassassin]
+        reject_score = high
+        """,
+        "bad.ini",
+    )
+    assert problems_of(bad) == [
+        "bad.ini: [clamav] address: expected host:port like 127.0.0.1:3310 or"
+        " unix:/run/clamav/clamd.ctl, got 'clamd.local'",
+        "bad.ini: [clamav] on_failure: expected one of tempfail, accept, got 'ignore'",
+        "bad.ini: [spamassassin] reject_score: expected a score like 10 or 7.5, got 'high'",
     ]
