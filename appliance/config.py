@@ -338,6 +338,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tcp_stress_idle_timeout": Key(
             duration, "2s", "idle timeout while 80% of the DNS TCP connections are in use"
         ),
+        "spf": Key(
+            text,
+            "v=spf1 mx -all",
+            "SPF record published at the apex of each mail domain we serve (a zone with an "
+            "MX record), unless the zone file has one; empty: none",
+        ),
+        "dmarc": Key(
+            text,
+            "v=DMARC1; p=none",
+            "DMARC record published at _dmarc.<domain> of each mail domain we serve, unless "
+            "the zone file has one; empty: none",
+        ),
     },
     "smtp": {
         "listen": Key(addresses(25), "", "MTA port (25): STARTTLS offered, AUTH after TLS"),
@@ -502,6 +514,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_errors": Key(integer(1, 1000), "20", "bad commands before the connection closes"),
         "lock_stale_after": Key(
             duration, "5m", "a mailbox's session lock not refreshed this long is stale"
+        ),
+    },
+    "spf": {
+        "check": Key(boolean, "yes", "check SPF (RFC 7208) of mail from clients not logged in"),
+        "on_fail": Key(
+            choice("accept", "reject"), "accept", "SPF fail: tag only, or refuse (550 5.7.23)"
+        ),
+        "on_softfail": Key(
+            choice("accept", "reject"), "accept", "SPF softfail: tag only, or refuse (550 5.7.23)"
+        ),
+        "on_permerror": Key(
+            choice("accept", "reject"),
+            "accept",
+            "a broken SPF record: accept, or refuse (550 5.7.24)",
+        ),
+        "on_temperror": Key(
+            choice("accept", "tempfail"),
+            "accept",
+            "SPF could not be checked (DNS failure): accept, or refuse for now (451 4.7.24)",
         ),
     },
     "clamav": {

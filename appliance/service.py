@@ -48,6 +48,7 @@ from appliance.delivery.session import SessionSettings
 from appliance.delivery.smtp_client import Timeouts
 from appliance.delivery.transport import TransportMap
 from appliance.dns.authority import Authority, Zone
+from appliance.dns.published import published
 from appliance.dns.resolver import LocalResolver
 from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
 from appliance.dns.zonefile import load_zone
@@ -59,7 +60,9 @@ from appliance.filters.clamav import ClamAVFilter
 from appliance.filters.daemon import DaemonAddress
 from appliance.filters.scanning import ScannerSettings
 from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
-from appliance.interfaces import Authenticator, MessageFilter, Policy, UserDirectory
+from appliance.filters.spf import SPF
+from appliance.filters.spf_filter import SPFFilter, SPFSettings
+from appliance.interfaces import Authenticator, MessageFilter, Policy, Resolver, UserDirectory
 from appliance.limits import ConnectionSlots, SessionLimits
 from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
@@ -137,9 +140,12 @@ def tls_settings(config: Config) -> TLSSettings:
 
 def load_zones(config: Config, problems: list[str]) -> list[Zone]:
     zones = []
+    d = config.dns
     for zc in config.zones:
         try:
-            zones.append(Zone(zc.origin, load_zone(zc.file, zc.origin), zc.allow_transfer))
+            records = load_zone(zc.file, zc.origin)
+            records += published(zc.origin, records, spf=d.spf, dmarc=d.dmarc)
+            zones.append(Zone(zc.origin, records, zc.allow_transfer))
         except ZoneError as e:
             problems.append(config.problem(f"zone:{zc.origin}", "file", str(e)))
     return zones
@@ -515,9 +521,10 @@ def make_smtp_service(
     reactor: Any,
     dns_engine: DNSEngine | None = None,
     throttle: FailureThrottle | None = None,
+    resolver: Resolver | None = None,
 ) -> service.MultiService:
-    """The three SMTP listeners, sharing the queue, the users, the policy, the throttle and
-    one set of connection slots."""
+    """The three SMTP listeners, sharing the queue, the users, the policy, the throttle, the
+    filter chain (its DNS checks through resolver) and one set of connection slots."""
     cfg = prepared.config
     parts = prepared.mail
     assert parts is not None, "load_mail_parts() found no SMTP listener"
@@ -556,7 +563,7 @@ def make_smtp_service(
     rdns = None
     if dns_engine is not None:
         rdns = ReverseLookup(LocalResolver(dns_engine), reactor)
-    filters = make_filters(cfg, reactor)
+    filters = make_filters(cfg, reactor, resolver)
     smtp = service.MultiService()
     smtp.setName("smtp")
     events = mail_logger("smtpd")
@@ -603,10 +610,20 @@ def _scanner(section: Any) -> ScannerSettings:
     )
 
 
-def make_filters(cfg: Config, reactor: Any) -> MessageFilter | None:
-    """The filter chain of [clamav] and [spamassassin] (viruses first: an infected message
-    is refused before spamd spends time on it); None when no filter is configured."""
+def make_filters(cfg: Config, reactor: Any, resolver: Resolver | None) -> MessageFilter | None:
+    """The filter chain: [spf] (through our resolver), then [clamav] and [spamassassin]
+    (viruses first: an infected message is refused before spamd spends time on it); None
+    when no filter is configured."""
     filters: list[Filter] = []
+    sp = cfg.spf
+    if sp.check and resolver is not None:
+        spf_settings = SPFSettings(
+            on_fail=sp.on_fail,
+            on_softfail=sp.on_softfail,
+            on_permerror=sp.on_permerror,
+            on_temperror=sp.on_temperror,
+        )
+        filters.append(SPFFilter(SPF(resolver), spf_settings, cfg.appliance.hostname))
     if cfg.clamav.address is not None:
         filters.append(ClamAVFilter(_scanner(cfg.clamav), reactor))
     sa = cfg.spamassassin
@@ -738,7 +755,9 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         throttle = make_throttle(cfg, reactor)
         throttle.setName("throttle")
         throttle.setServiceParent(root)
-        make_smtp_service(prepared, queue, reactor, engine, throttle).setServiceParent(root)
+        make_smtp_service(
+            prepared, queue, reactor, engine, throttle, LocalResolver(relay_engine)
+        ).setServiceParent(root)
         if pop3_enabled(cfg):
             make_pop3_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):

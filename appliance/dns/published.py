@@ -1,0 +1,63 @@
+"""The records the appliance publishes in its own zones, kept in step with its configuration:
+SPF at the apex of each mail domain (a zone with an MX record at its apex) and DMARC at
+_dmarc.<domain>, from [dns] spf and dmarc (later also the DKIM keys).
+
+A zone file that has its own record of a kind keeps it: what the admin wrote wins, and
+`dns records` shows where the two differ. TXT data longer than 255 bytes is split into
+several character-strings (RFC 1035 3.3.14), which resolvers join again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.names import dns
+
+MAX_STRING = 255
+TTL = 3600
+
+
+def txt_strings(text: str) -> tuple[bytes, ...]:
+    """text as TXT character-strings of at most 255 bytes each."""
+    data = text.encode("ascii")
+    return tuple(data[i : i + MAX_STRING] for i in range(0, len(data), MAX_STRING)) or (b"",)
+
+
+def txt_record(owner: str, text: str, ttl: int = TTL) -> dns.RRHeader:
+    payload = dns.Record_TXT(*txt_strings(text), ttl=ttl)
+    return dns.RRHeader(owner.encode("ascii"), dns.TXT, dns.IN, ttl, payload, auth=True)
+
+
+def _has_txt(records: Sequence[dns.RRHeader], owner: bytes, prefix: bytes) -> bool:
+    for rr in records:
+        if rr.type == dns.TXT and rr.name.name.lower() == owner:
+            joined = b"".join(rr.payload.data).lower()
+            if (
+                joined == prefix
+                or joined.startswith(prefix + b" ")
+                or joined.startswith(prefix + b";")
+            ):
+                return True
+    return False
+
+
+def is_mail_domain(origin: str, records: Sequence[dns.RRHeader]) -> bool:
+    apex = origin.encode("ascii")
+    return any(rr.type == dns.MX and rr.name.name.lower() == apex for rr in records)
+
+
+def published(
+    origin: str, records: Sequence[dns.RRHeader], *, spf: str, dmarc: str
+) -> list[dns.RRHeader]:
+    """The records to add to zone origin (none for a zone that is not a mail domain)."""
+    origin = origin.rstrip(".").lower()
+    if not is_mail_domain(origin, records):
+        return []
+    out = []
+    apex = origin.encode("ascii")
+    if spf and not _has_txt(records, apex, b"v=spf1"):
+        out.append(txt_record(origin, spf))
+    owner = f"_dmarc.{origin}"
+    if dmarc and not _has_txt(records, owner.encode("ascii"), b"v=dmarc1"):
+        out.append(txt_record(owner, dmarc))
+    return out
