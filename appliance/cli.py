@@ -1,4 +1,5 @@
-"""The `mailappliance` admin command: check-config, ca init|issue|show, user, queue, config-help."""
+"""The `mailappliance` admin command: check-config, ca init|issue|show, dkim init|rotate|show,
+user, queue, config-help."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from appliance.auth.passwd_admin import add_user, delete_user, set_password
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.schemes import STRONG_SCHEMES
 from appliance.control.client import parse_queue_id, send_command
+from appliance.dkim.keys import DKIMKeyStore, KeyInfo
 from appliance.errors import ApplianceError, ConfigError
 from appliance.names import is_user_address
-from appliance.paths import Paths
+from appliance.paths import Paths, dkim_domains
 from appliance.queue.inspect import format_list, list_queue, show_message
 from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
@@ -123,6 +125,66 @@ def _user_edit(action: str, edit: Callable[[], None]) -> None:
         raise ApplianceError("\n".join(e.problems)) from None
     except ValueError as e:  # hash_password: e.g. a BLF-CRYPT password over 72 bytes
         raise ApplianceError(f"cannot {action}: {e}") from None
+
+
+def _dkim(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[DKIMKeyStore, list[str]]:
+    domains = [args.domain] if getattr(args, "domain", None) else list(dkim_domains(cfg))
+    return DKIMKeyStore(Paths.of(cfg).dkim_dir), domains
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _key_line(k: KeyInfo, now: float) -> str:
+    if k.retire_at is not None and k.retire_at <= now:
+        state = "retired"
+    elif k.retire_at is not None:
+        state = f"retiring {_when(k.retire_at)}"
+    elif k.sign_from > now:
+        state = f"published, signs from {_when(k.sign_from)}"
+    else:
+        state = "signing"
+    return f"  {k.selector:<14} {k.algorithm:<15} created {_when(k.created)}  {state}"
+
+
+def cmd_dkim_init(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    store, domains = _dkim(cfg, args)
+    for domain in domains:
+        print(f"{domain}: making an RSA 2048 and an Ed25519 key ...", flush=True)
+        for k in store.init(domain, publish_delay=0):
+            print(_key_line(k, time.time()))
+    print("published by the appliance's DNS within 10 s if it is running (or at its start)")
+    return 0
+
+
+def cmd_dkim_rotate(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    store, domains = _dkim(cfg, args)
+    delay = cfg.dkim.publish_delay if args.publish_delay is None else args.publish_delay
+    grace = cfg.dkim.grace if args.grace is None else args.grace
+    for domain in domains:
+        print(f"{domain}: making new keys ...", flush=True)
+        store.rotate(domain, publish_delay=delay, grace=grace)
+        now = time.time()
+        for k in store.keys(domain):
+            print(_key_line(k, now))
+    return 0
+
+
+def cmd_dkim_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    store, domains = _dkim(cfg, args)
+    now = time.time()
+    for domain in domains:
+        keys = store.keys(domain)
+        if not keys:
+            print(f"{domain}: no DKIM keys (run 'mailappliance dkim init')")
+            continue
+        print(f"{domain}:")
+        for k in keys:
+            print(_key_line(k, now))
+        for owner, text in store.records(now).get(domain, []):
+            print(f'  {owner}. IN TXT "{text}"')
+    return 0
 
 
 def cmd_user_add(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -234,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailappliance",
         description="Administer a mailappliance: check its configuration, run its CA, "
-        "manage users, look at and act on the mail queue.",
+        "manage DKIM keys and users, look at and act on the mail queue.",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="the appliance's INI file")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -288,6 +350,42 @@ def build_parser() -> argparse.ArgumentParser:
         description="List what the CA issued (index.txt).",
     )
     show.set_defaults(func=cmd_ca_show)
+
+    dk = sub.add_parser(
+        "dkim",
+        help="DKIM keys: make, rotate, show",
+        description="The DKIM keys of [dkim] domains (default: the hostname's domain), kept "
+        "under <state_dir>/dkim (0600). The appliance publishes their TXT records in its "
+        "own zones and signs its users' mail with them.",
+    )
+    dk_sub = dk.add_subparsers(dest="dkim_command", metavar="DKIM_COMMAND")
+    dk_sub.required = True
+    dk_init = dk_sub.add_parser(
+        "init",
+        help="make the first keys (RSA 2048 and Ed25519), used at once",
+        description="Make one rsa-sha256 (2048-bit) and one ed25519-sha256 key per domain.",
+    )
+    dk_init.add_argument("--domain", help="only this domain")
+    dk_init.set_defaults(func=cmd_dkim_init)
+    dk_rot = dk_sub.add_parser(
+        "rotate",
+        help="new keys, published before they sign; the old ones kept for a grace period",
+        description="Make new keys; they sign after --publish-delay ([dkim] publish_delay), "
+        "and the keys they replace stay published for --grace ([dkim] grace).",
+    )
+    dk_rot.add_argument("--domain", help="only this domain")
+    dk_rot.add_argument(
+        "--publish-delay", type=config_mod.parse_duration, help="e.g. 1h (default [dkim])"
+    )
+    dk_rot.add_argument("--grace", type=config_mod.parse_duration, help="e.g. 7d (default [dkim])")
+    dk_rot.set_defaults(func=cmd_dkim_rotate)
+    dk_show = dk_sub.add_parser(
+        "show",
+        help="list the keys and the TXT records to publish",
+        description="Each key with its state, then the DNS records (zone file syntax).",
+    )
+    dk_show.add_argument("--domain", help="only this domain")
+    dk_show.set_defaults(func=cmd_dkim_show)
 
     user = sub.add_parser(
         "user",

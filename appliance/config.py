@@ -535,6 +535,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "SPF could not be checked (DNS failure): accept, or refuse for now (451 4.7.24)",
         ),
     },
+    "dkim": {
+        "domains": Key(
+            hostnames,
+            "",
+            "domains we sign for and publish keys of (default: the domain of [appliance] "
+            "hostname, e.g. 163.com for mail.163.com)",
+        ),
+        "sign": Key(boolean, "yes", "sign mail our logged-in users send (when keys exist)"),
+        "verify": Key(boolean, "yes", "verify DKIM signatures of mail from other hosts"),
+        "verify_max_size": Key(size, "25M", "larger messages are not verified (dkim=neutral)"),
+        "publish_delay": Key(
+            duration, "1h", "a rotated key is published this long before it signs"
+        ),
+        "grace": Key(
+            duration, "7d", "a replaced key stays published this long (mail signed with it)"
+        ),
+    },
     "clamav": {
         "address": Key(
             daemon_address, NONE, "clamd to scan every message with (host:port or unix:path)"

@@ -304,6 +304,24 @@ class MessageFilter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DKIMKey:
+    """A private key our domain signs with now (RFC 6376 / 8463)."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "rsa-sha256" or "ed25519-sha256"
+    private: bytes  # RSA: PEM; Ed25519: the base64 seed (dkimpy's forms)
+
+
+class DKIMKeys(Protocol):
+    """The keys our domains sign with; cheap to ask (kept in memory, re-read on change)."""
+
+    def signing_keys(self, domain: str) -> list[DKIMKey]:
+        """The newest usable key of each algorithm for domain ([] if it has none)."""
+        ...
+
+
 class UserDirectory(Protocol):
     """Who the local users are (passwd file or LDAP); lookups never block the reactor."""
 

@@ -25,6 +25,7 @@ class Paths:
     login_failures: Path  # the login throttle's blocks, kept across restarts
     control_socket: Path  # where `mailappliance queue ...` reaches the running appliance
     filter_dir: Path  # message text the filters are still deciding on, past what fits memory
+    dkim_dir: Path  # <state>/dkim/<domain>/: DKIM keys (0600) and their state
 
     @classmethod
     def of(cls, config: Config) -> Paths:
@@ -43,6 +44,7 @@ class Paths:
             login_failures=state / "login-failures.json",
             control_socket=state / "control.sock",
             filter_dir=state / "filter",
+            dkim_dir=state / "dkim",
         )
 
 
@@ -51,3 +53,13 @@ def passwd_file(config: Config) -> Path:
     auth = config.sections.get("auth")
     configured = auth.get("passwd_file") if auth is not None else None
     return Path(configured) if configured else config.appliance.state_dir / "passwd"
+
+
+def dkim_domains(config: Config) -> tuple[str, ...]:
+    """[dkim] domains, or the domain of the hostname (mail.163.com -> 163.com)."""
+    configured: tuple[str, ...] = config.dkim.domains
+    if configured:
+        return configured
+    hostname: str = config.appliance.hostname
+    parent = hostname.partition(".")[2]
+    return (parent if "." in parent else hostname,)

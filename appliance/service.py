@@ -25,7 +25,7 @@ import grp
 import os
 import pwd
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,10 @@ from appliance.delivery.routing import Router
 from appliance.delivery.session import SessionSettings
 from appliance.delivery.smtp_client import Timeouts
 from appliance.delivery.transport import TransportMap
+from appliance.dkim.keys import DKIMError, DKIMKeyring, DKIMKeyStore
 from appliance.dns.authority import Authority, Zone
 from appliance.dns.published import published
+from appliance.dns.refresh import ZoneRefresher
 from appliance.dns.resolver import LocalResolver
 from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
 from appliance.dns.zonefile import load_zone
@@ -58,6 +60,8 @@ from appliance.filters.base import Filter
 from appliance.filters.chain import FilterChain
 from appliance.filters.clamav import ClamAVFilter
 from appliance.filters.daemon import DaemonAddress
+from appliance.filters.dkim_sign import DKIMSignFilter
+from appliance.filters.dkim_verify import DKIMVerifyFilter
 from appliance.filters.scanning import ScannerSettings
 from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
 from appliance.filters.spf import SPF
@@ -116,6 +120,7 @@ class Prepared:
     config: Config
     zones: list[Zone]
     tls: TLSService
+    zone_files: dict[str, list[Any]] = field(default_factory=dict)  # for rebuilding zones
     mail: MailParts | None = None
     transport: TransportMap | None = None
     smarthost_password: str | None = None
@@ -138,17 +143,43 @@ def tls_settings(config: Config) -> TLSSettings:
     )
 
 
-def load_zones(config: Config, problems: list[str]) -> list[Zone]:
-    zones = []
-    d = config.dns
+def load_zone_files(config: Config, problems: list[str]) -> dict[str, list[Any]]:
+    """origin -> the records of its zone file (problems appended)."""
+    files = {}
     for zc in config.zones:
         try:
-            records = load_zone(zc.file, zc.origin)
-            records += published(zc.origin, records, spf=d.spf, dmarc=d.dmarc)
-            zones.append(Zone(zc.origin, records, zc.allow_transfer))
+            files[zc.origin] = load_zone(zc.file, zc.origin)
         except ZoneError as e:
             problems.append(config.problem(f"zone:{zc.origin}", "file", str(e)))
+    return files
+
+
+def dkim_store(config: Config) -> DKIMKeyStore:
+    return DKIMKeyStore(Paths.of(config).dkim_dir)
+
+
+def build_zones(config: Config, files: dict[str, list[Any]]) -> list[Zone]:
+    """The zones we serve: each file's records and what we publish in it (SPF, DMARC, the
+    DKIM keys of the key store). Raises ZoneError, DKIMError."""
+    d = config.dns
+    keys = [r for records in dkim_store(config).records().values() for r in records]
+    zones = []
+    for zc in config.zones:
+        records = files.get(zc.origin)
+        if records is None:
+            continue
+        extra = published(zc.origin, records, spf=d.spf, dmarc=d.dmarc, keys=keys)
+        zones.append(Zone(zc.origin, records + extra, zc.allow_transfer))
     return zones
+
+
+def load_zones(config: Config, problems: list[str]) -> list[Zone]:
+    files = load_zone_files(config, problems)
+    try:
+        return build_zones(config, files)
+    except (ZoneError, DKIMError) as e:
+        problems.append(config.problem("dkim", "domains", str(e)))
+        return []
 
 
 def smtp_enabled(config: Config) -> bool:
@@ -221,7 +252,12 @@ def load_mail_parts(config: Config, problems: list[str], reactor: Any = None) ->
 def prepare(config: Config, progress: Progress = print) -> Prepared:
     """Load zones, make the state folder, issue or load certificates; ConfigError if any fails."""
     problems: list[str] = []
-    zones = load_zones(config, problems)
+    zone_files = load_zone_files(config, problems)
+    zones: list[Zone] = []
+    try:
+        zones = build_zones(config, zone_files)
+    except (ZoneError, DKIMError) as e:
+        problems.append(config.problem("dkim", "domains", str(e)))
     state: Path = config.appliance.state_dir
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -248,6 +284,7 @@ def prepare(config: Config, progress: Progress = print) -> Prepared:
     return Prepared(
         config=config,
         zones=zones,
+        zone_files=zone_files,
         tls=TLSService(settings, options),
         mail=mail,
         transport=transport,
@@ -522,6 +559,7 @@ def make_smtp_service(
     dns_engine: DNSEngine | None = None,
     throttle: FailureThrottle | None = None,
     resolver: Resolver | None = None,
+    pool: WorkerPool | None = None,
 ) -> service.MultiService:
     """The three SMTP listeners, sharing the queue, the users, the policy, the throttle, the
     filter chain (its DNS checks through resolver) and one set of connection slots."""
@@ -563,7 +601,7 @@ def make_smtp_service(
     rdns = None
     if dns_engine is not None:
         rdns = ReverseLookup(LocalResolver(dns_engine), reactor)
-    filters = make_filters(cfg, reactor, resolver)
+    filters = make_filters(cfg, reactor, resolver, pool)
     smtp = service.MultiService()
     smtp.setName("smtp")
     events = mail_logger("smtpd")
@@ -610,11 +648,15 @@ def _scanner(section: Any) -> ScannerSettings:
     )
 
 
-def make_filters(cfg: Config, reactor: Any, resolver: Resolver | None) -> MessageFilter | None:
-    """The filter chain: [spf] (through our resolver), then [clamav] and [spamassassin]
-    (viruses first: an infected message is refused before spamd spends time on it); None
-    when no filter is configured."""
+def make_filters(
+    cfg: Config, reactor: Any, resolver: Resolver | None, pool: WorkerPool | None = None
+) -> MessageFilter | None:
+    """The filter chain: [spf] and [dkim] verification (through our resolver), then
+    [clamav] and [spamassassin] (viruses first: an infected message is refused before spamd
+    spends time on it), then DKIM signing of our users' mail (last: nothing refused is
+    signed); None when no filter is configured. CPU work (DKIM) goes to pool's threads."""
     filters: list[Filter] = []
+    run = pool.run if pool is not None else None
     sp = cfg.spf
     if sp.check and resolver is not None:
         spf_settings = SPFSettings(
@@ -624,12 +666,17 @@ def make_filters(cfg: Config, reactor: Any, resolver: Resolver | None) -> Messag
             on_temperror=sp.on_temperror,
         )
         filters.append(SPFFilter(SPF(resolver), spf_settings, cfg.appliance.hostname))
+    dk = cfg.dkim
+    if dk.verify and resolver is not None and run is not None:
+        filters.append(DKIMVerifyFilter(resolver, run, dk.verify_max_size))
     if cfg.clamav.address is not None:
         filters.append(ClamAVFilter(_scanner(cfg.clamav), reactor))
     sa = cfg.spamassassin
     if sa.address is not None:
         settings = SpamSettings(_scanner(sa), reject_score=sa.reject_score, user=sa.user)
         filters.append(SpamAssassinFilter(settings, reactor))
+    if dk.sign and run is not None:
+        filters.append(DKIMSignFilter(DKIMKeyring(dkim_store(cfg), reactor.seconds), run))
     if not filters:
         return None
     folder = Paths.of(cfg).filter_dir
@@ -756,8 +803,17 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         throttle.setName("throttle")
         throttle.setServiceParent(root)
         make_smtp_service(
-            prepared, queue, reactor, engine, throttle, LocalResolver(relay_engine)
+            prepared, queue, reactor, engine, throttle, LocalResolver(relay_engine), queue.pool
         ).setServiceParent(root)
+        engines = [e for e in (engine, relay_engine) if e is not None]
+        refresher = ZoneRefresher(
+            list({id(e): e.authority for e in engines}.values()),
+            lambda: build_zones(cfg, prepared.zone_files),
+            dkim_store(cfg).state_stamp,
+            reactor,
+        )
+        refresher.setName("zones")
+        refresher.setServiceParent(root)
         if pop3_enabled(cfg):
             make_pop3_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):

@@ -91,6 +91,10 @@ class Authority:
     def __init__(self, zones: Iterable[Zone] = ()) -> None:
         self.zones: dict[bytes, Zone] = {z.origin: z for z in zones}
 
+    def replace(self, zones: Iterable[Zone]) -> None:
+        """Serve these zones from now on (a reload: one swap, no half-updated state)."""
+        self.zones = {z.origin: z for z in zones}
+
     def find_zone(self, name: bytes) -> Zone | None:
         """The closest enclosing zone we serve for a lower-cased name, or None."""
         while True:

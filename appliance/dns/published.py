@@ -1,6 +1,7 @@
 """The records the appliance publishes in its own zones, kept in step with its configuration:
 SPF at the apex of each mail domain (a zone with an MX record at its apex) and DMARC at
-_dmarc.<domain>, from [dns] spf and dmarc (later also the DKIM keys).
+_dmarc.<domain>, from [dns] spf and dmarc, and the public DKIM keys (<selector>._domainkey
+TXT records) the key store lists.
 
 A zone file that has its own record of a kind keeps it: what the admin wrote wins, and
 `dns records` shows where the two differ. TXT data longer than 255 bytes is split into
@@ -47,13 +48,24 @@ def is_mail_domain(origin: str, records: Sequence[dns.RRHeader]) -> bool:
 
 
 def published(
-    origin: str, records: Sequence[dns.RRHeader], *, spf: str, dmarc: str
+    origin: str,
+    records: Sequence[dns.RRHeader],
+    *,
+    spf: str,
+    dmarc: str,
+    keys: Sequence[tuple[str, str]] = (),
 ) -> list[dns.RRHeader]:
-    """The records to add to zone origin (none for a zone that is not a mail domain)."""
+    """The records to add to zone origin: keys (owner, TXT data) that fall inside it, and
+    for a mail domain SPF and DMARC; a name the zone file has TXT data for keeps its own."""
     origin = origin.rstrip(".").lower()
-    if not is_mail_domain(origin, records):
-        return []
     out = []
+    for owner, text in keys:
+        owner = owner.lower()
+        inside = owner == origin or owner.endswith("." + origin)
+        if inside and not _has_txt(records, owner.encode("ascii"), b"v=dkim1"):
+            out.append(txt_record(owner, text))
+    if not is_mail_domain(origin, records):
+        return out
     apex = origin.encode("ascii")
     if spf and not _has_txt(records, apex, b"v=spf1"):
         out.append(txt_record(origin, spf))

@@ -1,0 +1,46 @@
+"""RSA for dkimpy through OpenSSL: the same signatures, fifty times faster.
+
+dkimpy computes RSA with Python integers: about 13 ms for a 2048-bit signature here, all of
+it holding the GIL, which would stall every session while a message is signed. DKIM's RSA
+(RSASSA-PKCS1-v1_5 with SHA-256) is deterministic, so `cryptography`'s OpenSSL gives the
+very same bytes in a fraction of a millisecond. dkimpy's canonicalisation and header
+handling stay dkimpy's; only its RSASSA_PKCS1_v1_5_sign is replaced, for the keys we signed
+with (looked up by modulus); any other key, or a hash that is not SHA-256, goes the original
+way. tests/filters/test_dkim.py checks that both give identical signatures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+_original = dkim.RSASSA_PKCS1_v1_5_sign
+_keys: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def register(pem: bytes) -> None:
+    """Make pem's key sign through OpenSSL from now on."""
+    key = serialization.load_pem_private_key(pem, None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        _keys[key.private_numbers().public_numbers.n] = key
+
+
+def _sign(h: Any, private_key: dict[str, int]) -> bytes:
+    key = _keys.get(private_key.get("modulus", 0))
+    if key is None or getattr(h, "name", "") != "sha256":
+        return bytes(_original(h, private_key))
+    return key.sign(h.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+
+
+def install() -> None:
+    """Idempotent: dkimpy's signer uses _sign from now on."""
+    dkim.RSASSA_PKCS1_v1_5_sign = _sign
+
+
+def original(h: Any, private_key: dict[str, int]) -> bytes:
+    """dkimpy's own RSA (for the test that compares both)."""
+    return bytes(_original(h, private_key))
