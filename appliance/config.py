@@ -552,6 +552,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
             duration, "7d", "a replaced key stays published this long (mail signed with it)"
         ),
     },
+    "dmarc": {
+        "check": Key(boolean, "yes", "evaluate DMARC (RFC 7489) of mail from other hosts"),
+        "enforce": Key(
+            boolean,
+            "yes",
+            "apply the sender domain's p=reject (550 5.7.1) and p=quarantine; no: only report",
+        ),
+    },
     "clamav": {
         "address": Key(
             daemon_address, NONE, "clamd to scan every message with (host:port or unix:path)"

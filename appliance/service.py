@@ -62,6 +62,7 @@ from appliance.filters.clamav import ClamAVFilter
 from appliance.filters.daemon import DaemonAddress
 from appliance.filters.dkim_sign import DKIMSignFilter
 from appliance.filters.dkim_verify import DKIMVerifyFilter
+from appliance.filters.dmarc import DMARCFilter
 from appliance.filters.scanning import ScannerSettings
 from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
 from appliance.filters.spf import SPF
@@ -651,7 +652,7 @@ def _scanner(section: Any) -> ScannerSettings:
 def make_filters(
     cfg: Config, reactor: Any, resolver: Resolver | None, pool: WorkerPool | None = None
 ) -> MessageFilter | None:
-    """The filter chain: [spf] and [dkim] verification (through our resolver), then
+    """The filter chain: [spf], [dkim] verification and [dmarc] (through our resolver), then
     [clamav] and [spamassassin] (viruses first: an infected message is refused before spamd
     spends time on it), then DKIM signing of our users' mail (last: nothing refused is
     signed); None when no filter is configured. CPU work (DKIM) goes to pool's threads."""
@@ -669,6 +670,8 @@ def make_filters(
     dk = cfg.dkim
     if dk.verify and resolver is not None and run is not None:
         filters.append(DKIMVerifyFilter(resolver, run, dk.verify_max_size))
+    if cfg.dmarc.check and resolver is not None:
+        filters.append(DMARCFilter(resolver, enforce=cfg.dmarc.enforce))
     if cfg.clamav.address is not None:
         filters.append(ClamAVFilter(_scanner(cfg.clamav), reactor))
     sa = cfg.spamassassin

@@ -3,12 +3,14 @@ RSA keys split into 255-byte strings), 163 signs what its users send, sina verif
 signatures (rsa-sha256, ed25519-sha256) and says so in Authentication-Results; dkimpy's
 own dkimverify command, asking 163's DNS through the system resolver path (dnspython and a
 private resolv.conf, none of our DNS client code), accepts the signatures; `dkim rotate` on the running appliance publishes new keys within seconds and the
-old ones stay published."""
+old ones stay published. With 163 publishing `v=DMARC1; p=reject`, its signed mail passes
+DMARC at sina and a forged 163.com From: from elsewhere is refused 550 5.7.1."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import smtplib
 import socket
 import subprocess
 import sys
@@ -51,7 +53,9 @@ def cli(a: Appliance, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def dkim_lab(tmp_path_factory) -> Iterator[dict[str, Appliance]]:
-    lab = lab_with(tmp_path_factory.mktemp("dkim"))
+    lab = lab_with(
+        tmp_path_factory.mktemp("dkim"), keys={"163": {"dns": {"dmarc": "v=DMARC1; p=reject"}}}
+    )
     a163 = lab["163"]
     # also on 127.0.0.1:53 (if free), where a system resolver (OpenDKIM's) can ask it
     listen = [
@@ -167,3 +171,27 @@ def test_dkim_lab_rotate_publishes_new_keys_old_kept(dkim_lab) -> None:
     submit(a, "user1@163.com", ["user3@sina.com"], tok)
     head = wait_message(dkim_lab["sina"], "user3@sina.com", tok).split(b"\r\n\r\n", 1)[0].decode()
     assert f"dkim=pass header.d=163.com header.s={new['rsa-sha256']}" in head, head
+
+
+def test_dmarc_lab_signed_mail_passes(dkim_lab) -> None:
+    """163's own signed mail: DKIM aligned with From: 163.com, so dmarc=pass at sina."""
+    tok = token()
+    submit(dkim_lab["163"], "user1@163.com", ["user3@sina.com"], tok)
+    head = wait_message(dkim_lab["sina"], "user3@sina.com", tok).split(b"\r\n\r\n", 1)[0]
+    assert b"dmarc=pass (p=reject dis=none) header.from=163.com" in head, head
+
+
+def test_dmarc_lab_forged_163_from_refused_at_sina(dkim_lab) -> None:
+    """From: ceo@163.com sent to sina from 127.0.0.1 with another envelope sender: neither
+    SPF nor DKIM aligned, 163.com says p=reject: 550 5.7.1 at the end of the data."""
+    sina = dkim_lab["sina"]
+    forged = (
+        b"From: CEO <ceo@163.com>\r\nTo: user3@sina.com\r\nSubject: wire the money\r\n"
+        b"Message-ID: <forged@client.test>\r\n\r\nPlease.\r\n"
+    )
+    with smtplib.SMTP(sina.ip, sina.ports[25], local_hostname="client.test", timeout=20) as c:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            c.sendmail("news@client.test", ["user3@sina.com"], forged)
+    assert e.value.smtp_code == 550
+    assert e.value.smtp_error == b"5.7.1 Email rejected per DMARC policy for 163.com"
+    assert "filter dmarc: reject 550 5.7.1" in (sina.state / "maillog").read_text()
