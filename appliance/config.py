@@ -552,6 +552,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
             duration, "7d", "a replaced key stays published this long (mail signed with it)"
         ),
     },
+    "dnsbl": {
+        "zones": Key(hostnames, "", "DNS block lists asked at connect, e.g. zen.spamhaus.org"),
+        "allow_zones": Key(
+            hostnames, "", "DNS allow lists (DNSWL): a client listed here is never blocked"
+        ),
+        "action": Key(
+            choice("reject", "tag"),
+            "reject",
+            "a listed client: refuse at the greeting (554 5.7.1), or tag its mail (X-DNSBL)",
+        ),
+    },
     "dmarc": {
         "check": Key(boolean, "yes", "evaluate DMARC (RFC 7489) of mail from other hosts"),
         "enforce": Key(

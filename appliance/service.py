@@ -63,6 +63,7 @@ from appliance.filters.daemon import DaemonAddress
 from appliance.filters.dkim_sign import DKIMSignFilter
 from appliance.filters.dkim_verify import DKIMVerifyFilter
 from appliance.filters.dmarc import DMARCFilter
+from appliance.filters.dnsbl import DNSBLFilter
 from appliance.filters.scanning import ScannerSettings
 from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
 from appliance.filters.spf import SPF
@@ -652,12 +653,16 @@ def _scanner(section: Any) -> ScannerSettings:
 def make_filters(
     cfg: Config, reactor: Any, resolver: Resolver | None, pool: WorkerPool | None = None
 ) -> MessageFilter | None:
-    """The filter chain: [spf], [dkim] verification and [dmarc] (through our resolver), then
+    """The filter chain: [dnsbl] (at connect), [spf], [dkim] verification and [dmarc]
+    (through our resolver), then
     [clamav] and [spamassassin] (viruses first: an infected message is refused before spamd
     spends time on it), then DKIM signing of our users' mail (last: nothing refused is
     signed); None when no filter is configured. CPU work (DKIM) goes to pool's threads."""
     filters: list[Filter] = []
     run = pool.run if pool is not None else None
+    bl = cfg.dnsbl
+    if bl.zones and resolver is not None:
+        filters.append(DNSBLFilter(resolver, bl.zones, bl.allow_zones, bl.action))
     sp = cfg.spf
     if sp.check and resolver is not None:
         spf_settings = SPFSettings(
