@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance import config as config_mod
+from appliance.audit import AuditLog
 from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_admin import add_user, delete_user, set_password
 from appliance.auth.passwd_format import PasswdFileError
@@ -25,6 +26,20 @@ from appliance.queue.inspect import format_list, list_queue, show_message
 from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
+
+
+def audit(cfg: config_mod.Config, command: str, target: str) -> None:
+    """An admin action into the audit log (who: the login that ran the command)."""
+    try:
+        actor = getpass.getuser()
+    except (KeyError, OSError):
+        actor = "unknown"
+    try:
+        AuditLog(Paths.of(cfg).audit_log).record(
+            "admin", command=command, target=target, actor=actor
+        )
+    except OSError as e:
+        print(f"mailappliance: warning: cannot write the audit log: {e}", file=sys.stderr)
 
 
 def _ca(cfg: config_mod.Config) -> CertificateAuthority:
@@ -51,6 +66,7 @@ def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 def cmd_ca_init(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     cn = args.cn or f"{cfg.appliance.hostname} mailappliance CA"
     _ca(cfg).init(cn, key_type=args.key_type, days=args.days, progress=print)
+    audit(cfg, "ca init", cn)
     return 0
 
 
@@ -67,6 +83,7 @@ def cmd_ca_issue(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         progress=print,
     )
     print(f"key:  {key}\ncert: {cert}")
+    audit(cfg, "ca issue", args.cn)
     return 0
 
 
@@ -154,6 +171,7 @@ def cmd_dkim_init(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         print(f"{domain}: making an RSA 2048 and an Ed25519 key ...", flush=True)
         for k in store.init(domain, publish_delay=0):
             print(_key_line(k, time.time()))
+        audit(cfg, "dkim init", domain)
     print("published by the appliance's DNS within 10 s if it is running (or at its start)")
     return 0
 
@@ -165,6 +183,7 @@ def cmd_dkim_rotate(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     for domain in domains:
         print(f"{domain}: making new keys ...", flush=True)
         store.rotate(domain, publish_delay=delay, grace=grace)
+        audit(cfg, "dkim rotate", domain)
         now = time.time()
         for k in store.keys(domain):
             print(_key_line(k, now))
@@ -198,6 +217,7 @@ def cmd_user_add(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         lambda: add_user(passwd, address, password, scheme=args.scheme, cram_md5=args.cram_md5),
     )
     print(f"added {address} to {passwd.path}")
+    audit(cfg, "user add", address)
     return 0
 
 
@@ -212,6 +232,7 @@ def cmd_user_passwd(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         lambda: set_password(passwd, address, password, scheme=args.scheme, cram_md5=args.cram_md5),
     )
     print(f"changed the password of {address}")
+    audit(cfg, "user passwd", address)
     return 0
 
 
@@ -222,6 +243,7 @@ def cmd_user_del(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         raise ApplianceError(f"no such user: {address} (in {passwd.path})")
     _user_edit("delete the user", lambda: delete_user(passwd, address))
     print(f"deleted {address}")
+    audit(cfg, "user del", address)
     return 0
 
 

@@ -603,6 +603,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
+        "audit": Key(
+            path,
+            NONE,
+            "JSON-lines audit log: logins, blocks, rejections, filter verdicts, admin actions "
+            "(default <state_dir>/audit.log)",
+        ),
     },
     "tls": {
         "cert": Key(path, NONE, "externally issued certificate (PEM); default: issued by our CA"),

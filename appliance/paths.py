@@ -22,6 +22,7 @@ class Paths:
     key: Path
     passwd_file: Path
     maillog: Path
+    audit_log: Path  # JSON lines, appliance.audit
     login_failures: Path  # the login throttle's blocks, kept across restarts
     control_socket: Path  # where `mailappliance queue ...` reaches the running appliance
     filter_dir: Path  # message text the filters are still deciding on, past what fits memory
@@ -41,6 +42,7 @@ class Paths:
             key=tls.key or state / "tls" / f"{hostname}.key",
             passwd_file=passwd_file(config),
             maillog=config.log.maillog or state / "maillog",
+            audit_log=config.log.audit or state / "audit.log",
             login_failures=state / "login-failures.json",
             control_socket=state / "control.sock",
             filter_dir=state / "filter",

@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.application import internet, service, strports
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from appliance.audit import AuditLog
 from appliance.auth.ldap import LDAPDirectory
 from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_checker import PasswdFileChecker
@@ -410,11 +411,22 @@ def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiSer
     return dns_service, engine
 
 
-class MailLogService(service.Service):
-    """Subscribes the maillog to the mail event stream; opened in privilegedStartService,
-    while still root: the log may live where the dropped user cannot create files."""
+class EventLog(Protocol):
+    """What an event-stream log offers: open, close, and take an event."""
 
-    def __init__(self, maillog: MailLog) -> None:
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __call__(self, event: dict[str, Any]) -> None: ...
+
+
+class MailLogService(service.Service):
+    """Subscribes a log (the maillog, the audit log) to the mail event stream; opened in
+    privilegedStartService, while still root: it may live where the dropped user cannot
+    create files."""
+
+    def __init__(self, maillog: EventLog) -> None:
         self.maillog = maillog
 
     def privilegedStartService(self) -> None:
@@ -422,12 +434,12 @@ class MailLogService(service.Service):
 
     def startService(self) -> None:
         self.maillog.open()  # no-op when twistd already opened it as root
-        mail_events.addObserver(self.maillog)
+        mail_events.addObserver(cast(ILogObserver, self.maillog))
         super().startService()
 
     def stopService(self) -> None:
         super().stopService()
-        mail_events.removeObserver(self.maillog)
+        mail_events.removeObserver(cast(ILogObserver, self.maillog))
         self.maillog.close()
 
 
@@ -786,6 +798,9 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         maillog = MailLogService(MailLog(paths.maillog, cfg.appliance.hostname, reactor=reactor))
         maillog.setName("maillog")
         maillog.setServiceParent(root)
+        audit = MailLogService(AuditLog(paths.audit_log))
+        audit.setName("audit")
+        audit.setServiceParent(root)
         users_service = prepared.mail.users.service
         if users_service is not None:
             users_service.setName("auth")
@@ -804,7 +819,9 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         scheduler = attach_relay(queue, relay, prepared.mail.policy, cfg)
         queue.setName("queue")
         queue.setServiceParent(root)
-        control = ControlService(paths.control_socket, scheduler, **_owner(cfg))
+        control = ControlService(
+            paths.control_socket, scheduler, events=mail_logger("control"), **_owner(cfg)
+        )
         control.setName("control")
         control.setServiceParent(root)
         throttle = make_throttle(cfg, reactor)

@@ -120,6 +120,16 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
             queue_id=queue_id or "ALL",
             count=count,
         )
+        events = self.factory.events
+        if events is not None:  # the mail event stream: maillog and audit log
+            events.info(
+                "admin: queue {command} {target}: {count} message(s)",
+                event="admin",
+                command=f"queue {command}",
+                target=queue_id or "ALL",
+                queue_id=queue_id,
+                count=count,
+            )
         self.answer({"ok": True, "count": int(count)})
 
     def failed(self, command: str, queue_id: str | None, failure: Failure) -> None:
@@ -158,9 +168,12 @@ class ControlFactory(Factory):
 
     noisy = False
 
-    def __init__(self, admin: QueueAdmin, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self, admin: QueueAdmin, idle_timeout: float = IDLE_TIMEOUT, events: Logger | None = None
+    ) -> None:
         self.admin = admin
         self.idle_timeout = idle_timeout
+        self.events = events  # the mail event stream, for admin events (None: none)
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         protocol = ControlProtocol(self.admin, self.idle_timeout)
@@ -182,9 +195,10 @@ class ControlService(service.Service):
         gid: int | None = None,
         reactor: Any = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        events: Logger | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
-        self.factory = ControlFactory(admin, idle_timeout)
+        self.factory = ControlFactory(admin, idle_timeout, events)
         self.uid = uid
         self.gid = gid
         self.reactor = reactor

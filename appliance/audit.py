@@ -1,0 +1,94 @@
+"""The audit log: one JSON line per security-relevant event, for whoever must answer "who
+did what, when, from where".
+
+An observer of the same mail event stream as the maillog (appliance.log): logins that
+succeed, fail or are refused (SMTP AUTH, POP3), throttle blocks, policy and filter
+rejections, every filter verdict, and admin actions (the control socket's queue commands
+emit events; the `mailappliance` command writes its own actions here with record()). Each
+line has the time (UTC, ISO 8601), the kind, and only the fields listed in FIELDS: client
+address, user, queue id and the like, never a password, a SASL payload or a message body
+(those are never in an event, and nothing else is copied). Lines are appended with one
+write each on an O_APPEND file, so the running appliance and the admin command can share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import ILogObserver
+from zope.interface import implementer
+
+from appliance.log import component_of
+
+KINDS: dict[tuple[str, str], str] = {
+    ("smtpd", "auth"): "login",
+    ("smtpd", "auth_failed"): "login_failed",
+    ("smtpd", "auth_refused"): "login_refused",
+    ("smtpd", "reject"): "rejected",
+    ("pop3d", "login"): "login",
+    ("pop3d", "auth_failed"): "login_failed",
+    ("pop3d", "auth_refused"): "login_refused",
+    ("auth", "client_blocked"): "blocked",
+    ("auth", "user_blocked"): "blocked",
+    ("filter", "filter"): "filter_verdict",
+    ("control", "admin"): "admin",
+}
+FIELDS = (
+    "session_id", "peer", "client", "user", "sasl_username", "sasl_method", "tls",
+    "queue_id", "stage", "code", "reason", "mail_from", "rcpt", "filter", "action",
+    "command", "target", "count", "actor",
+)  # fmt: skip
+MODE = 0o640
+
+
+@implementer(ILogObserver)
+class AuditLog:
+    """Appends audit records to path; an observer of the mail event stream."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def open(self) -> None:
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, MODE)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = KINDS.get((component_of(event), event.get("event", "")))
+        if kind is not None:
+            self.write(kind, component_of(event), event.get("log_time"), event)
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """An action of the admin command (opens and closes the file itself)."""
+        opened = self.fd is None
+        self.open()
+        try:
+            self.write(kind, "cli", None, fields)
+        finally:
+            if opened:
+                self.close()
+
+    def write(self, kind: str, component: str, when: float | None, fields: dict[str, Any]) -> None:
+        t = datetime.fromtimestamp(when, UTC) if when else datetime.now(UTC)
+        record: dict[str, Any] = {"time": t.isoformat(timespec="milliseconds"), "kind": kind}
+        record["component"] = component
+        if "event" in fields:
+            record["event"] = fields["event"]
+        for name in FIELDS:
+            value = fields.get(name)
+            if value is not None and value != "":
+                record[name] = value if isinstance(value, (int, float, bool)) else str(value)
+        if self.fd is None:
+            return
+        line = json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
+        os.write(self.fd, line.encode("utf-8"))
