@@ -1,5 +1,5 @@
 """The `mailappliance` admin command: check-config, ca init|issue|show, dkim init|rotate|show,
-user, queue, config-help."""
+dns records, user, queue, config-help."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.schemes import STRONG_SCHEMES
 from appliance.control.client import parse_queue_id, send_command
 from appliance.dkim.keys import DKIMKeyStore, KeyInfo
+from appliance.dns.authority import Authority
+from appliance.dns.records import check, needed_records
 from appliance.errors import ApplianceError, ConfigError
 from appliance.names import is_user_address
 from appliance.paths import Paths, dkim_domains
 from appliance.queue.inspect import format_list, list_queue, show_message
-from appliance.service import load_mail_parts, load_zones, tls_settings
+from appliance.service import dkim_store, load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
 
@@ -204,6 +206,43 @@ def cmd_dkim_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         for owner, text in store.records(now).get(domain, []):
             print(f'  {owner}. IN TXT "{text}"')
     return 0
+
+
+def cmd_dns_records(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    zones = load_zones(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    authority = Authority(zones)
+    hostname = cfg.appliance.hostname
+    listen = [hp.host for hp in (*cfg.smtp.listen, *cfg.smtp.smtps_listen)]
+    addresses = list(dict.fromkeys(a for a in listen if a not in ("0.0.0.0", "::")))
+    keys = dkim_store(cfg).records()
+    attention = 0
+    for domain in dkim_domains(cfg):
+        needed = needed_records(
+            domain, hostname, addresses, spf=cfg.dns.spf, dmarc=cfg.dns.dmarc,
+            dkim=keys.get(domain, []),
+        )  # fmt: skip
+        print(f"{domain}: the records it needs, checked against the zones we serve")
+        for c in check(authority, needed):
+            label = {
+                "ok": "ok",
+                "missing": "MISSING",
+                "differs": "DIFFERS",
+                "not ours": "ELSEWHERE",
+            }
+            print(f"  {label[c.state]:<9} {c.needed.name} {c.needed.type}  ({c.needed.why})")
+            if c.state == "ok":
+                continue
+            attention += 1
+            if c.state == "differs":
+                print(f"            serves:  {'; '.join(c.served)}")
+            where = "in the zone that holds it" if c.state == "not ours" else "to our zone"
+            print(f"            add {where}: {c.line}")
+    if attention:
+        print(f"{attention} record(s) need attention")
+    return 1 if attention else 0
 
 
 def cmd_user_add(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -408,6 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dk_show.add_argument("--domain", help="only this domain")
     dk_show.set_defaults(func=cmd_dkim_show)
+
+    dns_p = sub.add_parser(
+        "dns",
+        help="what the mail domains need in DNS",
+        description="Check the DNS records the mail domains need against our zones.",
+    )
+    dns_sub = dns_p.add_subparsers(dest="dns_command", metavar="DNS_COMMAND")
+    dns_sub.required = True
+    records = dns_sub.add_parser(
+        "records",
+        help="list MX, A, PTR, SPF, DKIM and DMARC records, marking what is missing",
+        description="For each [dkim] domain: every record it needs, whether our zones serve "
+        "it (ok, MISSING, DIFFERS, or ELSEWHERE for names in zones we do not serve), and the "
+        "zone-file line to add. Exit 1 if anything needs attention.",
+    )
+    records.set_defaults(func=cmd_dns_records)
 
     user = sub.add_parser(
         "user",
