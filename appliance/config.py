@@ -516,6 +516,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
             duration, "5m", "a mailbox's session lock not refreshed this long is stale"
         ),
     },
+    "limits": {
+        "max_connect_rate": Key(
+            integer(0, 1_000_000), "0", "SMTP connections a minute from one client (0: no limit)"
+        ),
+        "max_messages_per_user_hour": Key(
+            integer(0, 1_000_000), "0", "messages one logged-in user may send an hour (0: no limit)"
+        ),
+        "max_recipients_per_user_hour": Key(
+            integer(0, 1_000_000),
+            "0",
+            "recipients one logged-in user may send to an hour (0: no limit)",
+        ),
+        "greylist": Key(boolean, "no", "greylist mail from clients not logged in (RFC 6647)"),
+        "greylist_delay": Key(duration, "5m", "a new triplet passes when retried after this"),
+        "greylist_window": Key(duration, "4h", "... and before this (then it starts again)"),
+        "greylist_whitelist_after": Key(
+            integer(1, 1000), "5", "a client network that passed this often is let through"
+        ),
+        "greylist_whitelist_time": Key(duration, "36d", "... for this long"),
+    },
     "spf": {
         "check": Key(boolean, "yes", "check SPF (RFC 7208) of mail from clients not logged in"),
         "on_fail": Key(

@@ -65,6 +65,7 @@ from appliance.filters.dkim_sign import DKIMSignFilter
 from appliance.filters.dkim_verify import DKIMVerifyFilter
 from appliance.filters.dmarc import DMARCFilter
 from appliance.filters.dnsbl import DNSBLFilter
+from appliance.filters.ratelimit import LimitSettings, RateLimitFilter
 from appliance.filters.scanning import ScannerSettings
 from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
 from appliance.filters.spf import SPF
@@ -665,13 +666,34 @@ def _scanner(section: Any) -> ScannerSettings:
 def make_filters(
     cfg: Config, reactor: Any, resolver: Resolver | None, pool: WorkerPool | None = None
 ) -> MessageFilter | None:
-    """The filter chain: [dnsbl] (at connect), [spf], [dkim] verification and [dmarc]
+    """The filter chain: [limits] (connection rate, per-user rates, greylisting), [dnsbl]
+    (at connect), [spf], [dkim] verification and [dmarc]
     (through our resolver), then
     [clamav] and [spamassassin] (viruses first: an infected message is refused before spamd
     spends time on it), then DKIM signing of our users' mail (last: nothing refused is
     signed); None when no filter is configured. CPU work (DKIM) goes to pool's threads."""
     filters: list[Filter] = []
     run = pool.run if pool is not None else None
+    lim = cfg.limits
+    if (
+        lim.max_connect_rate
+        or lim.max_messages_per_user_hour
+        or lim.max_recipients_per_user_hour
+        or lim.greylist
+    ):
+        limit_settings = LimitSettings(
+            max_connect_rate=lim.max_connect_rate,
+            max_messages_per_user_hour=lim.max_messages_per_user_hour,
+            max_recipients_per_user_hour=lim.max_recipients_per_user_hour,
+            greylist=lim.greylist,
+            greylist_delay=lim.greylist_delay,
+            greylist_window=lim.greylist_window,
+            greylist_whitelist_after=lim.greylist_whitelist_after,
+            greylist_whitelist_time=lim.greylist_whitelist_time,
+        )
+        filters.append(
+            RateLimitFilter(limit_settings, reactor, Paths.of(cfg).state_dir / "greylist.json")
+        )
     bl = cfg.dnsbl
     if bl.zones and resolver is not None:
         filters.append(DNSBLFilter(resolver, bl.zones, bl.allow_zones, bl.action))

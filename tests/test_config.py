@@ -103,7 +103,7 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
     missing = tmp_path / "missing.zone"
     assert problems_of(p) == [
         "lab.ini: [zone:example.test] file: no such file: " + str(missing),
-        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, spf, dkim, dnsbl, dmarc, clamav, spamassassin, log, tls, zone:NAME)",
+        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, limits, spf, dkim, dnsbl, dmarc, clamav, spamassassin, log, tls, zone:NAME)",
         "lab.ini: [appliance] colour: unknown key (known keys: group, hostname, state_dir, user)",
         "lab.ini: [appliance] hostname: required key is missing",
         "lab.ini: [dns] listen: port must be 0-65535, got 99999",
