@@ -13,9 +13,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from twisted.internet.defer import Deferred
 
 from appliance.interfaces import LookupFailed, NoSuchDomain, Resolver
+
+T = TypeVar("T")
 
 PASS, FAIL, SOFTFAIL, NEUTRAL = "pass", "fail", "softfail", "neutral"
 NONE, TEMPERROR, PERMERROR = "none", "temperror", "permerror"
@@ -169,9 +175,11 @@ class SPF:
         if state.void > MAX_VOID:
             raise SPFError(PERMERROR, f"more than {MAX_VOID} void DNS lookups")
 
-    async def _addresses(self, state: _Check, name: str) -> list[str]:
-        """A or AAAA (the client's family) of name; [] counts as a void lookup."""
-        lookup = self.resolver.lookup_a if state.ip.version == 4 else self.resolver.lookup_aaaa
+    async def _query(
+        self, state: _Check, lookup: Callable[[str], Deferred[list[T]]], name: str
+    ) -> list[T]:
+        """One lookup: NXDOMAIN and no records are [] (and count as a void lookup), a DNS
+        failure ends the check with temperror."""
         try:
             found = await lookup(name)
         except NoSuchDomain:
@@ -181,6 +189,11 @@ class SPF:
         if not found:
             self._void(state)
         return found
+
+    async def _addresses(self, state: _Check, name: str) -> list[str]:
+        """A or AAAA (the client's family) of name."""
+        lookup = self.resolver.lookup_a if state.ip.version == 4 else self.resolver.lookup_aaaa
+        return await self._query(state, lookup, name)
 
     def _in(self, state: _Check, addresses: list[str], cidr4: int, cidr6: int) -> bool:
         prefix = cidr4 if state.ip.version == 4 else cidr6
@@ -235,28 +248,13 @@ class SPF:
             if not arg:
                 raise SPFError(PERMERROR, f"{domain}: exists without a domain")
             target = self._expand(state, arg, domain)
-            try:
-                found = await self.resolver.lookup_a(target)
-            except NoSuchDomain:
-                found = []
-            except LookupFailed as e:
-                raise SPFError(TEMPERROR, f"DNS lookup of {target} failed: {e}") from None
-            if not found:
-                self._void(state)
-            return bool(found)
+            return bool(await self._query(state, self.resolver.lookup_a, target))
         if mech == "a":
             target, cidr4, cidr6 = self._target_and_cidr(state, domain, arg)
             return self._in(state, await self._addresses(state, target), cidr4, cidr6)
         if mech == "mx":
             target, cidr4, cidr6 = self._target_and_cidr(state, domain, arg)
-            try:
-                mxs = await self.resolver.lookup_mx(target)
-            except NoSuchDomain:
-                mxs = []
-            except LookupFailed as e:
-                raise SPFError(TEMPERROR, f"DNS lookup of {target} failed: {e}") from None
-            if not mxs:
-                self._void(state)
+            mxs = await self._query(state, self.resolver.lookup_mx, target)
             if len(mxs) > MAX_NAMES:
                 raise SPFError(PERMERROR, f"{target} has more than {MAX_NAMES} MX records")
             for _pref, host in sorted(mxs):
