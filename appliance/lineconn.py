@@ -29,7 +29,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer, protocol, tcp
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -126,6 +131,8 @@ class LineConnection(protocol.Protocol):
         self.peer_ip = "unknown"  # the client's address, once connected
         self.link: Transport | None = None  # the transport, once connected
         self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
+        self.drain_waiters: list[defer.Deferred[None]] = []  # drained() callers
+        self.stall_call: IDelayedCall | None = None  # cuts off a client that stopped reading
 
     @property
     def reading_stopped(self) -> bool:
@@ -158,6 +165,7 @@ class LineConnection(protocol.Protocol):
 
     def resumeProducing(self) -> None:  # noqa: N802
         self.write_blocked = False
+        self.release_drain_waiters()
         if self.paused and not self.busy:
             self._resume_reading()
         if not self.closing and self.link is not None:
@@ -165,6 +173,38 @@ class LineConnection(protocol.Protocol):
 
     def stopProducing(self) -> None:  # noqa: N802
         pass  # the connection is going away: connectionLost cleans up
+
+    # ------------------------------------------------------------------ streaming a long reply
+
+    def drained(self, reactor: IReactorTime, limit: float) -> defer.Deferred[None]:
+        """For a protocol streaming a long reply (a POP3 RETR, an IMAP FETCH): fires once
+        the transport has written what the client had not read (resumeProducing), or the
+        connection is gone; a client that reads nothing for limit seconds gets stalled()."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self.drain_waiters.append(d)
+        if self.stall_call is None:
+            self.stall_call = reactor.callLater(limit, self._stalled)
+        return d
+
+    def _stalled(self) -> None:
+        self.stall_call = None
+        self.stalled()
+        self.release_drain_waiters()
+
+    def stalled(self) -> None:
+        """A client stopped reading a long reply: cut it off (a subclass may say why first)."""
+        self.closing = True
+        if self.link is not None:
+            self.link.abortConnection()
+
+    def release_drain_waiters(self) -> None:
+        """Fire every drained() waiter and stop the stall timer (drained, or connection lost)."""
+        call, self.stall_call = self.stall_call, None
+        if call is not None and call.active():
+            call.cancel()
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def _pause_reading(self) -> None:
         self.paused = True

@@ -395,3 +395,27 @@ def test_write_now_leaves_tls_and_closing_connections_to_twisted(tcp_pair) -> No
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(100)
+
+
+def test_drained_fires_on_resume_and_stalled_client_is_cut_off() -> None:
+    """drained(): a waiter fires when the transport asks for more; a client that reads
+    nothing within the limit is aborted and the waiter fires too (nothing hangs)."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    e = Echo()
+    t = Recording()
+    e.makeConnection(t)
+    fired: list[int] = []
+    e.pauseProducing()
+    e.drained(clock, 10).addCallback(lambda _: fired.append(1))
+    clock.advance(5)
+    e.resumeProducing()
+    assert fired == [1] and not e.closing
+    e.pauseProducing()
+    e.drained(clock, 10).addCallback(lambda _: fired.append(2))
+    aborted: list[bool] = []
+    t.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    clock.advance(10)
+    assert fired == [1, 2] and aborted == [True] and e.closing
+    assert clock.getDelayedCalls() == []

@@ -80,8 +80,6 @@ class POP3Session(LineConnection):
         self.logout_reason = "Connection closed"
         self.logged_out = False
         self.refresh_call: IDelayedCall | None = None
-        self.drain_waiters: list[defer.Deferred[None]] = []
-        self.stall_call: IDelayedCall | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -127,8 +125,7 @@ class POP3Session(LineConnection):
         if self.counted:
             self.factory.slots.release(self)
             self.counted = False
-        self._stop_stall_timer()
-        self._fire_drained()
+        self.release_drain_waiters()
         if self.readahead is not None:
             self.readahead.clear()
         if not self.updating:
@@ -565,7 +562,9 @@ class POP3Session(LineConnection):
             sent = 0
             while not self.closing and not self.lost:
                 if self.write_blocked:
-                    await self.drained()
+                    lim = self.factory.settings.limits
+                    limit = lim.under(lim.command_timeout, self.factory.slots.stressed)
+                    await self.drained(self.factory.reactor, limit)
                     continue
                 if chunk is None:
                     if fh is None:
@@ -606,39 +605,9 @@ class POP3Session(LineConnection):
 
     # ------------------------------------------------------------------ back-pressure
 
-    def drained(self) -> defer.Deferred[None]:
-        """Fires once the transport has written what the client had not read (or the
-        connection is gone); a client that reads nothing for command_timeout is cut off."""
-        d: defer.Deferred[None] = defer.Deferred()
-        self.drain_waiters.append(d)
-        if self.stall_call is None:
-            s = self.factory.settings
-            limit = s.limits.under(s.limits.command_timeout, self.factory.slots.stressed)
-            self.stall_call = self.factory.reactor.callLater(limit, self._stalled)
-        return d
-
-    def _stalled(self) -> None:
-        self.stall_call = None
+    def stalled(self) -> None:
         self.logout_reason = "Disconnected: client not reading"
-        self.closing = True
-        if self.link is not None:
-            self.link.abortConnection()
-        self._fire_drained()
-
-    def _stop_stall_timer(self) -> None:
-        call, self.stall_call = self.stall_call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _fire_drained(self) -> None:
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def resumeProducing(self) -> None:  # noqa: N802 (Twisted's API)
-        super().resumeProducing()
-        self._stop_stall_timer()
-        self._fire_drained()
+        super().stalled()
 
     # ------------------------------------------------------------------ QUIT and UPDATE
 
