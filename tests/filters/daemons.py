@@ -7,7 +7,8 @@ private files in a temporary folder (../shared/DESIGN.md section 5).
 
 clamd gets a local signature database of its own (no download is possible here): the EICAR
 test file by its MD5 (a whole file, e.g. an attachment) and by its bytes (anywhere in a
-decoded part). spamd runs SpamAssassin's packaged rules; GTUBE scores 1000 and more. Both
+decoded part). spamd runs SpamAssassin's packaged rules with --local (no DNS or network
+tests: nothing may leave loopback); GTUBE scores 1000 and more. Both
 start once per test run (spamd takes a second or two to load its rules). Tests that use
 them are skipped when the packages are missing (`make test` installs them).
 """
@@ -117,6 +118,7 @@ def _spamd(folder: Path) -> Daemon:
         "-u",
         "nobody",
         "--nouser-config",
+        "--local",  # no network tests: spamd must not ask the system's (non-loopback) DNS
     ]
     return Daemon("spamd", folder, argv, port)
 
