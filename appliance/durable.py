@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -121,8 +122,19 @@ def atomic_replace(
     O_NOFOLLOW), then fchmod'ed to exactly `mode` (the umask may only have narrowed it),
     optionally fchown'ed to owner (uid, gid; ignored when we may not), written, fsync'd,
     renamed over path, and the folder fsync'd. Raises OSError; nothing is left behind.
+    A path that exists and is not a regular file (a device such as /dev/null, a folder) is
+    refused with IsADirectoryError or OSError(EINVAL): renaming over it would replace it.
     """
     path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+            raise OSError(errno.EINVAL, "not a regular file, refusing to replace it", str(path))
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, OPEN_NEW | os.O_NOFOLLOW, mode)

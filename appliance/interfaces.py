@@ -322,6 +322,15 @@ class DKIMKeys(Protocol):
         ...
 
 
+class MessageSigner(Protocol):
+    """DKIM-signs mail we send ourselves (our users' mail, our delivery notices)."""
+
+    def sign(self, message: bytes) -> Deferred[tuple[str, ...]]:
+        """The DKIM-Signature fields to put in front of message (whole, CRLF line ends),
+        made with the keys of its From: domain or a parent of it; () when there are none."""
+        ...
+
+
 class UserDirectory(Protocol):
     """Who the local users are (passwd file or LDAP); lookups never block the reactor."""
 

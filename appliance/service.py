@@ -61,7 +61,7 @@ from appliance.filters.base import Filter
 from appliance.filters.chain import FilterChain
 from appliance.filters.clamav import ClamAVFilter
 from appliance.filters.daemon import DaemonAddress
-from appliance.filters.dkim_sign import DKIMSignFilter
+from appliance.filters.dkim_sign import DKIMSigner, DKIMSignFilter
 from appliance.filters.dkim_verify import DKIMVerifyFilter
 from appliance.filters.dmarc import DMARCFilter
 from appliance.filters.dnsbl import DNSBLFilter
@@ -527,9 +527,14 @@ def postmaster(cfg: Config) -> str:
 
 
 def attach_relay(
-    queue: Queue, relay: RelayTarget, policy: Policy | None, cfg: Config
+    queue: Queue,
+    relay: RelayTarget,
+    policy: Policy | None,
+    cfg: Config,
+    signer: DKIMSigner | None = None,
 ) -> RelayScheduler:
-    """Give the queue its deferred side: the scheduler over the relay, and the notices."""
+    """Give the queue its deferred side: the scheduler over the relay, and the notices
+    (DKIM-signed by signer, when given)."""
     q = cfg.queue
     notices = Notices(
         queue,
@@ -538,6 +543,7 @@ def attach_relay(
         hostname=cfg.appliance.hostname,
         postmaster=postmaster(cfg),
         events=mail_logger("bounce"),
+        signer=signer,
     )
     scheduler = RelayScheduler(
         queue,
@@ -575,6 +581,7 @@ def make_smtp_service(
     throttle: FailureThrottle | None = None,
     resolver: Resolver | None = None,
     pool: WorkerPool | None = None,
+    signer: DKIMSigner | None = None,
 ) -> service.MultiService:
     """The three SMTP listeners, sharing the queue, the users, the policy, the throttle, the
     filter chain (its DNS checks through resolver) and one set of connection slots."""
@@ -616,7 +623,7 @@ def make_smtp_service(
     rdns = None
     if dns_engine is not None:
         rdns = ReverseLookup(LocalResolver(dns_engine), reactor)
-    filters = make_filters(cfg, reactor, resolver, pool)
+    filters = make_filters(cfg, reactor, resolver, pool, signer)
     smtp = service.MultiService()
     smtp.setName("smtp")
     events = mail_logger("smtpd")
@@ -663,8 +670,19 @@ def _scanner(section: Any) -> ScannerSettings:
     )
 
 
+def make_signer(cfg: Config, reactor: Any, pool: WorkerPool) -> DKIMSigner | None:
+    """The DKIM signer of our mail ([dkim] sign), over the key store's keys."""
+    if not cfg.dkim.sign:
+        return None
+    return DKIMSigner(DKIMKeyring(dkim_store(cfg), reactor.seconds), pool.run)
+
+
 def make_filters(
-    cfg: Config, reactor: Any, resolver: Resolver | None, pool: WorkerPool | None = None
+    cfg: Config,
+    reactor: Any,
+    resolver: Resolver | None,
+    pool: WorkerPool | None = None,
+    signer: DKIMSigner | None = None,
 ) -> MessageFilter | None:
     """The filter chain: [limits] (connection rate, per-user rates, greylisting), [dnsbl]
     (at connect), [spf], [dkim] verification and [dmarc]
@@ -717,8 +735,8 @@ def make_filters(
     if sa.address is not None:
         settings = SpamSettings(_scanner(sa), reject_score=sa.reject_score, user=sa.user)
         filters.append(SpamAssassinFilter(settings, reactor))
-    if dk.sign and run is not None:
-        filters.append(DKIMSignFilter(DKIMKeyring(dkim_store(cfg), reactor.seconds), run))
+    if dk.sign and signer is not None:
+        filters.append(DKIMSignFilter(signer))
     if not filters:
         return None
     folder = Paths.of(cfg).filter_dir
@@ -838,7 +856,8 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         )
         relay_engine = engine if engine is not None else make_dns_engine(prepared, reactor)
         relay = make_relay(prepared, relay_engine, queue.pool, reactor)
-        scheduler = attach_relay(queue, relay, prepared.mail.policy, cfg)
+        signer = make_signer(cfg, reactor, queue.pool)
+        scheduler = attach_relay(queue, relay, prepared.mail.policy, cfg, signer)
         queue.setName("queue")
         queue.setServiceParent(root)
         control = ControlService(
@@ -850,7 +869,14 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         throttle.setName("throttle")
         throttle.setServiceParent(root)
         make_smtp_service(
-            prepared, queue, reactor, engine, throttle, LocalResolver(relay_engine), queue.pool
+            prepared,
+            queue,
+            reactor,
+            engine,
+            throttle,
+            LocalResolver(relay_engine),
+            queue.pool,
+            signer,
         ).setServiceParent(root)
         engines = [e for e in (engine, relay_engine) if e is not None]
         refresher = ZoneRefresher(

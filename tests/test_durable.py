@@ -78,3 +78,26 @@ def test_is_disk_full_only_for_space_errors() -> None:
     assert durable.is_disk_full(OSError(28, "No space left on device"))
     assert not durable.is_disk_full(OSError(5, "Input/output error"))
     assert not durable.is_disk_full(ValueError("x"))
+
+
+def test_atomic_replace_refuses_a_device_or_folder(tmp_path) -> None:
+    """Renaming over /dev/null (say, `ca issue --key-out /dev/null`) would replace the device
+    with a file: refused, and the device left as it was."""
+    import os
+    import stat
+
+    import pytest
+
+    from appliance.durable import atomic_replace
+
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_replace(dev, b"key", 0o600)
+    assert stat.S_ISCHR(os.lstat(dev).st_mode)
+    with pytest.raises(IsADirectoryError):
+        atomic_replace(tmp_path, b"key", 0o600)
+    atomic_replace(tmp_path / "f", b"1", 0o600)
+    atomic_replace(tmp_path / "f", b"2", 0o600)
+    assert (tmp_path / "f").read_bytes() == b"2"
+    assert sorted(os.listdir(tmp_path)) == ["f", "null"]

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from appliance.interfaces import (
     Envelope,
     MessageBody,
+    MessageSigner,
     MessageSink,
     Outcome,
     Policy,
@@ -80,7 +81,9 @@ class Notices:
         hostname: str,
         postmaster: str,
         events: Logger | None = None,
+        signer: MessageSigner | None = None,
     ) -> None:
+        self.signer = signer  # DKIM-signs each notice (our domain's DMARC then passes)
         self.sink = sink
         self.policy = policy
         self.pool = pool
@@ -159,6 +162,13 @@ class Notices:
                 now=now,
             )
         )
+        if self.signer is not None:
+            try:
+                headers = yield self.signer.sign(data)
+            except Exception:
+                self.log.failure("{queue_id}: signing the notice failed", queue_id=message.queue_id)
+                headers = ()
+            data = b"".join(h.encode("ascii") + b"\r\n" for h in headers) + data
         dsn_env = Envelope(
             mail_from="",
             recipients=(recipient,),

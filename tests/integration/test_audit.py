@@ -110,7 +110,27 @@ def test_audit_admin_actions_from_cli_and_control_socket(audited: Appliance) -> 
     )
     rec = wait_record(audited, kind="admin", command="queue hold")
     assert rec["component"] == "control" and rec["target"] == "ALL"
-    assert "secret9" not in (audited.state / "audit.log").read_text()
+    cli = [CLI, "--config", str(audited.ini)]
+    steps = [
+        (["user", "passwd", "user9@163.com", "--password-stdin"], "user passwd", "user9@163.com"),
+        (["user", "del", "user9@163.com"], "user del", "user9@163.com"),
+        (["dkim", "rotate", "--publish-delay", "0"], "dkim rotate", "163.com"),
+        (
+            ["ca", "issue", "--cn", "pop3.163.com", "--key-out", str(audited.state / "k.pem")]
+            + ["--cert-out", str(audited.state / "c.pem")],
+            "ca issue",
+            "pop3.163.com",
+        ),
+        (["queue", "delete", "ALL"], "queue delete", "ALL"),
+    ]
+    for args, command, target in steps:
+        r = subprocess.run(
+            cli + args, input="secret10\n", capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, (args, r.stderr)
+        assert wait_record(audited, kind="admin", command=command)["target"] == target
+    text = (audited.state / "audit.log").read_text()
+    assert "secret9" not in text and "secret10" not in text
 
 
 def test_audit_log_keeps_only_listed_fields(tmp_path) -> None:

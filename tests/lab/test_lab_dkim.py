@@ -22,6 +22,7 @@ import pytest
 
 from tests.lab.conftest import (
     Appliance,
+    dsns_for,
     lab_with,
     running,
     submit,
@@ -195,3 +196,22 @@ def test_dmarc_lab_forged_163_from_refused_at_sina(dkim_lab) -> None:
     assert e.value.smtp_code == 550
     assert e.value.smtp_error == b"5.7.1 Email rejected per DMARC policy for 163.com"
     assert "filter dmarc: reject 550 5.7.1" in (sina.state / "maillog").read_text()
+
+
+def test_dkim_lab_our_notices_signed_and_pass_dmarc(dkim_lab) -> None:
+    """A delivery notice 163 sends (NOTIFY=SUCCESS from a sina user) comes from
+    MAILER-DAEMON@mail.163.com: signed as 163.com, so with 163.com's p=reject it passes
+    DMARC at sina (relaxed alignment) instead of being refused."""
+    tok = token()
+    submit(
+        dkim_lab["sina"],
+        "user3@sina.com",
+        ["user1@163.com"],
+        tok,
+        rcpt_options=["NOTIFY=SUCCESS"],
+    )
+    dsn = wait_for(lambda: dsns_for(dkim_lab["sina"], "user3@sina.com", tok), what="the DSN")[0]
+    head = dsn.split(b"\r\n\r\n", 1)[0]
+    assert b"From: Mail Delivery System <MAILER-DAEMON@mail.163.com>" in head
+    assert b"dkim=pass header.d=163.com" in head, head
+    assert b"dmarc=pass (p=reject dis=none) header.from=mail.163.com" in head, head
