@@ -69,7 +69,6 @@ import asyncio
 import base64
 import csv
 import shutil
-import signal
 import socket
 import statistics
 import sys
@@ -83,6 +82,7 @@ for p in (str(REPO / "bench"), str(REPO)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import relay_load as rl  # noqa: E402  (run_interruptible)
 import smtp_load as sl  # noqa: E402  (load client, appliance start, helpers)
 
 SENDER_DOMAIN = "sender.test"
@@ -616,20 +616,7 @@ def main() -> int:
         ap.error("--reps, --messages, --messages-spam, --connections, --spamd-children >= 1")
     if args.size < 600 and not args.unsigned:
         ap.error("--size must be >= 600 for a DKIM-signed message (or use --unsigned)")
-    got: list[int] = []
-
-    def interrupt(signum: int, _frame: object) -> None:
-        got.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        signum = got[-1] if got else signal.SIGINT
-        say(f"interrupted ({signal.Signals(signum).name}); appliance and daemons stopped")
-        return 128 + signum
+    return rl.run_interruptible(lambda: run(args), "appliance and daemons stopped")
 
 
 if __name__ == "__main__":

@@ -679,20 +679,7 @@ def main() -> int:
         ap.error("run as root: the private Dovecot runs its users as uid 65534")
     if not shutil.which("dovecot"):
         ap.error("dovecot missing (apt-get install dovecot-core dovecot-pop3d)")
-    got: list[int] = []
-
-    def interrupt(signum: int, _frame: object) -> None:
-        got.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        signum = got[-1] if got else signal.SIGINT
-        say(f"interrupted ({signal.Signals(signum).name}); both servers stopped")
-        return 128 + signum
+    return rl.run_interruptible(lambda: run(args), "both servers stopped")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,26 @@ RCPT = "user3@sina.com"
 
 def say(msg: str) -> None:
     sl.say(msg)
+
+
+def run_interruptible(run: Callable[[], int], stopped: str) -> int:
+    """run(); Ctrl-C and SIGTERM unwind as KeyboardInterrupt (so the caller's finally blocks
+    stop what it started: asyncio.run cancels a load cleanly), then exit 128 + the signal.
+    stopped says what was stopped, for the last line."""
+    got: list[int] = []
+
+    def interrupt(signum: int, _frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run()
+    except KeyboardInterrupt:
+        signum = got[-1] if got else signal.SIGINT
+        say(f"interrupted ({signal.Signals(signum).name}); {stopped}")
+        return 128 + signum
 
 
 def loadavg() -> str:
@@ -508,20 +529,7 @@ def main() -> int:
         ap.error("--messages, --connections and --reps must be >= 1, --size >= 0")
     # Ctrl-C and SIGTERM unwind as KeyboardInterrupt (asyncio.run cancels the load cleanly),
     # so the finally block stops both appliances; SIGINT even when started with it ignored
-    got: list[int] = []
-
-    def interrupt(signum: int, _frame: object) -> None:
-        got.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        signum = got[-1] if got else signal.SIGINT
-        say(f"interrupted ({signal.Signals(signum).name}); both appliances stopped")
-        return 128 + signum
+    return run_interruptible(lambda: run(args), "both appliances stopped")
 
 
 if __name__ == "__main__":
