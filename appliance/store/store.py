@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -28,9 +31,12 @@ from appliance.interfaces import FolderListing, Mailbox, StoredMessage
 from appliance.store.lock import STALE_AFTER, SessionLock
 from appliance.store.maildir import Maildir, delivery_order
 from appliance.store.maildrop import MaildirMaildrop
+from appliance.store.uidlist import FILE_NAME as UIDLIST_FILE
 from appliance.store.uidlist import UidList
 
 INBOX = "INBOX"
+SCAN_CACHE = 64  # folders whose last scan is kept
+FRESH_NS = 2_000_000_000  # a folder changed this recently is always scanned again
 # Maildir info letters <-> IMAP system flags (RFC 3501 2.3.2)
 _LETTERS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 _FLAGS = {flag: letter for letter, flag in _LETTERS.items()}
@@ -133,6 +139,11 @@ class MaildirStore:
         self._watchers: list[Callable[[Mailbox], None]] = []
         # POP3 session locks not refreshed for this long are taken over (seconds)
         self.stale_after = stale_after
+        # the last scan of recently used folders, valid while their stamp is unchanged
+        Scan = tuple[int, int, list[tuple[int, str, str, str, int]]]
+        self._scans: OrderedDict[str, tuple[tuple[int, ...], Scan]] = OrderedDict()
+        self._listings: dict[int, tuple[Scan, FolderListing]] = {}
+        self._scan_lock = threading.Lock()
 
     # -- locating
 
@@ -220,9 +231,49 @@ class MaildirStore:
         """base name -> (subdir, file name) for every message in new/ and cur/."""
         return md.files()
 
+    def _stamp(self, md: Maildir) -> tuple[int, ...] | None:
+        """What changes whenever the folder's listing can: the mtimes of new/ and cur/ (any
+        delivery, flag change or expunge, by any process or node) and the uid list's
+        identity. None when a mtime is too recent to trust (a change within the same clock
+        tick could hide behind it; Dovecot rescans such folders too)."""
+        try:
+            new, cur = os.stat(md.new), os.stat(md.cur)
+        except FileNotFoundError:
+            return None
+        try:
+            ul = os.stat(md.path / UIDLIST_FILE)
+            uidlist = (ul.st_mtime_ns, ul.st_size, ul.st_ino)
+        except FileNotFoundError:
+            return None
+        now = time.time_ns()
+        if now - max(new.st_mtime_ns, cur.st_mtime_ns, ul.st_mtime_ns) < FRESH_NS:
+            return None
+        return (new.st_mtime_ns, new.st_ino, cur.st_mtime_ns, cur.st_ino, *uidlist)
+
     def _scan(self, md: Maildir) -> tuple[int, int, list[tuple[int, str, str, str, int]]]:
         """(uidvalidity, uidnext, [(uid, key, subdir, name, size)] in UID order) of a folder,
-        numbering new messages now."""
+        numbering new messages now. A folder unchanged since its last scan (its stamp) is
+        answered from memory: a mailbox of 100,000 messages reopens without a listing."""
+        key = str(md.path)
+        stamp = self._stamp(md)
+        with self._scan_lock:  # (worker threads scan at once)
+            cached = self._scans.get(key)
+            if stamp is not None and cached is not None and cached[0] == stamp:
+                self._scans.move_to_end(key)
+                return cached[1]
+        result = self._rescan(md)
+        stamp = self._stamp(md)  # after the scan: the uid list may have been rewritten
+        with self._scan_lock:
+            if stamp is not None:
+                self._scans[key] = (stamp, result)
+                self._scans.move_to_end(key)
+                while len(self._scans) > SCAN_CACHE:
+                    self._scans.popitem(last=False)
+            else:
+                self._scans.pop(key, None)
+        return result
+
+    def _rescan(self, md: Maildir) -> tuple[int, int, list[tuple[int, str, str, str, int]]]:
         if not md.exists():
             md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
         files = self._files(md)
@@ -238,13 +289,23 @@ class MaildirStore:
         return state.uidvalidity, state.next_uid, found
 
     def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
-        uidvalidity, uidnext, found = self._scan(self.folder(mailbox, folder))
+        scanned = self._scan(self.folder(mailbox, folder))
+        with self._scan_lock:
+            listed = self._listings.get(id(scanned))
+        if listed is not None and listed[0] is scanned:
+            return listed[1]
+        uidvalidity, uidnext, found = scanned
         messages = []
         for uid, base, _, name, size in found:
             secs = base.partition(".")[0]  # names start with the delivery time
             received = float(secs) if secs.isdigit() else 0.0
             messages.append(StoredMessage(uid, base, size, flags_of(name), received))
-        return FolderListing(uidvalidity, uidnext, tuple(messages))
+        listing = FolderListing(uidvalidity, uidnext, tuple(messages))
+        with self._scan_lock:
+            self._listings[id(scanned)] = (scanned, listing)
+            while len(self._listings) > SCAN_CACHE:
+                self._listings.pop(next(iter(self._listings)))
+        return listing
 
     def _locate(self, md: Maildir, key: str) -> tuple[str, str]:
         if "/" in key or ":" in key or key in ("", ".", ".."):

@@ -165,3 +165,39 @@ def test_flags_of_reads_maildir_info() -> None:
         {"\\Draft", "\\Flagged", "\\Answered", "\\Seen", "\\Deleted"}
     )
     assert flags_of("x,S=5") == frozenset()
+
+
+def test_store_unchanged_folder_answered_from_its_last_scan(tmp_path, monkeypatch) -> None:
+    """A folder whose new/, cur/ and uid list are unchanged is not listed again; any
+    delivery, rename (flags, by anyone) or expunge is seen at the next call; a folder
+    changed within the last FRESH_NS is always scanned."""
+    import os
+
+    from appliance.interfaces import Mailbox
+    from appliance.store import store as store_module
+    from appliance.store.store import MaildirStore
+
+    monkeypatch.setattr(store_module, "FRESH_NS", 0)
+    st = MaildirStore(tmp_path, "mx.test")
+    mb = Mailbox("163.test", "u")
+    scans: list[int] = []
+    real = st._rescan
+    monkeypatch.setattr(st, "_rescan", lambda md: scans.append(1) or real(md))
+    st.deliver(mb, iter([b"Subject: 1\r\n\r\nx\r\n"]))
+    first = st.list_messages(mb)
+    assert st.list_messages(mb) is first and len(scans) == 1
+    st.deliver(mb, iter([b"Subject: 2\r\n\r\nx\r\n"]))
+    second = st.list_messages(mb)
+    assert len(second.messages) == 2 and len(scans) == 2
+    md = st.maildir(mb)
+    name = os.listdir(md.new)[0]  # another process flags a message: a rename in the tree
+    os.rename(md.new / name, md.cur / (name + ":2,S"))
+    third = st.list_messages(mb)
+    assert len(scans) == 3 and any("\\Seen" in m.flags for m in third.messages)
+    st.expunge(mb, "INBOX", [third.messages[0].key])
+    assert len(st.list_messages(mb).messages) == 1 and len(scans) == 4
+    assert len(st.open_maildrop(mb).messages) == 1 and len(scans) == 4  # shared with POP3
+    monkeypatch.setattr(store_module, "FRESH_NS", 10**18)  # everything counts as just changed
+    st.list_messages(mb)
+    st.list_messages(mb)
+    assert len(scans) == 6
