@@ -77,6 +77,12 @@ class Envelope:
     # who wrote it: "" a client; "bounce" a DSN we made; "double-bounce" a DSN about an
     # undeliverable DSN, sent to postmaster (one that fails is dropped, never bounced again)
     notice: str = ""
+    trusted: bool = False  # the client is one the policy lets relay (access RELAY: our hosts)
+
+    @property
+    def ours(self) -> bool:
+        """Mail of our own users or hosts: signed as ours, not checked as a stranger's."""
+        return self.auth_user is not None or self.trusted
 
     @property
     def mailboxes(self) -> list[Mailbox]:
@@ -225,6 +231,12 @@ class SessionFacts:
     helo: str  # "" before HELO/EHLO
     tls: str | None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
     auth_user: str | None  # the SASL login
+    trusted: bool = False  # the policy lets this client relay (access RELAY: our own hosts)
+
+    @property
+    def ours(self) -> bool:
+        """A logged-in user or one of our hosts (not checked as a stranger)."""
+        return self.auth_user is not None or self.trusted
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class DKIMSignFilter(Filter):
         self.signer = signer
 
     def wants_body(self, envelope: Envelope) -> bool:
-        return envelope.auth_user is not None
+        return envelope.ours
 
     def message(self, check: MessageCheck) -> FilterVerdict | Deferred[FilterVerdict]:
         text = check.body.in_memory()

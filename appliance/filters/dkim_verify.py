@@ -67,7 +67,7 @@ class DKIMVerifyFilter(Filter):
         self.max_size = max_size
 
     def wants_body(self, envelope: Envelope) -> bool:
-        return envelope.auth_user is None
+        return not envelope.ours
 
     def message(self, check: MessageCheck) -> Deferred[FilterVerdict]:
         return defer.ensureDeferred(self._message(check))

@@ -92,7 +92,7 @@ class DMARCFilter(Filter):
         self.sample = sample
 
     def wants_body(self, envelope: Envelope) -> bool:
-        return envelope.auth_user is None
+        return not envelope.ours
 
     def message(self, check: MessageCheck) -> Deferred[FilterVerdict]:
         return defer.ensureDeferred(self._message(check))

@@ -86,6 +86,8 @@ class DNSBLFilter(Filter):
         return defer.ensureDeferred(self._connect(facts))
 
     async def _connect(self, facts: SessionFacts) -> FilterVerdict:
+        if facts.trusted:
+            return ACCEPT
         listed = await self.listings(facts.client_ip)
         if not listed:
             return ACCEPT
@@ -98,7 +100,7 @@ class DNSBLFilter(Filter):
         return FilterVerdict(reason=reason)
 
     def wants_body(self, envelope: Envelope) -> bool:
-        return self.action == "tag" and envelope.auth_user is None
+        return self.action == "tag" and not envelope.ours
 
     def message(self, check: MessageCheck) -> Deferred[FilterVerdict]:
         d = defer.ensureDeferred(self.listings(check.envelope.client_ip))

@@ -119,7 +119,7 @@ class RateLimitFilter(Filter):
 
     def connect(self, facts: SessionFacts) -> Answer:
         limit = self.settings.max_connect_rate
-        if not limit:
+        if not limit or facts.trusted:  # (our own hosts are exempt, as Postfix's mynetworks)
             return ACCEPT
         now = self.reactor.seconds()
         key = network_of(facts.client_ip)
@@ -154,7 +154,7 @@ class RateLimitFilter(Filter):
                 return FilterVerdict(452, text, reason=f"over {limit} recipients an hour")
             self.recipients.add(user, now)
             return ACCEPT
-        if not s.greylist:
+        if not s.greylist or facts.trusted:
             return ACCEPT
         return self._greylist(facts.client_ip, mail_from, rcpt)
 

@@ -27,7 +27,7 @@ class ScannerSettings:
 
 
 def wants(settings: ScannerSettings, envelope: Envelope) -> bool:
-    return settings.scan_authenticated or envelope.auth_user is None
+    return settings.scan_authenticated or not envelope.ours
 
 
 def failure_verdict(settings: ScannerSettings, what: str, reason: str) -> FilterVerdict:

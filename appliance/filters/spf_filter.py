@@ -59,7 +59,7 @@ class SPFFilter(Filter):
     def sender(
         self, facts: SessionFacts, mail_from: str
     ) -> FilterVerdict | Deferred[FilterVerdict]:
-        if facts.auth_user is not None:
+        if facts.ours:
             return ACCEPT
         return self._check(facts.client_ip, mail_from, facts.helo).addCallback(self._act)
 
@@ -81,7 +81,7 @@ class SPFFilter(Filter):
         return FilterVerdict(reason=why)
 
     def wants_body(self, envelope: Envelope) -> bool:
-        return envelope.auth_user is None
+        return not envelope.ours
 
     def message(self, check: MessageCheck) -> Deferred[FilterVerdict]:
         env = check.envelope

@@ -45,6 +45,7 @@ def envelope_to_json(env: Envelope) -> dict[str, Any]:
         "received_at": env.received_at,
         "session_id": env.session_id,
         "notice": env.notice,
+        "trusted": env.trusted,
     }
 
 

@@ -46,6 +46,7 @@ def envelope_of(
     tls: str | None,
     auth_user: str | None,
     session_id: str,
+    trusted: bool = False,
 ) -> Envelope:
     """The envelope of the message about to be received in txn."""
     p = txn.params
@@ -66,6 +67,7 @@ def envelope_of(
         dsn_envid=p.envid,
         received_at=txn.received_at,
         session_id=session_id,
+        trusted=trusted,
     )
 
 

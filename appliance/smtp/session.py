@@ -100,7 +100,7 @@ class SMTPSession(SMTPConnection):
         if not verdict.ok and not verdict.discard:
             self.refuse_connect(verdict)
             return
-        if f.filters is None or verdict.relay:  # (a client the access map trusts: no DNSBL)
+        if f.filters is None:
             self.send_banner()
             return
 
@@ -132,6 +132,7 @@ class SMTPSession(SMTPConnection):
             helo=self.helo or "",
             tls=self.tls_info,
             auth_user=self.auth.user,
+            trusted=self.connect_verdict.relay,
         )
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802

@@ -139,7 +139,7 @@ def _filtered(
 ) -> defer.Deferred[Verdict]:
     """After the policy accepted: the filter chain's word (its refusal as a Verdict)."""
     chain = session.factory.filters
-    if chain is None or session.connect_verdict.relay:
+    if chain is None:
         return defer.succeed(verdict)
 
     def said(result: FilterVerdict) -> Verdict:
@@ -226,6 +226,7 @@ def do_data(session: SMTPSession, arg: str) -> None:
         tls=session.tls_info,
         auth_user=session.auth.user,
         session_id=session.session_id,
+        trusted=session.connect_verdict.relay,
     )
     message = None
     if not txn.discard:
@@ -240,7 +241,7 @@ def do_data(session: SMTPSession, arg: str) -> None:
         session.events.client(
             message.queue_id, session.client_label(), session.auth.mechanism, session.auth.user
         )
-        if f.filters is not None and not session.connect_verdict.relay:
+        if f.filters is not None:
             incoming.buffer = f.filters.body_buffer(envelope)
         try:
             incoming.write(received_header(envelope, message.queue_id, f.settings.hostname))

@@ -64,3 +64,9 @@ async def test_dnsbl_list_that_fails_does_not_block() -> None:
 
     f = DNSBLFilter(Down({}), ["bl.test"], [], "reject")
     assert (await f.connect(facts("127.0.0.9"))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_dnsbl_trusted_host_never_blocked() -> None:
+    f = DNSBLFilter(TableResolver(TABLE), ["bl.test"], [], "reject")
+    assert (await f.connect(SessionFacts("s", "127.0.0.9", None, "", None, None, trusted=True))).ok

@@ -84,3 +84,14 @@ async def test_spf_filter_end_of_data_headers_and_result_from_mail_time() -> Non
     )
     assert check.auth_results == ["spf=pass smtp.mailfrom=user1@163.com"]
     assert check.results == {"spf": "pass", "spf.domain": "163.com"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_spf_filter_trusted_hosts_not_checked() -> None:
+    """A client the access map lets relay (one of our hosts) is not checked either."""
+    resolver = TableResolver(BASE)
+    f = spf_filter(resolver, on_fail="reject")
+    v = await defer.maybeDeferred(
+        f.sender, SessionFacts("s", "127.0.9.9", None, "x", None, None, trusted=True), "a@163.com"
+    )
+    assert v.ok and resolver.asked == []

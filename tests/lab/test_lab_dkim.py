@@ -215,3 +215,22 @@ def test_dkim_lab_our_notices_signed_and_pass_dmarc(dkim_lab) -> None:
     assert b"From: Mail Delivery System <MAILER-DAEMON@mail.163.com>" in head
     assert b"dkim=pass header.d=163.com" in head, head
     assert b"dmarc=pass (p=reject dis=none) header.from=mail.163.com" in head, head
+
+
+def test_dkim_lab_trusted_host_mail_signed(dkim_lab) -> None:
+    """A host 163's access map lets relay (Connect:163.com RELAY: a client whose reverse
+    name is in 163.com, here from 127.0.1.1) sends without logging in: its mail is ours,
+    so 163 signs it, and sina's DKIM and DMARC checks pass."""
+    a = dkim_lab["163"]
+    tok = token()
+    data = (
+        f"From: user1@163.com\r\nTo: user3@sina.com\r\nSubject: from a trusted host {tok}\r\n"
+        f"Message-ID: <{tok}@163.com>\r\n\r\nhello from the lab, {tok}\r\n"
+    ).encode()
+    with smtplib.SMTP(
+        a.ip, a.ports[25], local_hostname="app.163.com", source_address=("127.0.1.1", 0), timeout=20
+    ) as c:
+        c.sendmail("user1@163.com", ["user3@sina.com"], data)
+    head = wait_message(dkim_lab["sina"], "user3@sina.com", tok).split(b"\r\n\r\n", 1)[0]
+    assert b"dkim=pass header.d=163.com" in head, head
+    assert b"dmarc=pass" in head

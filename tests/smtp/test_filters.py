@@ -186,15 +186,29 @@ def test_filters_big_text_spills_to_file_and_arrives_whole(smtp, tmp_path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_filters_trusted_relay_client_not_filtered(smtp, tmp_path) -> None:
-    """A client the access map lets relay (our own networks) skips the filters."""
+def test_filters_trusted_relay_client_told_to_the_filters(smtp, tmp_path) -> None:
+    """A client the access map lets relay (our own hosts) goes through the chain too, marked
+    trusted at every stage, so each filter decides (DKIM signs its mail; SPF, DNSBL, DMARC
+    and greylisting leave it alone)."""
     from appliance.interfaces import Verdict
 
     smtp.policy.connect = Verdict(relay=True)
-    f = Scripted()
+    seen: list[bool] = []
+
+    class Recording(Scripted):
+        def connect(self, facts):
+            seen.append(facts.trusted)
+            return super().connect(facts)
+
+        def wants_body(self, envelope):
+            seen.append(envelope.trusted and envelope.ours)
+            return True
+
+    f = Recording()
     s = smtp(filters=chain_of(smtp, tmp_path, f)).ready()
     assert send_message(s).startswith("250")
-    assert f.asked == []
+    assert seen and all(seen)
+    assert "message" in f.asked
 
 
 def test_filters_submission_gets_same_chain(smtp, tmp_path) -> None:
