@@ -11,13 +11,12 @@ failure) does not block: the lists are advice, and a dead list must not stop all
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from appliance.filters.base import Filter, MessageCheck
+from appliance.filters.base import Filter, Memo, MessageCheck
 from appliance.interfaces import (
     ACCEPT,
     Envelope,
@@ -27,7 +26,6 @@ from appliance.interfaces import (
     SessionFacts,
 )
 
-MEMO = 10_000
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -54,7 +52,7 @@ class DNSBLFilter(Filter):
         self.zones = tuple(zones)
         self.allow_zones = tuple(allow_zones)
         self.action = action  # "reject" or "tag"
-        self.memo: OrderedDict[str, list[str]] = OrderedDict()
+        self.memo: Memo[str, list[str]] = Memo()  # connect -> end of data, a while
 
     async def _listed(self, ip: str, zone: str) -> bool:
         name = query_name(ip, zone)
@@ -77,9 +75,7 @@ class DNSBLFilter(Filter):
                 break
         else:
             found = [z for z in self.zones if await self._listed(ip, z)]
-        self.memo[ip] = found
-        while len(self.memo) > MEMO:
-            self.memo.popitem(last=False)
+        self.memo.put(ip, found)
         return found
 
     def connect(self, facts: SessionFacts) -> Deferred[FilterVerdict]:

@@ -6,23 +6,20 @@ By default nothing is refused (RFC 7208 leaves the action to the receiver; a fai
 a tag until the admin asks for more): on_fail / on_softfail = reject give 550 5.7.23,
 on_permerror = reject 550 5.7.24, on_temperror = tempfail 451 4.7.24 (RFC 7372's codes).
 Mail from logged-in users is not checked. The result found at MAIL is kept for the end of
-the data (a bounded table; if it is gone, the check is made again, from the DNS cache).
+the data (a Memo; if it is gone, the check is made again, from the DNS cache).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from appliance.filters import spf
-from appliance.filters.base import Filter, MessageCheck
+from appliance.filters.base import Filter, Memo, MessageCheck
 from appliance.filters.spf import SPF, SPFResult
 from appliance.interfaces import ACCEPT, Envelope, FilterVerdict, SessionFacts
-
-MEMO = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class SPFFilter(Filter):
         self.checker = checker
         self.settings = settings
         self.hostname = hostname
-        self.memo: OrderedDict[tuple[str, str, str], SPFResult] = OrderedDict()
+        self.memo: Memo[tuple[str, str, str], SPFResult] = Memo()
 
     def _check(self, ip: str, mail_from: str, helo: str) -> Deferred[SPFResult]:
         key = (ip, helo.lower(), mail_from.lower())
@@ -49,9 +46,7 @@ class SPFFilter(Filter):
             return defer.succeed(known)
 
         def keep(result: SPFResult) -> SPFResult:
-            self.memo[key] = result
-            while len(self.memo) > MEMO:
-                self.memo.popitem(last=False)
+            self.memo.put(key, result)
             return result
 
         return defer.ensureDeferred(self.checker.check(ip, mail_from, helo)).addCallback(keep)
@@ -88,7 +83,7 @@ class SPFFilter(Filter):
         d = self._check(env.client_ip, env.mail_from, env.helo)
 
         def tell(r: SPFResult) -> FilterVerdict:
-            self.memo.pop((env.client_ip, env.helo.lower(), env.mail_from.lower()), None)
+            self.memo.pop((env.client_ip, env.helo.lower(), env.mail_from.lower()))
             check.results["spf"] = r.result
             check.results["spf.domain"] = r.domain
             if env.mail_from:

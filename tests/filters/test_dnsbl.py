@@ -70,3 +70,19 @@ async def test_dnsbl_list_that_fails_does_not_block() -> None:
 async def test_dnsbl_trusted_host_never_blocked() -> None:
     f = DNSBLFilter(TableResolver(TABLE), ["bl.test"], [], "reject")
     assert (await f.connect(SessionFacts("s", "127.0.0.9", None, "", None, None, trusted=True))).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_dnsbl_listing_asked_again_after_a_while(monkeypatch) -> None:
+    """What a list said is kept for the end of the data, not for ever: delisted is seen."""
+    import time as time_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
+    table = dict(TABLE)
+    f = DNSBLFilter(TableResolver(table), ["bl.test"], [], "reject")
+    assert (await f.connect(facts("127.0.0.9"))).code == 554
+    f.resolver.table.pop(("A", "9.0.0.127.bl.test"))  # delisted
+    assert (await f.connect(facts("127.0.0.9"))).code == 554  # kept a little while
+    clock[0] += 301
+    assert (await f.connect(facts("127.0.0.9"))).ok
