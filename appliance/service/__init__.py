@@ -1,5 +1,8 @@
 """The only wiring code: turns a validated Config into the appliance's service tree.
 
+(This package is the wiring: here the tree, in zones.py the zones we serve, in
+mail_security.py the filter chain and the DKIM signer.)
+
 `prepare()` does everything that can fail because of the admin's files (zones, certificates,
 the state folder, the users and the sendmail maps) and reports it as ConfigError lines before
 anything listens. `make_service()` then builds the named tree and says which class serves
@@ -48,29 +51,15 @@ from appliance.delivery.routing import Router
 from appliance.delivery.session import SessionSettings
 from appliance.delivery.smtp_client import Timeouts
 from appliance.delivery.transport import TransportMap
-from appliance.dkim.keys import DKIMError, DKIMKeyring, DKIMKeyStore
+from appliance.dkim.keys import DKIMError
 from appliance.dns.authority import Authority, Zone
-from appliance.dns.published import published
 from appliance.dns.refresh import ZoneRefresher
 from appliance.dns.resolver import LocalResolver
 from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
-from appliance.dns.zonefile import load_zone
 from appliance.durable import DirSync
 from appliance.errors import ApplianceError, ConfigError, ZoneError
-from appliance.filters.base import Filter
-from appliance.filters.chain import FilterChain
-from appliance.filters.clamav import ClamAVFilter
-from appliance.filters.daemon import DaemonAddress
-from appliance.filters.dkim_sign import DKIMSigner, DKIMSignFilter
-from appliance.filters.dkim_verify import DKIMVerifyFilter
-from appliance.filters.dmarc import DMARCFilter
-from appliance.filters.dnsbl import DNSBLFilter
-from appliance.filters.ratelimit import LimitSettings, RateLimitFilter
-from appliance.filters.scanning import ScannerSettings
-from appliance.filters.spamassassin import SpamAssassinFilter, SpamSettings
-from appliance.filters.spf import SPF
-from appliance.filters.spf_filter import SPFFilter, SPFSettings
-from appliance.interfaces import Authenticator, MessageFilter, Policy, Resolver, UserDirectory
+from appliance.filters.dkim_sign import DKIMSigner
+from appliance.interfaces import Authenticator, Policy, Resolver, UserDirectory
 from appliance.limits import ConnectionSlots, SessionLimits
 from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
@@ -82,6 +71,8 @@ from appliance.queue.notices import Notices
 from appliance.queue.queue import Queue
 from appliance.queue.scheduler import RelayScheduler
 from appliance.root import ApplianceService
+from appliance.service.mail_security import dkim_store, make_filters, make_signer
+from appliance.service.zones import build_zones, load_zone_files, load_zones
 from appliance.smtp.factory import SMTPFactory
 from appliance.smtp.rdns import ReverseLookup
 from appliance.smtp.settings import MTA, SMTPS, SUBMISSION, SMTPSettings
@@ -90,6 +81,18 @@ from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import check_key_permissions
 from appliance.tls.service import TLSService, TLSSettings
 from appliance.workers import WorkerPool
+
+# what the entry points (tap.py, cli.py), tests and benches take from the wiring
+__all__ = [
+    "Prepared",
+    "build_queue",
+    "dkim_store",
+    "load_mail_parts",
+    "load_zones",
+    "make_service",
+    "prepare",
+    "tls_settings",
+]
 
 # [smtp] keys naming the sendmail maps (re-read at run time)
 POLICY_FILES = ("local_host_names", "access", "virtusertable", "aliases")
@@ -145,45 +148,6 @@ def tls_settings(config: Config) -> TLSSettings:
         key_type=t.key_type,
         validity_days=max(1, t.validity // 86400),
     )
-
-
-def load_zone_files(config: Config, problems: list[str]) -> dict[str, list[Any]]:
-    """origin -> the records of its zone file (problems appended)."""
-    files = {}
-    for zc in config.zones:
-        try:
-            files[zc.origin] = load_zone(zc.file, zc.origin)
-        except ZoneError as e:
-            problems.append(config.problem(f"zone:{zc.origin}", "file", str(e)))
-    return files
-
-
-def dkim_store(config: Config) -> DKIMKeyStore:
-    return DKIMKeyStore(Paths.of(config).dkim_dir)
-
-
-def build_zones(config: Config, files: dict[str, list[Any]]) -> list[Zone]:
-    """The zones we serve: each file's records and what we publish in it (SPF, DMARC, the
-    DKIM keys of the key store). Raises ZoneError, DKIMError."""
-    d = config.dns
-    keys = [r for records in dkim_store(config).records().values() for r in records]
-    zones = []
-    for zc in config.zones:
-        records = files.get(zc.origin)
-        if records is None:
-            continue
-        extra = published(zc.origin, records, spf=d.spf, dmarc=d.dmarc, keys=keys)
-        zones.append(Zone(zc.origin, records + extra, zc.allow_transfer))
-    return zones
-
-
-def load_zones(config: Config, problems: list[str]) -> list[Zone]:
-    files = load_zone_files(config, problems)
-    try:
-        return build_zones(config, files)
-    except (ZoneError, DKIMError) as e:
-        problems.append(config.problem("dkim", "domains", str(e)))
-        return []
 
 
 def smtp_enabled(config: Config) -> bool:
@@ -652,98 +616,6 @@ def make_smtp_service(
             listener.setName(f"{mode.name} {hp}")
             listener.setServiceParent(smtp)
     return smtp
-
-
-def _daemon(value: HostPort | Path) -> DaemonAddress:
-    if isinstance(value, Path):
-        return DaemonAddress(path=value)
-    return DaemonAddress(value.host, value.port)
-
-
-def _scanner(section: Any) -> ScannerSettings:
-    return ScannerSettings(
-        _daemon(section.address),
-        timeout=section.timeout,
-        on_failure=section.on_failure,
-        max_size=section.max_size,
-        scan_authenticated=section.scan_authenticated,
-    )
-
-
-def make_signer(cfg: Config, reactor: Any, pool: WorkerPool) -> DKIMSigner | None:
-    """The DKIM signer of our mail ([dkim] sign), over the key store's keys."""
-    if not cfg.dkim.sign:
-        return None
-    return DKIMSigner(DKIMKeyring(dkim_store(cfg), reactor.seconds), pool.run)
-
-
-def make_filters(
-    cfg: Config,
-    reactor: Any,
-    resolver: Resolver | None,
-    pool: WorkerPool | None = None,
-    signer: DKIMSigner | None = None,
-) -> MessageFilter | None:
-    """The filter chain: [limits] (connection rate, per-user rates, greylisting), [dnsbl]
-    (at connect), [spf], [dkim] verification and [dmarc]
-    (through our resolver), then
-    [clamav] and [spamassassin] (viruses first: an infected message is refused before spamd
-    spends time on it), then DKIM signing of our users' mail (last: nothing refused is
-    signed); None when no filter is configured. CPU work (DKIM) goes to pool's threads."""
-    filters: list[Filter] = []
-    run = pool.run if pool is not None else None
-    lim = cfg.limits
-    if (
-        lim.max_connect_rate
-        or lim.max_messages_per_user_hour
-        or lim.max_recipients_per_user_hour
-        or lim.greylist
-    ):
-        limit_settings = LimitSettings(
-            max_connect_rate=lim.max_connect_rate,
-            max_messages_per_user_hour=lim.max_messages_per_user_hour,
-            max_recipients_per_user_hour=lim.max_recipients_per_user_hour,
-            greylist=lim.greylist,
-            greylist_delay=lim.greylist_delay,
-            greylist_window=lim.greylist_window,
-            greylist_whitelist_after=lim.greylist_whitelist_after,
-            greylist_whitelist_time=lim.greylist_whitelist_time,
-        )
-        filters.append(
-            RateLimitFilter(limit_settings, reactor, Paths.of(cfg).state_dir / "greylist.json")
-        )
-    bl = cfg.dnsbl
-    if bl.zones and resolver is not None:
-        filters.append(DNSBLFilter(resolver, bl.zones, bl.allow_zones, bl.action))
-    sp = cfg.spf
-    if sp.check and resolver is not None:
-        spf_settings = SPFSettings(
-            on_fail=sp.on_fail,
-            on_softfail=sp.on_softfail,
-            on_permerror=sp.on_permerror,
-            on_temperror=sp.on_temperror,
-        )
-        filters.append(SPFFilter(SPF(resolver), spf_settings, cfg.appliance.hostname))
-    dk = cfg.dkim
-    if dk.verify and resolver is not None and run is not None:
-        filters.append(DKIMVerifyFilter(resolver, run, dk.verify_max_size))
-    if cfg.dmarc.check and resolver is not None:
-        filters.append(DMARCFilter(resolver, enforce=cfg.dmarc.enforce))
-    if cfg.clamav.address is not None:
-        filters.append(ClamAVFilter(_scanner(cfg.clamav), reactor))
-    sa = cfg.spamassassin
-    if sa.address is not None:
-        settings = SpamSettings(_scanner(sa), reject_score=sa.reject_score, user=sa.user)
-        filters.append(SpamAssassinFilter(settings, reactor))
-    if dk.sign and signer is not None:
-        filters.append(DKIMSignFilter(signer))
-    if not filters:
-        return None
-    folder = Paths.of(cfg).filter_dir
-    folder.mkdir(mode=0o700, exist_ok=True)  # (chowned with the state folder when root drops)
-    return FilterChain(
-        filters, hostname=cfg.appliance.hostname, spill_folder=folder, events=mail_logger("filter")
-    )
 
 
 def _owner(cfg: Config) -> dict[str, int]:
