@@ -70,8 +70,30 @@ class Slot(Protocol):
         ...
 
 
+class ServiceSettings(Protocol):
+    """What a service's settings say about its connections (SMTPSettings, POP3Settings)."""
+
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def max_connections_per_ip(self) -> int: ...
+
+    @property
+    def limits(self) -> SessionLimits: ...
+
+
 class ConnectionSlots:
     """Connections of one service across all its ports, with a per-client share."""
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings) -> ConnectionSlots:
+        """The slots a service's settings ask for (one set for all its ports)."""
+        return cls(
+            settings.max_connections,
+            settings.max_connections_per_ip,
+            stress_threshold=settings.limits.stress_threshold,
+        )
 
     def __init__(
         self, max_connections: int, max_per_client: int, *, stress_threshold: float = 0.8

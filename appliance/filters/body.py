@@ -32,10 +32,12 @@ class SpillBuffer:
         self._mem = bytearray()
         self._fd: int | None = None
         self._closed = False
+        self._whole: bytes | None = None  # in_memory()'s bytes, until the next write
 
     def write(self, data: bytes) -> None:
         if self._closed or not data:
             return
+        self._whole = None
         self.size += len(data)
         self._mem += data
         if self._fd is None and len(self._mem) <= self.memory:
@@ -66,12 +68,18 @@ class SpillBuffer:
         return fd
 
     def in_memory(self) -> bytes | None:
-        return bytes(self._mem) if self._fd is None else None
+        # every filter that reads the text asks: one copy of it, not one each
+        if self._fd is not None:
+            return None
+        if self._whole is None:
+            self._whole = bytes(self._mem)
+        return self._whole
 
     def chunks(self) -> Iterator[bytes]:
         if self._fd is None:
-            if self._mem:
-                yield bytes(self._mem)
+            whole = self.in_memory()
+            if whole:
+                yield whole
             return
         if self._mem:
             self._spill()
@@ -86,6 +94,7 @@ class SpillBuffer:
     def close(self) -> None:
         self._closed = True
         self._mem = bytearray()
+        self._whole = None
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

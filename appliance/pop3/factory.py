@@ -53,13 +53,7 @@ class POP3Factory(protocol.ServerFactory[POP3Session]):
         self.pool = pool
         self.events = events
         self.reactor = reactor
-        if slots is None:
-            slots = ConnectionSlots(
-                settings.max_connections,
-                settings.max_connections_per_ip,
-                stress_threshold=settings.limits.stress_threshold,
-            )
-        self.slots = slots
+        self.slots = slots if slots is not None else ConnectionSlots.for_service(settings)
 
     def buildProtocol(self, addr: IAddress | None) -> POP3Session:  # noqa: N802 (Twisted's API)
         return POP3Session(self)

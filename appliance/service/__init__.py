@@ -578,11 +578,7 @@ def make_smtp_service(
     )
     if throttle is None:
         throttle = make_throttle(cfg, reactor)
-    slots = ConnectionSlots(
-        c.max_connections,
-        c.max_connections_per_ip,
-        stress_threshold=settings.limits.stress_threshold,
-    )
+    slots = ConnectionSlots.for_service(settings)
     tls = prepared.tls.context_factory
     rdns = None
     if dns_engine is not None:
@@ -662,9 +658,7 @@ def make_pop3_service(
         plaintext_networks=cfg.auth.plaintext_networks,
         mechanisms=cfg.auth.mechanisms,
     )
-    slots = ConnectionSlots(
-        p.max_connections, p.max_connections_per_ip, stress_threshold=p.stress_threshold / 100
-    )
+    slots = ConnectionSlots.for_service(settings)
     tls = prepared.tls.context_factory
     pop3 = service.MultiService()
     pop3.setName("pop3")

@@ -62,13 +62,7 @@ class SMTPFactory(protocol.ServerFactory[SMTPSession]):
         self.reactor = reactor
         self.rdns = rdns
         self.filters = filters
-        if slots is None:
-            slots = ConnectionSlots(
-                settings.max_connections,
-                settings.max_connections_per_ip,
-                stress_threshold=settings.limits.stress_threshold,
-            )
-        self.slots = slots
+        self.slots = slots if slots is not None else ConnectionSlots.for_service(settings)
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPSession:  # noqa: N802 (Twisted's API)
         return SMTPSession(self)
