@@ -731,16 +731,46 @@ class MailStore(Protocol):
         """Call callback(mailbox) after each announce(); returns a function that stops it."""
         ...
 
-    # -- read side (all blocking)
+    # -- folders (all blocking)
 
     def folders(self, mailbox: Mailbox) -> list[str]:
         """The mailbox's folders, INBOX first."""
         ...
 
-    def create_folder(self, mailbox: Mailbox, folder: str) -> None: ...
+    def create_folder(self, mailbox: Mailbox, folder: str) -> None:
+        """Make a folder (and missing parents); FileExistsError if it exists, ValueError for
+        a name that cannot be stored."""
+        ...
+
+    def delete_folder(self, mailbox: Mailbox, folder: str) -> None:
+        """Remove a folder with its messages; FileNotFoundError if there is none, ValueError
+        for INBOX. Its children stay (RFC 3501 6.3.4: its name lives on as \\Noselect)."""
+        ...
+
+    def rename_folder(self, mailbox: Mailbox, old: str, new: str) -> None:
+        """Rename a folder with its children (INBOX: its messages move to the new folder and
+        INBOX stays, RFC 3501 6.3.5); FileNotFoundError, FileExistsError, ValueError."""
+        ...
+
+    def subscriptions(self, mailbox: Mailbox) -> list[str]: ...
+
+    def set_subscribed(self, mailbox: Mailbox, folder: str, subscribed: bool) -> None: ...
+
+    def special_use(self, mailbox: Mailbox) -> dict[str, str]:
+        """folder -> RFC 6154 attribute (\\Sent ...); the folders are made (and subscribed)
+        the first time a mailbox is asked, so every new user has them."""
+        ...
+
+    # -- messages (all blocking)
 
     def list_messages(self, mailbox: Mailbox, folder: str = "INBOX") -> FolderListing:
-        """The folder's messages with stable UIDs (new ones are numbered now)."""
+        """The folder's messages with stable UIDs (new ones are numbered now) and flags
+        (system flags and keywords); FileNotFoundError for a folder that does not exist
+        (INBOX always does)."""
+        ...
+
+    def keywords(self, mailbox: Mailbox, folder: str) -> list[str]:
+        """The keywords defined in the folder (FLAGS / PERMANENTFLAGS answers)."""
         ...
 
     def open_message(self, mailbox: Mailbox, folder: str, key: str) -> BinaryIO:
@@ -748,12 +778,52 @@ class MailStore(Protocol):
         was expunged meanwhile."""
         ...
 
+    def read_messages(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], limit: int
+    ) -> dict[str, bytes | None]:
+        """The bytes of several messages at once: each whole if it has at most limit octets
+        (otherwise its first limit + 1), None for one expunged meanwhile."""
+        ...
+
     def set_flags(self, mailbox: Mailbox, folder: str, key: str, flags: frozenset[str]) -> str:
         """Replace the message's flags; returns its (possibly changed) key."""
         ...
 
+    def change_flags(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], flags: frozenset[str], mode: str
+    ) -> dict[str, frozenset[str]]:
+        """STORE: set ('='), add ('+') or remove ('-') flags of messages, each against the
+        flags it has at that moment (two sessions changing different flags both win);
+        returns the flags each has now (one expunged meanwhile is left out). KeywordsFull
+        (a ValueError) when the folder cannot take another keyword."""
+        ...
+
+    def add_message(
+        self,
+        mailbox: Mailbox,
+        folder: str,
+        data: bytes,
+        flags: frozenset[str],
+        received: float | None = None,
+    ) -> tuple[int, int]:
+        """APPEND: store a message durably (fsync'd) with flags and internal date; returns
+        (uidvalidity, uid). FileNotFoundError if the folder does not exist."""
+        ...
+
+    def copy_messages(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], target: str
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """COPY: the messages into target, with their flags (durably); returns the target's
+        uidvalidity and (source key, new uid) for each copied (one gone meanwhile is not)."""
+        ...
+
     def expunge(self, mailbox: Mailbox, folder: str, keys: Sequence[str]) -> None:
         """Remove messages for good; a key already gone is not an error."""
+        ...
+
+    def claim_recent(self, mailbox: Mailbox, folder: str, claim: bool) -> int:
+        """RFC 3501 \\Recent: the folder's first UID no session has claimed yet; with claim
+        (a read-write SELECT) everything up to the current uidnext becomes this caller's."""
         ...
 
     # -- POP3 (all blocking)

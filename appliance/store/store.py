@@ -28,6 +28,9 @@ from twisted.logger import Logger
 
 from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
 from appliance.interfaces import FolderListing, Mailbox, StoredMessage
+from appliance.store import folders
+from appliance.store.flags import Keywords
+from appliance.store.folder_ops import FolderOps, info_of, move_all
 from appliance.store.lock import STALE_AFTER, SessionLock
 from appliance.store.maildir import Maildir, delivery_order
 from appliance.store.maildrop import MaildirMaildrop
@@ -37,9 +40,7 @@ from appliance.store.uidlist import UidList
 INBOX = "INBOX"
 SCAN_CACHE = 64  # folders whose last scan is kept
 FRESH_NS = 2_000_000_000  # a folder changed this recently is always scanned again
-# Maildir info letters <-> IMAP system flags (RFC 3501 2.3.2)
-_LETTERS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
-_FLAGS = {flag: letter for letter, flag in _LETTERS.items()}
+Scan = tuple[int, int, list[tuple[int, str, str, str, int]]]  # uidvalidity, uidnext, found
 
 
 def _safe_component(value: str, what: str) -> str:
@@ -47,12 +48,6 @@ def _safe_component(value: str, what: str) -> str:
     if not value or value in (".", "..") or "/" in value or "\0" in value:
         raise ValueError(f"unsafe mailbox {what}: {value!r}")
     return value
-
-
-def flags_of(name: str) -> frozenset[str]:
-    """The IMAP flags recorded in a cur/ name's ':2,' suffix."""
-    _, sep, info = name.partition(":2,")
-    return frozenset(_LETTERS[c] for c in info if c in _LETTERS) if sep else frozenset()
 
 
 def base_of(name: str) -> str:
@@ -140,9 +135,10 @@ class MaildirStore:
         # POP3 session locks not refreshed for this long are taken over (seconds)
         self.stale_after = stale_after
         # the last scan of recently used folders, valid while their stamp is unchanged
-        Scan = tuple[int, int, list[tuple[int, str, str, str, int]]]
         self._scans: OrderedDict[str, tuple[tuple[int, ...], Scan]] = OrderedDict()
-        self._listings: dict[int, tuple[Scan, FolderListing]] = {}
+        Where = dict[str, tuple[str, str]]
+        self._listings: dict[int, tuple[Scan, FolderListing, Where]] = {}
+        self._folder_ops: dict[str, FolderOps] = {}
         self._scan_lock = threading.Lock()
 
     # -- locating
@@ -165,10 +161,7 @@ class MaildirStore:
         inbox = self.maildir(mailbox)
         if folder.upper() == INBOX:
             return inbox
-        parts = folder.split("/")
-        if any(not p or p in (".", "..") or "." in p or "\0" in p for p in parts):
-            raise ValueError(f"unsupported folder name: {folder!r}")
-        return Maildir(inbox.path / ("." + ".".join(parts)))
+        return Maildir(folders.folder_dir(inbox.path, folder))
 
     # -- write side
 
@@ -210,22 +203,90 @@ class MaildirStore:
 
         return stop
 
-    # -- read side
+    # -- folders
+
+    def _root(self, mailbox: Mailbox) -> Path:
+        return self.maildir(mailbox).path
 
     def folders(self, mailbox: Mailbox) -> list[str]:
-        inbox = self.maildir(mailbox)
-        names = []
-        try:
-            entries = sorted(os.listdir(inbox.path))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if entry.startswith(".") and entry not in (".", "..") and (inbox.path / entry).is_dir():
-                names.append(entry[1:].replace(".", "/"))
-        return [INBOX, *names]
+        return [INBOX, *folders.list_folders(self._root(mailbox))]
 
     def create_folder(self, mailbox: Mailbox, folder: str) -> None:
-        self.folder(mailbox, folder).ensure()
+        md = self.folder(mailbox, folder)
+        if md.exists():
+            raise FileExistsError(folder)
+        inbox = self.maildir(mailbox)
+        if not inbox.exists():
+            inbox.ensure()
+        md.ensure()
+
+    def delete_folder(self, mailbox: Mailbox, folder: str) -> None:
+        folders.delete_folder(self._root(mailbox), folder)
+        self._forget(self.folder(mailbox, folder))
+
+    def rename_folder(self, mailbox: Mailbox, old: str, new: str) -> None:
+        root = self._root(mailbox)
+        if old.upper() == INBOX:
+            target = self.folder(mailbox, new)
+            if target.exists():
+                raise FileExistsError(new)
+            inbox = self.maildir(mailbox)
+            move_all(inbox, self._ops(inbox).keywords, target, self._ops(target).keywords)
+            for path in (inbox.cur, inbox.new, target.cur):
+                self.dirsync.sync(str(path))
+            return
+        if new.upper() == INBOX:
+            raise FileExistsError(new)
+        folders.rename_folder(root, old, new)
+        self._forget(self.folder(mailbox, old))
+
+    def subscriptions(self, mailbox: Mailbox) -> list[str]:
+        return folders.subscriptions(self._root(mailbox))
+
+    def set_subscribed(self, mailbox: Mailbox, folder: str, subscribed: bool) -> None:
+        folders.set_subscribed(self._root(mailbox), folder, subscribed)
+
+    def special_use(self, mailbox: Mailbox) -> dict[str, str]:
+        root = self._root(mailbox)
+        if not folders.special_made(root):
+            inbox = self.maildir(mailbox)
+            if not inbox.exists():
+                inbox.ensure()
+            for name in folders.SPECIAL_USE:
+                md = self.folder(mailbox, name)
+                if not md.exists():
+                    md.ensure()
+                folders.set_subscribed(root, name, True)
+            folders.mark_special_made(root)
+        return dict(folders.SPECIAL_USE)
+
+    # -- messages
+
+    def _ops(self, md: Maildir) -> FolderOps:
+        key = str(md.path)
+        ops = self._folder_ops.get(key)
+        if ops is None:
+            if len(self._folder_ops) >= SCAN_CACHE:
+                self._folder_ops.pop(next(iter(self._folder_ops)))
+            ops = self._folder_ops[key] = FolderOps(
+                md, Keywords(md.path), self.hostname, self.dirsync
+            )
+        return ops
+
+    def _forget(self, md: Maildir) -> None:
+        """A folder deleted or renamed: nothing of it stays cached (nor of its children)."""
+        prefix = str(md.path)
+        with self._scan_lock:
+            for key in [k for k in self._scans if k == prefix or k.startswith(prefix + ".")]:
+                del self._scans[key]
+        for key in [k for k in self._folder_ops if k == prefix or k.startswith(prefix + ".")]:
+            del self._folder_ops[key]
+
+    def _existing(self, mailbox: Mailbox, folder: str) -> Maildir:
+        md = self.folder(mailbox, folder)
+        if folder.upper() != INBOX and not md.exists():
+            raise FileNotFoundError(f"no folder {folder}")
+        return md
 
     def _files(self, md: Maildir) -> dict[str, tuple[str, str]]:
         """base name -> (subdir, file name) for every message in new/ and cur/."""
@@ -250,7 +311,7 @@ class MaildirStore:
             return None
         return (new.st_mtime_ns, new.st_ino, cur.st_mtime_ns, cur.st_ino, *uidlist)
 
-    def _scan(self, md: Maildir) -> tuple[int, int, list[tuple[int, str, str, str, int]]]:
+    def _scan(self, md: Maildir) -> Scan:
         """(uidvalidity, uidnext, [(uid, key, subdir, name, size)] in UID order) of a folder,
         numbering new messages now. A folder unchanged since its last scan (its stamp) is
         answered from memory: a mailbox of 100,000 messages reopens without a listing."""
@@ -273,11 +334,12 @@ class MaildirStore:
                 self._scans.pop(key, None)
         return result
 
-    def _rescan(self, md: Maildir) -> tuple[int, int, list[tuple[int, str, str, str, int]]]:
+    def _rescan(self, md: Maildir) -> Scan:
         if not md.exists():
             md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
         files = self._files(md)
-        state = UidList(md.path).update(sorted(files, key=delivery_order))
+        allocate = folders.UidValidity(self._root_of(md)).allocate
+        state = UidList(md.path, allocate).update(sorted(files, key=delivery_order))
         found = []
         for base, uid in sorted(state.uids.items(), key=lambda item: item[1]):
             subdir, name = files[base]
@@ -288,24 +350,44 @@ class MaildirStore:
             found.append((uid, base, subdir, name, size))
         return state.uidvalidity, state.next_uid, found
 
-    def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
-        scanned = self._scan(self.folder(mailbox, folder))
+    @staticmethod
+    def _root_of(md: Maildir) -> Path:
+        """The INBOX Maildir a folder belongs to (a '.Name' folder sits inside it)."""
+        return md.path.parent if md.path.name.startswith(".") else md.path
+
+    def _listing(self, md: Maildir) -> tuple[FolderListing, dict[str, tuple[str, str]]]:
+        """The folder's listing and where each message was found, built once per scan."""
+        scanned = self._scan(md)
         with self._scan_lock:
             listed = self._listings.get(id(scanned))
         if listed is not None and listed[0] is scanned:
-            return listed[1]
+            return listed[1], listed[2]
         uidvalidity, uidnext, found = scanned
+        keywords = self._ops(md).keywords
         messages = []
-        for uid, base, _, name, size in found:
+        where: dict[str, tuple[str, str]] = {}
+        for uid, base, subdir, name, size in found:
             secs = base.partition(".")[0]  # names start with the delivery time
             received = float(secs) if secs.isdigit() else 0.0
-            messages.append(StoredMessage(uid, base, size, flags_of(name), received))
+            flags = keywords.flags_of(info_of(name)) if subdir == "cur" else frozenset()
+            messages.append(StoredMessage(uid, base, size, flags, received))
+            where[base] = (subdir, name)
         listing = FolderListing(uidvalidity, uidnext, tuple(messages))
         with self._scan_lock:
-            self._listings[id(scanned)] = (scanned, listing)
+            self._listings[id(scanned)] = (scanned, listing, where)
             while len(self._listings) > SCAN_CACHE:
                 self._listings.pop(next(iter(self._listings)))
-        return listing
+        return listing, where
+
+    def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
+        return self._listing(self._existing(mailbox, folder))[0]
+
+    def keywords(self, mailbox: Mailbox, folder: str) -> list[str]:
+        return self._ops(self._existing(mailbox, folder)).keywords.known()
+
+    def _where(self, md: Maildir, keys: Sequence[str]) -> list[tuple[str, tuple[str, str] | None]]:
+        where = self._listing(md)[1]
+        return [(key, where.get(key)) for key in keys]
 
     def _locate(self, md: Maildir, key: str) -> tuple[str, str]:
         if "/" in key or ":" in key or key in ("", ".", ".."):
@@ -320,26 +402,75 @@ class MaildirStore:
         subdir, name = self._locate(md, key)
         return md.open_message(subdir, name)
 
+    def read_messages(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], limit: int
+    ) -> dict[str, bytes | None]:
+        md = self._existing(mailbox, folder)
+        return self._ops(md).read(self._where(md, keys), limit)
+
     def set_flags(self, mailbox: Mailbox, folder: str, key: str, flags: frozenset[str]) -> str:
         md = self.folder(mailbox, folder)
-        subdir, name = self._locate(md, key)
-        letters = "".join(sorted(_FLAGS[f] for f in flags if f in _FLAGS))
-        target = f"{key}:2,{letters}"
-        if subdir != "cur" or name != target:
-            os.rename(md.path / subdir / name, md.cur / target)
+        self._ops(md).change_flags([(key, self._locate(md, key))], flags, "=")
         return key
+
+    def change_flags(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], flags: frozenset[str], mode: str
+    ) -> dict[str, frozenset[str]]:
+        if mode not in ("=", "+", "-"):
+            raise ValueError(f"flag change mode must be =, + or -, not {mode!r}")
+        md = self._existing(mailbox, folder)
+        return self._ops(md).change_flags(self._where(md, keys), flags, mode)
+
+    def _uid_of(self, md: Maildir, keys: Sequence[str]) -> tuple[int, dict[str, int]]:
+        listing = self._listing(md)[0]
+        wanted = set(keys)
+        return listing.uidvalidity, {m.key: m.uid for m in listing.messages if m.key in wanted}
+
+    def add_message(
+        self,
+        mailbox: Mailbox,
+        folder: str,
+        data: bytes,
+        flags: frozenset[str],
+        received: float | None = None,
+    ) -> tuple[int, int]:
+        md = self._existing(mailbox, folder)
+        key = self._ops(md).add(data, flags, received)
+        uidvalidity, uids = self._uid_of(md, [key])
+        return uidvalidity, uids.get(key, 0)
+
+    def copy_messages(
+        self, mailbox: Mailbox, folder: str, keys: Sequence[str], target: str
+    ) -> tuple[int, list[tuple[str, int]]]:
+        md = self._existing(mailbox, folder)
+        dest = self._existing(mailbox, target)
+        listing, where = self._listing(md)
+        flags = {m.key: m.flags for m in listing.messages}
+        items = [(k, where[k], flags[k]) for k in keys if k in where]
+        made = self._ops(dest).copy_in(md, items)
+        uidvalidity, uids = self._uid_of(dest, [new for _, new in made])
+        return uidvalidity, [(old, uids[new]) for old, new in made if new in uids]
 
     def expunge(self, mailbox: Mailbox, folder: str, keys: Sequence[str]) -> None:
         md = self.folder(mailbox, folder)
         files = self._files(md)
+        touched = set()
         for key in keys:
             found = files.get(key)
             if found is None:
                 continue
             try:
                 md.remove(*found)
+                touched.add(found[0])
             except FileNotFoundError:
                 pass
+        for subdir in sorted(touched):
+            self.dirsync.sync(str(md.path / subdir))
+
+    def claim_recent(self, mailbox: Mailbox, folder: str, claim: bool) -> int:
+        md = self._existing(mailbox, folder)
+        uidnext = self._listing(md)[0].uidnext
+        return self._ops(md).claim_recent(uidnext, claim)
 
     # -- POP3
 

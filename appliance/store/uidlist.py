@@ -18,7 +18,7 @@ concurrent sessions and other nodes on shared storage agree. Blocking: worker th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +68,11 @@ def format_state(state: UidState) -> bytes:
 class UidList:
     """The uidlist of one Maildir folder."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, allocate: Callable[[], int] | None = None) -> None:
+        """allocate: gives a new folder its UID validity (default: the current time)."""
         self.folder = Path(folder)
         self.path = self.folder / FILE_NAME
+        self.allocate = allocate
 
     def read(self) -> UidState:
         """The state on disk (a fresh one, not yet written, if there is no usable file)."""
@@ -78,7 +80,10 @@ class UidList:
             state = parse(self.path.read_text("utf-8", "replace"))
         except FileNotFoundError:
             state = None
-        return state or UidState(uidvalidity=int(time.time()), next_uid=1)
+        if state is None:
+            validity = self.allocate() if self.allocate is not None else int(time.time())
+            state = UidState(uidvalidity=validity, next_uid=1)
+        return state
 
     def update(self, names: Iterable[str]) -> UidState:
         """The state with UIDs for exactly these base names (new ones numbered in the order

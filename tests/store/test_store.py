@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.interfaces import Mailbox
-from appliance.store.store import MaildirStore, base_of, flags_of
+from appliance.store.flags import Keywords
+from appliance.store.folder_ops import info_of
+from appliance.store.store import MaildirStore, base_of
 from appliance.store.uidlist import UidList, parse
 
 USER = Mailbox("163.test", "user1")
@@ -159,12 +161,19 @@ def test_uidlist_torn_line_renumbers_only_that_message(tmp_path: Path) -> None:
     assert state.uids == {"a": 1, "b": 2, "garb": 3}
 
 
-def test_flags_of_reads_maildir_info() -> None:
-    """':2,DFRST' are Draft, Flagged, Answered, Seen, Deleted; unknown letters are ignored."""
-    assert flags_of("x:2,DFRSTz") == frozenset(
+def test_flags_of_reads_maildir_info(tmp_path) -> None:
+    """':2,DFRST' are Draft, Flagged, Answered, Seen, Deleted; a keyword letter the folder's
+    dovecot-keywords does not define is ignored."""
+    keywords = Keywords(tmp_path)
+    assert keywords.flags_of(info_of("x:2,DFRSTz")) == frozenset(
         {"\\Draft", "\\Flagged", "\\Answered", "\\Seen", "\\Deleted"}
     )
-    assert flags_of("x,S=5") == frozenset()
+    assert keywords.flags_of(info_of("x,S=5")) == frozenset()
+    (tmp_path / "dovecot-keywords").write_text("0 $Forwarded\n25 Junk\n")
+    assert keywords.flags_of("Sa") == frozenset({"\\Seen", "$Forwarded"})
+    assert keywords.flags_of("z") == frozenset({"Junk"})
+    assert keywords.letters_of(frozenset({"$forwarded", "\\seen", "New"})) == "Sab"
+    assert (tmp_path / "dovecot-keywords").read_text() == "0 $Forwarded\n1 New\n25 Junk\n"
 
 
 def test_store_unchanged_folder_answered_from_its_last_scan(tmp_path, monkeypatch) -> None:
