@@ -3,12 +3,10 @@
 PLAIN, LOGIN and USER/PASS send the password itself, so they are offered and accepted only
 under TLS or from [auth] plaintext_networks (otherwise `-ERR [AUTH] Plaintext authentication
 disallowed on non-secure connections`, Dovecot's words); CRAM-MD5 only when the Authenticator
-can check it. The SASL exchange is appliance.sasl's, with POP3's "+ " continuation. A client
-the throttle blocks gets `-ERR [SYS/TEMP]` without anything being checked; each login is
-admitted by the throttle before its credentials are checked, so parallel guesses count at
-once; a failed one is answered `-ERR [AUTH]` after the throttle's delay and logged once (for
-fail2ban); a backend that cannot answer gives `-ERR [SYS/TEMP]` and the attempt does not count.
-The session takes over once the credentials are good (locking the mailbox).
+can check it. The SASL exchange is appliance.sasl's, with POP3's "+ " continuation; the check itself
+(throttle, delays, events) is appliance.login's, answered here: a blocked client gets
+`-ERR [SYS/TEMP]` and is closed, a failed login `-ERR [AUTH]`, a backend that cannot answer
+`-ERR [SYS/TEMP]`. The session takes over once the credentials are good (locking the mailbox).
 """
 
 from __future__ import annotations
@@ -16,17 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from appliance.errors import ApplianceError
-from appliance.interfaces import Authenticator, LoginAttempt, SaslCredentials
+from appliance.interfaces import SaslCredentials
 from appliance.log import printable
+from appliance.login import LoginCheck
 from appliance.sasl import (
     MAX_LINE,
-    UNTHROTTLED,
     Challenge,
     SaslError,
     SaslExchange,
@@ -72,7 +67,7 @@ class POP3Auth:
         self.user: bytes | None = None  # USER's argument, waiting for PASS
         self.mechanism = ""  # of the login being checked: USER, PLAIN, LOGIN, CRAM-MD5
         self.exchange: SaslExchange | None = None  # lines go here while it is set
-        self.failures = 0
+        self._check: LoginCheck | None = None  # made once connected (it needs the peer)
 
     # ------------------------------------------------------------------ what is offered
 
@@ -183,88 +178,48 @@ class POP3Auth:
 
     # ------------------------------------------------------------------ the check
 
-    def refuse_blocked(self, username: str) -> bool:
-        """A client the throttle blocks is refused without anything checked (and closed)."""
-        host = self.host
-        throttle = host.factory.throttle
-        if throttle is None or not throttle.blocked(host.peer_ip):
-            return False
-        host.events.auth_refused(username, self.mechanism or "USER")
-        host.err("[SYS/TEMP] Too many failed logins", close=True)
-        return True
+    @property
+    def login_check(self) -> LoginCheck:
+        if self._check is None:
+            h = self.host
+            f = h.factory
+            self._check = LoginCheck(
+                authenticator=f.authenticator,
+                throttle=f.throttle,
+                reactor=f.reactor,
+                peer_ip=h.peer_ip,
+                events=h.events,
+                answers=self,
+            )
+        return self._check
 
-    def refused(self, username: str) -> None:
-        host = self.host
-        if self.refuse_blocked(username):
-            return
-        host.events.auth_refused(username, self.mechanism)
-        host.err("[SYS/TEMP] Too many failed logins for this user, try again later")
+    def refuse_blocked(self, username: str) -> bool:
+        return self.login_check.refuse_blocked(username, self.mechanism or "USER")
 
     def check(self, credentials: SaslCredentials | None, username: str) -> None:
         """Admit the login with the throttle, then check credentials (None: known bad)."""
         host = self.host
-        f = host.factory
-        authenticator = f.authenticator
-        if authenticator is None:
+        if host.factory.authenticator is None:
             host.err("authentication not enabled")
             return
-        if self.refuse_blocked(username):
-            return
-        if f.throttle is None:
-            admitted: defer.Deferred[LoginAttempt | None] = defer.succeed(UNTHROTTLED)
-        else:
-            admitted = f.throttle.admit(host.peer_ip, username)
+        d = self.login_check.check(
+            credentials,
+            username,
+            self.mechanism,
+            lambda login: host.logged_in(login, self.mechanism),
+        )
+        host.wait(d, "authentication")
 
-        def checked(attempt: LoginAttempt | None) -> defer.Deferred[None] | None:
-            if attempt is None:
-                self.refused(username)
-                return None
-            if credentials is None:
-                return self.login_failed(username, attempt)
-            return self._authenticate(authenticator, credentials, username, attempt)
+    # ------------------------------------------------------------------ LoginAnswers
 
-        host.wait(admitted.addCallback(checked), "authentication")
+    def blocked(self) -> None:
+        self.host.err("[SYS/TEMP] Too many failed logins", close=True)
 
-    def _authenticate(
-        self,
-        authenticator: Authenticator,
-        credentials: SaslCredentials,
-        username: str,
-        attempt: LoginAttempt,
-    ) -> defer.Deferred[None]:
-        host = self.host
-        d = defer.maybeDeferred(authenticator.authenticate, credentials)
+    def user_blocked(self) -> None:
+        self.host.err("[SYS/TEMP] Too many failed logins for this user, try again later")
 
-        def ok(login: str) -> defer.Deferred[None]:
-            # a good password counts as a success even if the mailbox turns out to be locked
-            attempt.succeeded()
-            return host.logged_in(login, self.mechanism)
+    def failed(self) -> None:
+        self.host.err("[AUTH] Authentication failed")
 
-        def bad(failure: Failure) -> defer.Deferred[None] | None:
-            if failure.check(UnauthorizedLogin):
-                return self.login_failed(username, attempt)
-            attempt.abandoned()
-            if failure.check(ApplianceError):
-                self.log.warn(
-                    "authentication backend unavailable: {reason}", reason=failure.getErrorMessage()
-                )
-            else:
-                self.log.failure("authentication backend failed", failure)
-            host.err("[SYS/TEMP] Temporary authentication failure")
-            return None
-
-        return d.addCallbacks(ok, bad)
-
-    def login_failed(self, username: str, attempt: LoginAttempt) -> defer.Deferred[None]:
-        """-ERR [AUTH] after the throttle's delay; one fail2ban-friendly event."""
-        host = self.host
-        delay = attempt.failed()
-        self.failures += 1
-        host.events.auth_failed(username, self.mechanism, self.failures)
-        answer: defer.Deferred[None] = defer.Deferred()
-        if delay <= 0:
-            answer.callback(None)
-        else:
-            host.factory.reactor.callLater(delay, answer.callback, None)
-        answer.addCallback(lambda _: host.err("[AUTH] Authentication failed"))
-        return answer
+    def unavailable(self) -> None:
+        self.host.err("[SYS/TEMP] Temporary authentication failure")

@@ -1,0 +1,162 @@
+"""Checking one login for POP3 and IMAP: the throttle, the Authenticator, the answers' timing.
+
+A client the throttle blocks is refused without anything being checked (and disconnected);
+each login is admitted by the throttle before its credentials are checked, so parallel
+guesses count at once; a failed one is answered after the throttle's delay and logged once
+(for fail2ban); a backend that cannot answer gives a temporary failure and the attempt does
+not count. What each outcome says is the protocol's (`LoginAnswers`): POP3's `-ERR [AUTH]`,
+IMAP's `NO [AUTHENTICATIONFAILED]`; the protocol takes over once the credentials are good.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appliance.errors import ApplianceError
+from appliance.interfaces import Authenticator, LoginAttempt, LoginThrottle, SaslCredentials
+from appliance.sasl import UNTHROTTLED
+
+
+class LoginEvents(Protocol):
+    def auth_failed(self, user: str, method: str, attempts: int) -> None: ...
+
+    def auth_refused(self, user: str, method: str) -> None: ...
+
+
+class LoginAnswers(Protocol):
+    """What a protocol answers for each outcome of a login it does not accept."""
+
+    def blocked(self) -> None:
+        """The client is blocked by the throttle: refuse and close."""
+        ...
+
+    def user_blocked(self) -> None:
+        """This user is blocked for now (too many failures): refuse, keep the connection."""
+        ...
+
+    def failed(self) -> None:
+        """Wrong credentials (after the throttle's delay)."""
+        ...
+
+    def unavailable(self) -> None:
+        """The backend could not answer: a temporary failure."""
+        ...
+
+
+class LoginCheck:
+    """The login checks of one session (counting its failures for the log line)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator | None,
+        throttle: LoginThrottle | None,
+        reactor: IReactorTime,
+        peer_ip: str,
+        events: LoginEvents,
+        answers: LoginAnswers,
+    ) -> None:
+        self.authenticator = authenticator
+        self.throttle = throttle
+        self.reactor = reactor
+        self.peer_ip = peer_ip
+        self.events = events
+        self.answers = answers
+        self.failures = 0
+
+    def refuse_blocked(self, username: str, method: str) -> bool:
+        """A client the throttle blocks is refused without anything checked (and closed)."""
+        throttle = self.throttle
+        if throttle is None or not throttle.blocked(self.peer_ip):
+            return False
+        self.events.auth_refused(username, method)
+        self.answers.blocked()
+        return True
+
+    def check(
+        self,
+        credentials: SaslCredentials | None,
+        username: str,
+        method: str,
+        accepted: Any,
+    ) -> defer.Deferred[None]:
+        """Admit the login with the throttle, then check the credentials (None: known bad);
+        good ones go to accepted(login) (which may return a Deferred). The Deferred fires once
+        the answer is given: hold the session's input until then."""
+        authenticator = self.authenticator
+        if authenticator is None or self.refuse_blocked(username, method):
+            if authenticator is None:
+                self.answers.unavailable()
+            return defer.succeed(None)
+        if self.throttle is None:
+            admitted: defer.Deferred[LoginAttempt | None] = defer.succeed(UNTHROTTLED)
+        else:
+            admitted = self.throttle.admit(self.peer_ip, username)
+
+        def checked(attempt: LoginAttempt | None) -> defer.Deferred[None] | None:
+            if attempt is None:
+                if not self.refuse_blocked(username, method):
+                    self.events.auth_refused(username, method)
+                    self.answers.user_blocked()
+                return None
+            if credentials is None:
+                return self.login_failed(username, method, attempt)
+            return self._authenticate(
+                authenticator, credentials, username, method, attempt, accepted
+            )
+
+        return admitted.addCallback(checked)
+
+    def _authenticate(
+        self,
+        authenticator: Authenticator,
+        credentials: SaslCredentials,
+        username: str,
+        method: str,
+        attempt: LoginAttempt,
+        accepted: Any,
+    ) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(authenticator.authenticate, credentials)
+
+        def ok(login: str) -> Any:
+            # a good password counts as a success even if the mailbox then cannot be opened
+            attempt.succeeded()
+            return accepted(login)
+
+        def bad(failure: Failure) -> defer.Deferred[None] | None:
+            if failure.check(UnauthorizedLogin):
+                return self.login_failed(username, method, attempt)
+            attempt.abandoned()
+            if failure.check(ApplianceError):
+                self.log.warn(
+                    "authentication backend unavailable: {reason}", reason=failure.getErrorMessage()
+                )
+            else:
+                self.log.failure("authentication backend failed", failure)
+            self.answers.unavailable()
+            return None
+
+        return d.addCallbacks(ok, bad)
+
+    def login_failed(
+        self, username: str, method: str, attempt: LoginAttempt
+    ) -> defer.Deferred[None]:
+        """The failure answer after the throttle's delay; one fail2ban-friendly event."""
+        delay = attempt.failed()
+        self.failures += 1
+        self.events.auth_failed(username, method, self.failures)
+        answer: defer.Deferred[None] = defer.Deferred()
+        if delay <= 0:
+            answer.callback(None)
+        else:
+            self.reactor.callLater(delay, answer.callback, None)
+        answer.addCallback(lambda _: self.answers.failed())
+        return answer
