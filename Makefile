@@ -1,15 +1,16 @@
 # make run   - create .venv, install, run the appliance for mail.163.com in the foreground
 # make lab   - both lab appliances (163 and sina) in the foreground, output prefixed 163| sina|
 # make test  - create .venv, install test deps and the Debian tools the tests use, run the suite
+# make compliance - Dovecot's imaptest suite against the appliance's IMAP
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/163.ini
-DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop clamav-daemon spamassassin spamd spamc
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop curl clamav-daemon spamassassin spamd spamc
 STAMP := $(VENV)/.installed
 
-.PHONY: run lab test venv debs lint typecheck clean
+.PHONY: run lab test compliance venv debs lint typecheck clean
 
 $(STAMP): setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,12 @@ test: debs venv
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# Dovecot's imaptest compliance suite (../shared/peer/imaptest, built on first use) against the
+# lab appliance's IMAP; exits non-zero unless the base protocol has <= 5% failing commands and
+# no advertised extension fails
+compliance: debs venv
+	$(BIN)/python bench/imap_compliance.py
 
 typecheck: venv
 	$(BIN)/lint-imports

@@ -27,6 +27,7 @@ from appliance.config_values import (
     choice,
     daemon_address,
     duration,
+    duration_at_least,
     durations,
     existing_file,
     existing_files,
@@ -282,6 +283,33 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_errors": Key(integer(1, 1000), "20", "bad commands before the connection closes"),
         "lock_stale_after": Key(
             duration, "5m", "a mailbox's session lock not refreshed this long is stale"
+        ),
+    },
+    "imap": {
+        "listen": Key(addresses(143), "", "IMAP with STARTTLS, e.g. 127.0.1.1:143"),
+        "imaps_listen": Key(addresses(993), "", "IMAP over implicit TLS, e.g. 127.0.1.1:993"),
+        "max_command_line": Key(
+            integer(1024, 1_048_576), "65536", "longest command line (literals apart)"
+        ),
+        "max_literal": Key(size, "50M", "largest literal (an APPENDed message)"),
+        "idle_timeout": Key(
+            duration_at_least(1800, "RFC 3501 5.4"), "30m", "close a client silent this long"
+        ),
+        "command_timeout": Key(duration, "30m", "deadline for a whole command"),
+        "login_timeout": Key(duration, "2m", "deadline from connect to a successful login"),
+        "stress_threshold": Key(
+            integer(1, 100), "80", "percent of max_connections in use that means stress"
+        ),
+        "stress_timeout": Key(duration, "10s", "every deadline under stress"),
+        "max_connections": Key(
+            integer(1, 100_000), "1000", "concurrent IMAP connections, both ports together"
+        ),
+        "max_connections_per_ip": Key(
+            integer(1, 100_000), "50", "concurrent connections per client (IPv6: per /64)"
+        ),
+        "max_errors": Key(integer(1, 1000), "20", "bad commands before the connection closes"),
+        "idle_poll": Key(
+            duration, "5s", "while a client IDLEs, look for changes by other processes this often"
         ),
     },
     "limits": {
@@ -577,13 +605,15 @@ def _cross_checks(
         for key in ("ldap_urls", "ldap_base_dn"):
             if key in auth and not auth[key]:
                 problems.append(f"{label}: [auth] {key}: required when backend = ldap")
-    pop3, smtp = sections["pop3"], sections["smtp"]
+    pop3, imap, smtp = sections["pop3"], sections["imap"], sections["smtp"]
     serves_smtp = any(smtp.get(k) for k in ("listen", "smtps_listen", "submission_listen"))
-    if (pop3.get("listen") or pop3.get("pop3s_listen")) and not serves_smtp:
-        problems.append(
-            f"{label}: [pop3] listen: POP3 serves the mailboxes SMTP delivers into and the "
-            "users of [auth]: configure [smtp] listen too"
-        )
+    for name, section, keys in (("pop3", pop3, ("listen", "pop3s_listen")),
+                                ("imap", imap, ("listen", "imaps_listen"))):  # fmt: skip
+        if any(section.get(k) for k in keys) and not serves_smtp:
+            problems.append(
+                f"{label}: [{name}] listen: {name.upper()} serves the mailboxes SMTP delivers "
+                "into and the users of [auth]: configure [smtp] listen too"
+            )
     relay = sections["relay"]
     if relay.get("smarthost_user") and relay.get("smarthost_password_file") is None:
         problems.append(

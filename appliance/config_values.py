@@ -108,6 +108,18 @@ def duration(raw: str, ctx: _Ctx) -> int:
     return parse_duration(raw)
 
 
+def duration_at_least(minimum: int, why: str) -> Callable[[str, _Ctx], int]:
+    """A duration no shorter than minimum seconds (why: the rule that says so)."""
+
+    def convert(raw: str, ctx: _Ctx) -> int:
+        value = parse_duration(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum // 60}m ({why}), got {raw!r}")
+        return value
+
+    return convert
+
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.I)
 
 

@@ -103,7 +103,7 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
     missing = tmp_path / "missing.zone"
     assert problems_of(p) == [
         "lab.ini: [zone:example.test] file: no such file: " + str(missing),
-        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, limits, spf, dkim, dnsbl, dmarc, clamav, spamassassin, log, tls, zone:NAME)",
+        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, imap, limits, spf, dkim, dnsbl, dmarc, clamav, spamassassin, log, tls, zone:NAME)",
         "lab.ini: [appliance] colour: unknown key (known keys: group, hostname, state_dir, user)",
         "lab.ini: [appliance] hostname: required key is missing",
         "lab.ini: [dns] listen: port must be 0-65535, got 99999",
@@ -279,4 +279,24 @@ def test_load_filter_daemons_addresses_and_mistakes(tmp_path: Path) -> None:
         " unix:/run/clamav/clamd.ctl, got 'clamd.local'",
         "bad.ini: [clamav] on_failure: expected one of tempfail, accept, got 'ignore'",
         "bad.ini: [spamassassin] reject_score: expected a score like 10 or 7.5, got 'high'",
+    ]
+
+
+def test_imap_section_defaults_and_rfc_minimum(tmp_path: Path) -> None:
+    """[imap] is off until a listen is given; its idle timeout cannot go under RFC 3501's 30m;
+    IMAP without SMTP is refused like POP3 without SMTP."""
+    cfg = config.load(write(tmp_path, "[appliance]\nhostname = mail.example.test\n"))
+    assert (cfg.imap.listen, cfg.imap.imaps_listen) == ((), ())
+    assert cfg.imap.idle_timeout == 1800 and cfg.imap.max_literal == 50 * 1024 * 1024
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [imap]
+        listen = 127.0.0.1:143
+        idle_timeout = 5m
+        """)  # fmt: skip
+    assert problems_of(p) == [
+        "lab.ini: [imap] idle_timeout: must be at least 30m (RFC 3501 5.4), got '5m'",
+        "lab.ini: [imap] listen: IMAP serves the mailboxes SMTP delivers into and the users of "
+        "[auth]: configure [smtp] listen too",
     ]

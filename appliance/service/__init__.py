@@ -19,7 +19,7 @@ which seam of appliance.interfaces:
                Router over LocalResolver, SMTP sessions), its DSNs through Notices
       control  the queue command's UNIX socket (state_dir/control.sock, 0600) -> QueueAdmin
       smtp     the 25/465/587 listeners: SMTPFactory(policy=SendmailPolicy, ...)
-      pop3, imap   empty until those issues fill them
+      pop3, imap   the mailbox access services (appliance.service.access), when configured
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_checker import PasswdFileChecker
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.throttle import FailureThrottle
-from appliance.config import Config, HostPort
+from appliance.config import Config
 from appliance.control.server import ControlService
 from appliance.delivery.local import LocalDelivery
 from appliance.delivery.relay import RelayLimits, RelayTarget
@@ -65,12 +65,17 @@ from appliance.log import mail_events, mail_logger
 from appliance.maillog import MailLog
 from appliance.paths import Paths
 from appliance.policy.sendmail import SendmailPolicy
-from appliance.pop3.factory import POP3Factory
-from appliance.pop3.settings import POP3Settings
 from appliance.queue.notices import Notices
 from appliance.queue.queue import Queue
 from appliance.queue.scheduler import RelayScheduler
 from appliance.root import ApplianceService
+from appliance.service.access import (
+    imap_enabled,
+    make_imap_service,
+    make_pop3_service,
+    pop3_enabled,
+    tcp_endpoint,
+)
 from appliance.service.mail_security import dkim_store, make_filters, make_signer
 from appliance.service.zones import build_zones, load_zone_files, load_zones
 from appliance.smtp.factory import SMTPFactory
@@ -323,10 +328,6 @@ def unreadable_after_drop(config: Config) -> list[str]:
     return problems
 
 
-def _tcp_endpoint(hp: HostPort) -> str:
-    return f"tcp:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
-
-
 def make_dns_engine(prepared: Prepared, reactor: Any) -> DNSEngine:
     """Our zones and forwarders: what port 53 answers, and what the appliance resolves with."""
     dns_cfg = prepared.config.dns
@@ -370,7 +371,7 @@ def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiSer
             slots=tcp_slots,
             reactor=reactor,
         )
-        tcp = strports.service(_tcp_endpoint(hp), factory, reactor=reactor)
+        tcp = strports.service(tcp_endpoint(hp), factory, reactor=reactor)
         tcp.setName(f"tcp {hp}")
         tcp.setServiceParent(dns_service)
     return dns_service, engine
@@ -608,7 +609,7 @@ def make_smtp_service(
         )
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if mode.implicit_tls else factory
         for hp in addresses:
-            listener = strports.service(_tcp_endpoint(hp), wrapped, reactor=reactor)
+            listener = strports.service(tcp_endpoint(hp), wrapped, reactor=reactor)
             listener.setName(f"{mode.name} {hp}")
             listener.setServiceParent(smtp)
     return smtp
@@ -622,66 +623,6 @@ def _owner(cfg: Config) -> dict[str, int]:
     pw = pwd.getpwnam(user)
     group = cfg.appliance.group
     return {"uid": pw.pw_uid, "gid": grp.getgrnam(group).gr_gid if group else pw.pw_gid}
-
-
-def pop3_enabled(config: Config) -> bool:
-    p = config.pop3
-    return bool(p.listen or p.pop3s_listen)
-
-
-def make_pop3_service(
-    prepared: Prepared,
-    store: MaildirStore,
-    pool: WorkerPool,
-    reactor: Any,
-    throttle: FailureThrottle,
-) -> service.MultiService:
-    """The 110 (STLS) and 995 listeners over the store the queue delivers into, sharing the
-    users, the login throttle and one set of connection slots."""
-    cfg = prepared.config
-    parts = prepared.mail
-    assert parts is not None, "POP3 needs the [auth] users that load_mail_parts() loads"
-    p = cfg.pop3
-    settings = POP3Settings(
-        hostname=cfg.appliance.hostname,
-        max_command_line=p.max_command_line,
-        limits=SessionLimits(
-            idle_timeout=p.idle_timeout,
-            command_timeout=p.command_timeout,
-            greeting_timeout=p.login_timeout,
-            stress_timeout=p.stress_timeout,
-            stress_threshold=p.stress_threshold / 100,
-        ),
-        max_connections=p.max_connections,
-        max_connections_per_ip=p.max_connections_per_ip,
-        max_errors=p.max_errors,
-        plaintext_networks=cfg.auth.plaintext_networks,
-        mechanisms=cfg.auth.mechanisms,
-    )
-    slots = ConnectionSlots.for_service(settings)
-    tls = prepared.tls.context_factory
-    pop3 = service.MultiService()
-    pop3.setName("pop3")
-    events = mail_logger("pop3d")
-    for implicit, addresses, name in ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s")):
-        factory = POP3Factory(
-            settings,
-            implicit_tls=implicit,
-            store=store,
-            authenticator=parts.users.authenticator,
-            tls=tls,
-            throttle=throttle,
-            pool=pool,
-            events=events,
-            reactor=reactor,
-            slots=slots,
-        )
-        wrapped = TLSMemoryBIOFactory(tls, False, factory) if implicit else factory
-        for hp in addresses:
-            listener = strports.service(_tcp_endpoint(hp), wrapped, reactor=reactor)
-            listener.setName(f"{name} {hp}")
-            listener.setServiceParent(pop3)
-    return pop3
 
 
 def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
@@ -755,6 +696,8 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         refresher.setServiceParent(root)
         if pop3_enabled(cfg):
             make_pop3_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
+        if imap_enabled(cfg):
+            make_imap_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:
             placeholder = service.MultiService()
