@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 CRLF = b"\r\n"
 MAX_BATCH = 64 * 1024  # reply bytes gathered in one process() before they are written
 MAX_PIPELINED = 256 * 1024  # bytes buffered while busy before we stop reading
+OVERLONG_KEPT = 128  # the start of an over-long line kept for line_too_long() (an IMAP tag)
 
 
 class Transport(Protocol):
@@ -120,6 +121,7 @@ class LineConnection(protocol.Protocol):
     def __init__(self) -> None:
         self.buffer = b""
         self.skipping = False  # discarding an over-long request line up to its CRLF
+        self.overlong = b""  # the start of the last over-long line, for line_too_long()
         self.busy = False  # an asynchronous step is running: hold further requests
         self.paused = False  # reading stopped: too much pipelined while busy or write-blocked
         self.write_blocked = False  # the client is not reading its replies
@@ -236,8 +238,9 @@ class LineConnection(protocol.Protocol):
         raise NotImplementedError
 
     def line_too_long(self) -> None:
-        """Answer a request line longer than line_limit() (once per line; it is skipped).
-        Counting it as an error (note_error()) is the hook's to do."""
+        """Answer a request line longer than line_limit() (once per line; it is skipped;
+        self.overlong holds its start). Counting it as an error (note_error()) is the
+        hook's to do."""
         raise NotImplementedError
 
     def max_errors(self) -> int:
@@ -358,6 +361,7 @@ class LineConnection(protocol.Protocol):
                 continue
             if end < 0:
                 if len(self.buffer) > limit:
+                    self.overlong = self.buffer[:OVERLONG_KEPT]
                     self.line_too_long()
                     self.skipping = True
                     self.buffer = self.buffer[-1:]
@@ -366,6 +370,7 @@ class LineConnection(protocol.Protocol):
             if deadlines is not None:
                 deadlines.request()
             if end + 2 > limit:
+                self.overlong = line[:OVERLONG_KEPT]
                 self.line_too_long()
                 continue
             self.line_received(line)

@@ -231,7 +231,7 @@ class IMAPSession(LineConnection):
 
     def line_too_long(self) -> None:
         self.sasl = None
-        tag = self._tag_of(self.parts[0] if self.parts else b"")
+        tag = self._tag_of(self.parts[0] if self.parts else self.overlong)
         self.parts = []
         self.command_size = 0
         self.tagged(tag or "*", "BAD", "Command line too long")

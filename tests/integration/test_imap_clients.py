@@ -146,3 +146,29 @@ def test_curl_lists_and_fetches_over_imaps(imap_lab) -> None:
                           timeout=30)  # fmt: skip
     assert body.returncode == 0, body.stderr
     assert b"fetched by curl" in body.stdout and tag.encode() in body.stdout
+
+
+def test_imap_logins_in_maillog_and_audit_log(imap_lab) -> None:
+    """Dovecot's imap-login lines (fail2ban's filter) and an audit record for each login."""
+    import json
+
+    a = imap_lab
+    c = imaplib.IMAP4_SSL(a.ip, a.ports[993], ssl_context=verified(a), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login("user2@163.com", "not-the-password")
+    c.logout()
+    imaps(a).logout()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        log = (a.state / "maillog").read_text()
+        audit = [json.loads(x) for x in (a.state / "audit.log").read_text().splitlines()]
+        kinds = {(r.get("kind"), r.get("user")) for r in audit if r.get("component") == "imapd"}
+        if {("login", "user2@163.com"), ("login_failed", "user2@163.com")} <= kinds and (
+            "imap(user2@163.com): Disconnected: Logged out" in log
+        ):
+            break
+        time.sleep(0.1)
+    assert "imap-login: Login: user=<user2@163.com>, method=LOGIN, rip=127.0.0.1" in log
+    assert "imap-login: Disconnected (auth failed, 1 attempts): user=<user2@163.com>" in log
+    assert {("login", "user2@163.com"), ("login_failed", "user2@163.com")} <= kinds, kinds
+    assert "not-the-password" not in log and "not-the-password" not in str(audit)
