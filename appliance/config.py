@@ -311,6 +311,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "idle_poll": Key(
             duration, "5s", "while a client IDLEs, look for changes by other processes this often"
         ),
+        "quick_store_calls": Key(
+            boolean,
+            "yes",
+            "folder looks, flag renames and small reads on the reactor while they stay fast",
+        ),
     },
     "limits": {
         "max_connect_rate": Key(

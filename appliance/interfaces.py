@@ -769,6 +769,12 @@ class MailStore(Protocol):
         (INBOX always does)."""
         ...
 
+    def peek_messages(self, mailbox: Mailbox, folder: str = "INBOX") -> FolderListing | None:
+        """As list_messages, but never writing or fsyncing anything (cheap enough for
+        QuickCalls): None when messages came or went since the last look, which only
+        list_messages may number or drop."""
+        ...
+
     def keywords(self, mailbox: Mailbox, folder: str) -> list[str]:
         """The keywords defined in the folder (FLAGS / PERMANENTFLAGS answers)."""
         ...

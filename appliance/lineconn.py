@@ -127,6 +127,7 @@ class LineConnection(protocol.Protocol):
         self.write_blocked = False  # the client is not reading its replies
         self.deadlines: Deadlines | None = None  # set by the subclass once connected
         self.out: list[bytes] | None = None  # replies held back while process() runs
+        self.gathering = False  # gather() started self.out: the end of wait() sends it
         self.out_bytes = 0  # their size
         self.closing = False
         self.errors = 0
@@ -299,6 +300,21 @@ class LineConnection(protocol.Protocol):
             if link is not None:
                 write_now(link, data)
 
+    def gather(self) -> None:
+        """From here on, replies are gathered (as inside process()) and go out in one write
+        when the current wait() ends, or at end_gather(): for a reply made by the callbacks
+        of a Deferred (a worker thread's result), whose lines would otherwise each be a
+        write of their own."""
+        if self.out is None:
+            self.out = []
+            self.gathering = True
+
+    def end_gather(self) -> None:
+        if self.gathering:
+            self.gathering = False
+            self.flush()
+            self.out = None
+
     def close_connection(self) -> None:
         self.flush()  # the last reply before the FIN
         self.closing = True
@@ -389,6 +405,7 @@ class LineConnection(protocol.Protocol):
             deadlines.hold()
 
         def resume(result: object) -> None:
+            self.end_gather()
             self.busy = False
             if deadlines is not None:
                 deadlines.release()

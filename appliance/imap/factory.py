@@ -15,7 +15,7 @@ from appliance.imap.session import IMAPSession
 from appliance.imap.settings import IMAPSettings
 from appliance.interfaces import Authenticator, LoginThrottle, MailStore
 from appliance.limits import ConnectionSlots
-from appliance.workers import WorkerPool
+from appliance.workers import QuickCalls, WorkerPool
 
 
 class IMAPFactory(protocol.ServerFactory[IMAPSession]):
@@ -25,7 +25,8 @@ class IMAPFactory(protocol.ServerFactory[IMAPSession]):
     store: the mailboxes (folders, listings, flags, APPEND, COPY, watch); authenticator: credential checks,
     None to allow no login; tls: the context for STLS, None for no STARTTLS; throttle: the shared
     login throttle, None for none; pool: the worker threads every blocking store call runs
-    in; events: the mail event stream's Logger (appliance.log.mail_logger("imapd"));
+    in (and QuickCalls runs the cheap ones, which write nothing, on the reactor while they
+    stay cheap); events: the mail event stream's Logger (appliance.log.mail_logger("imapd"));
     reactor: for deadlines, delays and IDLE's polling; slots: the IMAP service's
     connection slots shared by its ports (default: this listener's own).
     """
@@ -54,6 +55,7 @@ class IMAPFactory(protocol.ServerFactory[IMAPSession]):
         self.events = events
         self.reactor = reactor
         self.slots = slots if slots is not None else ConnectionSlots.for_service(settings)
+        self.quick = QuickCalls(pool, enabled=settings.quick_store_calls)
 
     def buildProtocol(self, addr: IAddress | None) -> IMAPSession:  # noqa: N802 (Twisted's API)
         return IMAPSession(self)

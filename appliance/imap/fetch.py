@@ -93,8 +93,16 @@ def parse_items(arg: Arg) -> list[FetchItem]:
     return items
 
 
+_FLAG_LISTS: dict[frozenset[str], bytes] = {}  # a folder has few distinct flag sets
+
+
 def flag_list(flags: frozenset[str]) -> bytes:
-    return b"(" + " ".join(sorted(flags)).encode("utf-8") + b")"
+    out = _FLAG_LISTS.get(flags)
+    if out is None:
+        if len(_FLAG_LISTS) > 4096:
+            _FLAG_LISTS.clear()
+        out = _FLAG_LISTS[flags] = b"(" + " ".join(sorted(flags)).encode("utf-8") + b")"
+    return out
 
 
 def _section_name(item: FetchItem) -> bytes:

@@ -49,7 +49,7 @@ def _storage_no(s: IMAPSession, tag: str, exc: BaseException, what: str) -> None
 
 def _run_folder_op(s: IMAPSession, tag: str, what: str, fn: Any, *args: Any) -> None:
     def done(_: object) -> None:
-        s.hold(s.finish(tag, f"{what} completed."), tag, what)
+        s.hold(s.finish(tag, f"{what} completed.", sync=False), tag, what)
 
     def failed(failure: Any) -> None:
         exc = failure.value
@@ -84,6 +84,7 @@ def _select(s: IMAPSession, cmd: Command, readonly: bool) -> None:
         sel = Selected(folder, readonly, listing, first)
         sel.keywords = keywords
         s.selected = sel
+        s.last_poll = s.factory.reactor.seconds()
         s.state = SELECTED
         flags = " ".join([FLAGS, *keywords])
         s.untagged(f"FLAGS ({flags})")
@@ -326,7 +327,7 @@ def do_status(s: IMAPSession, cmd: Command, uid: bool) -> None:
 
     def answer(line: str) -> None:
         s.untagged(line)
-        s.hold(s.finish(cmd.tag, "Status completed."), cmd.tag, "STATUS")
+        s.hold(s.finish(cmd.tag, "Status completed.", sync=False), cmd.tag, "STATUS")
 
     def failed(failure: Any) -> None:
         if failure.check(FileNotFoundError, ValueError):

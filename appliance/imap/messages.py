@@ -12,7 +12,7 @@ reported keeps its number and answers what the listing knows of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -22,7 +22,6 @@ from appliance.imap.mime import ParsedMessage
 from appliance.imap.parser import Command, SequenceSet, mailbox_name, parse_sequence_set
 from appliance.imap.search import (
     BadCharset,
-    MessageFacts,
     esearch_response,
     parse_search,
     sequence_set_text,
@@ -32,11 +31,12 @@ from appliance.imap.session import SELECTED, IMAPSession, command
 from appliance.imap.sort import parse_sort_criteria, sort_messages
 from appliance.imap.thread import thread
 from appliance.imap.tokens import Arg, Atom, ParseError
-from appliance.interfaces import Mailbox
+from appliance.interfaces import Mailbox, StoredMessage
 
 BATCH = 256  # messages read and rendered in one worker job
 BATCH_BYTES = 2 * 1024 * 1024  # ... or this many octets of them
 WHOLE = 1 << 40  # read limit meaning "all of it"
+QUICK_BYTES = 256 * 1024  # a FETCH batch this small is read and rendered by QuickCalls
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 CHARSETS = "(UTF-8 US-ASCII)"
 
@@ -183,7 +183,8 @@ def do_fetch(s: IMAPSession, cmd: Command, uid: bool) -> None:
         keys = [sel.message(q).key for q in seqs if "\\Seen" not in sel.flags_of(q)]
         if not seen or not keys:
             return defer.succeed({})
-        return s.run(store.change_flags, mailbox, sel.folder, keys, frozenset({"\\Seen"}), "+")
+        seen_flag = frozenset({"\\Seen"})
+        return s.run_quick(store.change_flags, mailbox, sel.folder, keys, seen_flag, "+")
 
     def marked(changed: dict[str, frozenset[str]]) -> defer.Deferred[None]:
         for q in seqs:
@@ -208,7 +209,9 @@ def do_fetch(s: IMAPSession, cmd: Command, uid: bool) -> None:
             if s.lost or s.selected is not sel:
                 return None
             if not batches:
-                return s.finish(cmd.tag, "Fetch completed.", expunges=uid, uid_command=uid)
+                return s.finish(
+                    cmd.tag, "Fetch completed.", expunges=uid, uid_command=uid, sync=False
+                )
             if s.write_blocked:
                 return s.drained(
                     s.factory.reactor, s.factory.settings.limits.idle_timeout
@@ -219,7 +222,12 @@ def do_fetch(s: IMAPSession, cmd: Command, uid: bool) -> None:
                 m = sel.message(q)
                 flagged = add_flags and m.key in changed
                 facts.append((q, m.uid, sel.flags_of(q), m.received, m.size, m.key, flagged))
-            return s.run(render, facts).addCallback(written).addCallback(next_batch)
+            if not content:  # flags, sizes, dates: made here, no worker thread needed
+                written(render(facts))
+                return next_batch()
+            small = sum(f[4] for f in facts) <= QUICK_BYTES
+            run = s.run_quick if small else s.run  # a few small files: read on the reactor
+            return run(render, facts).addCallback(written).addCallback(next_batch)
 
         first = next_batch()
         return first if first is not None else defer.succeed(None)
@@ -290,7 +298,7 @@ def do_store(s: IMAPSession, cmd: Command, uid: bool) -> None:
             sel.set_flags(m.uid, changed[m.key])
             if not silent:
                 s.send_bytes(fetching.flags_update(q, m.uid if uid else None, sel.flags_of(q)))
-        return s.finish(cmd.tag, "Store completed.", expunges=uid, uid_command=uid)
+        return s.finish(cmd.tag, "Store completed.", expunges=uid, uid_command=uid, sync=False)
 
     def failed(failure: Any) -> None:
         if failure.check(ValueError):
@@ -298,7 +306,10 @@ def do_store(s: IMAPSession, cmd: Command, uid: bool) -> None:
             return
         failure.raiseException()
 
-    s.hold(s.run(work).addCallbacks(stored, failed), cmd.tag, "STORE")
+    # renames only (no fsync), unless a keyword new to the folder must be written down
+    known = set(SYSTEM_FLAGS) | set(sel.keywords)
+    run = s.run_quick if flags <= known else s.run
+    s.hold(run(work).addCallbacks(stored, failed), cmd.tag, "STORE")
 
 
 # ------------------------------------------------------------------ COPY / MOVE
@@ -360,22 +371,60 @@ def do_move(s: IMAPSession, cmd: Command, uid: bool) -> None:
 # ------------------------------------------------------------------ SEARCH SORT THREAD
 
 
-def _facts(s: IMAPSession, sel: Selected) -> list[MessageFacts]:
+class _Facts:
+    """One message as SEARCH, SORT and THREAD see it (search.SearchMessage), its text read
+    from the store on the first content()."""
+
+    __slots__ = ("seq", "uid", "flags", "size", "internaldate", "largest_seq", "largest_uid",
+                 "_key", "_load", "_content")  # fmt: skip
+
+    def __init__(self, seq: int, m: StoredMessage, flags: frozenset[str], largest: tuple[int, int],
+                 load: Callable[[str], ParsedMessage]) -> None:  # fmt: skip
+        self.seq, self.uid, self.flags = seq, m.uid, flags
+        self.size, self.internaldate = m.size, m.received
+        self.largest_seq, self.largest_uid = largest
+        self._key, self._load = m.key, load
+        self._content: ParsedMessage | None = None
+
+    def content(self) -> ParsedMessage:
+        if self._content is None:
+            self._content = self._load(self._key)
+        return self._content
+
+
+def _facts(s: IMAPSession, sel: Selected) -> Callable[[], list[_Facts]]:
+    """What SEARCH, SORT and THREAD look at, made where the search runs from a snapshot of
+    the session's view taken now (a few list and dict copies)."""
     store = s.factory.store
     mailbox = _mailbox(s)
     folder = sel.folder
-    largest_uid = sel.largest_uid
-    exists = sel.exists
-    out = []
-    for i, m in enumerate(sel.messages):
+    largest = (sel.exists, sel.largest_uid)
+    messages = list(sel.messages)
+    flags = dict(sel.flags)
+    recent = set(sel.recent)
 
-        def load(key: str = m.key) -> ParsedMessage:
-            data = store.read_messages(mailbox, folder, [key], WHOLE).get(key)
-            return ParsedMessage(data or b"")
+    def load(key: str) -> ParsedMessage:
+        data = store.read_messages(mailbox, folder, [key], WHOLE).get(key)
+        return ParsedMessage(data or b"")
 
-        flags = sel.flags_of(i + 1)
-        out.append(MessageFacts(i + 1, m.uid, flags, m.size, m.received, exists, largest_uid, load))
-    return out
+    def build() -> list[_Facts]:
+        out = []
+        for i, m in enumerate(messages, 1):
+            f = flags.get(m.uid, m.flags)
+            if recent and m.uid in recent:
+                f = f | {RECENT}
+            out.append(_Facts(i, m, f, largest, load))
+        return out
+
+    return build
+
+
+def _evaluate(s: IMAPSession, needs_content: bool, work: Callable[[], Any]) -> defer.Deferred[Any]:
+    """Run a search: in the worker pool when it reads messages, here when flags, sizes,
+    dates and UIDs are enough (no thread hop for SEARCH UNSEEN)."""
+    if needs_content:
+        return s.run(work)
+    return defer.maybeDeferred(work)
 
 
 def _search_args(args: Sequence[Arg]) -> tuple[set[str] | None, list[Arg]]:
@@ -407,16 +456,16 @@ def do_search(s: IMAPSession, cmd: Command, uid: bool) -> None:
     facts = _facts(s, sel)
 
     def work() -> list[int]:
-        return [f.uid if uid else f.seq for f in facts if program.matches(f)]
+        return [f.uid if uid else f.seq for f in facts() if program.matches(f)]
 
     def found(values: list[int]) -> defer.Deferred[None]:
         if options is None:
             s.untagged("SEARCH" + "".join(f" {v}" for v in values))
         else:
             s.send_line(esearch_response(cmd.tag, uid, values, options))
-        return s.finish(cmd.tag, "Search completed.", expunges=uid, uid_command=uid)
+        return s.finish(cmd.tag, "Search completed.", expunges=uid, uid_command=uid, sync=False)
 
-    s.hold(s.run(work).addCallback(found), cmd.tag, "SEARCH")
+    s.hold(_evaluate(s, program.needs_content, work).addCallback(found), cmd.tag, "SEARCH")
 
 
 def _charset_and_keys(args: Sequence[Arg], what: str) -> list[Arg]:
@@ -444,12 +493,12 @@ def do_sort(s: IMAPSession, cmd: Command, uid: bool) -> None:
     facts = _facts(s, sel)
 
     def work() -> list[int]:
-        matched = [f for f in facts if program.matches(f)]
+        matched = [f for f in facts() if program.matches(f)]
         return [f.uid if uid else f.seq for f in sort_messages(criteria, matched)]
 
     def found(values: list[int]) -> defer.Deferred[None]:
         s.untagged("SORT" + "".join(f" {v}" for v in values))
-        return s.finish(cmd.tag, "Sort completed.", expunges=uid, uid_command=uid)
+        return s.finish(cmd.tag, "Sort completed.", expunges=uid, uid_command=uid, sync=False)
 
     s.hold(s.run(work).addCallback(found), cmd.tag, "SORT")
 
@@ -471,10 +520,10 @@ def do_thread(s: IMAPSession, cmd: Command, uid: bool) -> None:
     facts = _facts(s, sel)
 
     def work() -> str:
-        return thread(algorithm, [f for f in facts if program.matches(f)], use_uid=uid)
+        return thread(algorithm, [f for f in facts() if program.matches(f)], use_uid=uid)
 
     def found(text: str) -> defer.Deferred[None]:
         s.untagged(f"THREAD {text}" if text else "THREAD")
-        return s.finish(cmd.tag, "Thread completed.", expunges=uid, uid_command=uid)
+        return s.finish(cmd.tag, "Thread completed.", expunges=uid, uid_command=uid, sync=False)
 
     s.hold(s.run(work).addCallback(found), cmd.tag, "THREAD")

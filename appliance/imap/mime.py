@@ -14,18 +14,23 @@ Content-* and address fields and writes ENVELOPE, BODY and BODYSTRUCTURE.
 
 The tree follows Dovecot 2.3's message-parser, the reference the server is held to (its
 imaptest suite): a boundary line is "--" and a prefix of the line (the longest active one,
-nearest multipart first), the CRLF before it belongs to it (so a part's body ends before that
-CRLF, unless the boundary is the first line after a header or another boundary), a boundary
-line ends every part opened since its multipart, a multipart/* without a usable boundary has no
-parts (BODY shows one empty text/plain), a part of a multipart/digest without Content-Type is
-message/rfc822, a message that is not MIME (neither Mime-Version nor Content-Type) is
-text/plain, and at 100 nested or 10000 parts the parts stop (shown as application/octet-stream).
+nearest multipart first); the CRLF before it belongs to it, so a part's body ends before that
+CRLF, unless the boundary is the first line after a header or another boundary, and a boundary
+line that cuts a header short or follows its blank line takes the header's last CRLF; a
+boundary line ends every part opened since its multipart; a multipart/* without a usable
+boundary has no parts (BODY shows one empty text/plain); a part of a multipart/digest without
+Content-Type is message/rfc822; a message that is not MIME (neither Mime-Version nor
+Content-Type) is text/plain; at 100 nested or 10000 parts the parts stop (the part is shown as
+application/octet-stream).
 
 Part numbers are RFC 3501's: in a message that is not multipart, part 1 is its body; a part
 number walks into a message/rfc822 part's message (N.1 is that message's first part, or its
 body); N.HEADER and N.TEXT are the header and body of part N's message (an empty string when
 part N is not message/rfc822), N.MIME part N's own header. A section that names no part is the
-empty string (as Dovecot answers); only bad syntax is an error (ValueError).
+empty string (as Dovecot answers); only bad syntax is an error (ValueError). HEADER.FIELDS
+and .NOT give the fields' own lines (folding kept) and the header's blank line; the message's
+HEADER.FIELDS always ends with a blank line. Sections are the stored octets: a NUL goes out
+as-is (Dovecot sends 0x80 in its place, which is the FETCH writer's to do if wanted).
 """
 
 from __future__ import annotations
@@ -38,16 +43,14 @@ from email.utils import mktime_tz, parsedate_tz
 from typing import NamedTuple
 
 from appliance.imap.bodystructure import (
-    Address,
     Content,
     Envelope,
     Field,
-    full_value,
-    parse_addresses,
     parse_content,
     parse_content_type,
     render_body,
 )
+from appliance.imap.rfc822 import Address, full_value, parse_addresses
 
 MAX_NESTED_PARTS = 100
 MAX_PARTS = 10000
@@ -182,11 +185,12 @@ class _Boundary(NamedTuple):
 
 
 class _Marker:
-    __slots__ = ("text", "owner")
+    """An open multipart's boundary (compared by identity: two may have the same text)."""
 
-    def __init__(self, text: bytes, owner: _Part) -> None:
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
         self.text = text
-        self.owner = owner
 
 
 class _Tree:
@@ -204,7 +208,7 @@ class _Tree:
             return None
         data = self.data
         line = pos if data.startswith(b"--", pos) else data.find(b"\n--", pos) + 1
-        while line > 0:
+        while line > 0:  # (no part but the first starts at 0, and it has no boundaries)
             lf = data.find(b"\n", line)
             end = self.n if lf < 0 else lf
             if lf > line and data[lf - 1] == 13:
@@ -256,7 +260,7 @@ class _Tree:
             opens = part.multipart = False  # (shown as application/octet-stream)
         if opens and part.hdr_end < part.body_start:
             assert part.boundary is not None
-            marker = _Marker(part.boundary, part)
+            marker = _Marker(part.boundary)
             self.stack.append(marker)
             first = self._find(part.body_start)
             if first is None or first.marker is marker or first.line > part.body_start:
@@ -433,7 +437,7 @@ class ParsedMessage:
         data = self.data
         msg: _Part | None = self._root
         if s.part:
-            part = self._find(s.part)
+            part = self._part(s.part)
             if part is None:
                 return b""
             if s.text == "":
@@ -460,7 +464,7 @@ class ParsedMessage:
         out.append(blank)
         return b"".join(out)
 
-    def _find(self, nums: Sequence[int]) -> _Part | None:
+    def _part(self, nums: Sequence[int]) -> _Part | None:
         part: _Part | None = self._parts()
         for k, num in enumerate(nums):
             assert part is not None
@@ -523,11 +527,14 @@ class ParsedMessage:
         return out
 
     def sent_date(self) -> float | None:
-        """The Date field as a POSIX timestamp; None when absent or unparseable."""
+        """The first Date field as a POSIX timestamp (a date without a zone as UTC); None when
+        absent or unparseable."""
         for value in self.header_values("date"):
             try:
                 parsed = parsedate_tz(value)
-                return None if parsed is None else float(mktime_tz(parsed))
+                if parsed is None:
+                    return None
+                return float(mktime_tz((*parsed[:9], parsed[9] or 0)))
             except (ValueError, OverflowError, TypeError):
                 return None
         return None
@@ -647,11 +654,10 @@ def _body_octets(data: bytes, encoding: str | None) -> bytes:
     enc = (encoding or "").lower()
     try:
         if enc == "base64":
-            text = _NOT_BASE64.sub(b"", data)
-            return binascii.a2b_base64(
-                text[: len(text) - len(text) % 4 if len(text) % 4 == 1 else None]
-                + b"=" * (-len(text) % 4 % 3)
-            )
+            text = _NOT_BASE64.sub(b"", data)  # (padding too: blocks may be concatenated)
+            if len(text) % 4 == 1:
+                text = text[:-1]
+            return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
         if enc == "quoted-printable":
             return binascii.a2b_qp(data)
     except (binascii.Error, ValueError):

@@ -139,7 +139,7 @@ class _Eval:
 
     def flags(self) -> frozenset[str]:
         if self._flags is None:
-            self._flags = frozenset(f.lower() for f in self.msg.flags)
+            self._flags = _lowered(self.msg.flags)
         return self._flags
 
     def text(self, part: str) -> str:
@@ -150,6 +150,18 @@ class _Eval:
             raw = content.header_text() if part == "header" else content.body_text()
             folded = self._texts[part] = fold(raw)
         return folded
+
+
+_LOWERED: dict[frozenset[str], frozenset[str]] = {}  # few distinct flag sets in a folder
+
+
+def _lowered(flags: frozenset[str]) -> frozenset[str]:
+    low = _LOWERED.get(flags)
+    if low is None:
+        if len(_LOWERED) > 4096:
+            _LOWERED.clear()
+        low = _LOWERED[flags] = frozenset(f.lower() for f in flags)
+    return low
 
 
 def fold(text: str) -> str:

@@ -59,6 +59,7 @@ SELECTED = "selected"
 LOGOUT = "logout"
 ANY = (NOT_AUTH, AUTH, SELECTED)
 SASL_LINE_LIMIT = MAX_LINE + 2
+SYNC_INTERVAL = 1.0  # seconds: commands that need no look at the folder take one this often
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN"
     " SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SORT SORT=DISPLAY THREAD=REFERENCES"
@@ -104,6 +105,7 @@ class IMAPSession(LineConnection):
         self.logged_out = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.last_poll = 0.0  # reactor time of the last look at the selected folder
 
     # ------------------------------------------------------------------ connection
 
@@ -352,8 +354,18 @@ class IMAPSession(LineConnection):
             self.tagged(cmd.tag, "NO", "[SERVERBUG] Internal error")
 
     def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        """A blocking store call in the worker pool."""
-        return self.factory.pool.run(fn, *args)
+        """A blocking store call in the worker pool; the replies its result leads to are
+        gathered into one write (LineConnection.gather), sent when the command's wait ends."""
+        return self.factory.pool.run(fn, *args).addBoth(self._gathered)
+
+    def run_quick(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """A store call that writes nothing and is usually cheap: on the reactor while it
+        stays cheap (appliance.workers.QuickCalls), else in the pool."""
+        return self.factory.quick.run(fn, *args).addBoth(self._gathered)
+
+    def _gathered(self, result: Any) -> Any:
+        self.gather()
+        return result
 
     def hold(self, d: defer.Deferred[Any], tag: str, what: str) -> None:
         """Hold input until d (which answers the command) fires; an unexpected failure is
@@ -399,7 +411,15 @@ class IMAPSession(LineConnection):
                 self.send_line("* BYE Selected mailbox was removed.")
                 self.close_connection()
 
-        return self.run(look).addCallbacks(looked, gone)
+        def peeked(listing: Any) -> defer.Deferred[None] | None:
+            if listing is None or listing.uidnext > sel.uidnext:
+                # messages came or went: the uid list (and \Recent) need the worker pool
+                return self.run(look).addCallbacks(looked, gone)
+            looked((listing, sel.first_recent))
+            return None
+
+        d = self.run_quick(store.peek_messages, mailbox, sel.folder)
+        return d.addCallbacks(peeked, gone)
 
     def send_updates(self, updates: Updates, uid_command: bool = False) -> None:
         sel = self.selected
@@ -418,12 +438,23 @@ class IMAPSession(LineConnection):
                 self.send_bytes(flags_update(seq, uid, sel.flags_of(seq)))
 
     def finish(
-        self, tag: str, text: str, *, expunges: bool = True, uid_command: bool = False
+        self,
+        tag: str,
+        text: str,
+        *,
+        expunges: bool = True,
+        uid_command: bool = False,
+        sync: bool = True,
     ) -> defer.Deferred[None]:
-        """Send the folder's updates, then `tag OK text`."""
-        if self.selected is None:
+        """Send the folder's updates, then `tag OK text`. sync: look at the folder now (NOOP,
+        CHECK, IDLE and the commands that change what is in it); otherwise only if the last
+        look is older than SYNC_INTERVAL (RFC 3501 5.2: a client cannot rely on updates
+        other than after NOOP; a FETCH or STORE need not list the folder each time)."""
+        now = self.factory.reactor.seconds()
+        if self.selected is None or (not sync and now - self.last_poll < SYNC_INTERVAL):
             self.tagged(tag, "OK", text)
             return defer.succeed(None)
+        self.last_poll = now
         d = self.poll(expunges, uid_command)
         d.addCallback(lambda _: None if self.lost else self.tagged(tag, "OK", text))
         return d
@@ -466,7 +497,10 @@ class IMAPSession(LineConnection):
         def failed(failure: Failure) -> None:
             self.log.failure("IDLE check for {peer} failed", failure, peer=self.peer_ip)
 
-        return self.poll(True).addErrback(failed)
+        def sent(_: object) -> None:
+            self.end_gather()  # (no wait() is running to send what the poll gathered)
+
+        return self.poll(True).addErrback(failed).addBoth(sent)
 
     def end_idle(self) -> None:
         call, self.idle_poll = self.idle_poll, None

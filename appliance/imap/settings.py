@@ -32,3 +32,6 @@ class IMAPSettings:
     plaintext_networks: tuple[Network, ...] = ()  # LOGIN, PLAIN without TLS here
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # CRAM-MD5 added when the backend can
     idle_poll: float = 5.0  # while IDLE, look for changes made by other processes this often
+    # looks at a folder, flag renames and small reads on the reactor while they take
+    # microseconds (appliance.workers.QuickCalls); False: every store call in the pool
+    quick_store_calls: bool = True

@@ -126,6 +126,7 @@ def make_imap_service(
         plaintext_networks=cfg.auth.plaintext_networks,
         mechanisms=cfg.auth.mechanisms,
         idle_poll=i.idle_poll,
+        quick_store_calls=i.quick_store_calls,
     )
     slots = ConnectionSlots.for_service(settings)
     tls = prepared.tls.context_factory

@@ -4,7 +4,8 @@ Every change is one atomic file system step per message, so sessions in other pr
 on other nodes sharing the tree see each message before or after a change, never half:
 - flags: a rename of the message to its new ':2,<letters>' name, computed from the name it
   has at that moment (two sessions changing different flags of one message both win; a
-  rename that loses a race with another session is retried on the name found then);
+  rename that loses a race with another session is retried on the name found then; not
+  fsync'd: a crash may lose a flag change, never a message, as with Dovecot);
 - add (APPEND): tmp/ -> fsync -> cur/ (with its flags) -> fsync cur/; the name starts with
   the message's internal date, which is what INTERNALDATE reads;
 - copy: a hard link of the same file into the target's tmp/, then published the same way
@@ -97,11 +98,12 @@ class FolderOps:
         changes: Sequence[tuple[str, tuple[str, str] | None]],
         flags: frozenset[str],
         mode: str,
-    ) -> dict[str, frozenset[str]]:
+    ) -> tuple[dict[str, frozenset[str]], dict[str, tuple[str, str]]]:
         """Set ('='), add ('+') or remove ('-') flags on messages given as (key, where last
-        seen); returns each one's flags after the change (a message gone is left out)."""
+        seen); returns each one's flags after the change (a message gone is left out) and
+        where the renamed ones are now."""
         result: dict[str, frozenset[str]] = {}
-        touched: set[str] = set()
+        places: dict[str, tuple[str, str]] = {}
         letters = self.keywords.letters_of(flags) if mode != "-" else ""
         drop = set(self.keywords.letters_of(flags)) if mode == "-" else set()
         for key, where in changes:
@@ -119,19 +121,24 @@ class FolderOps:
                     target_info = "".join(sorted(set(current) - drop))
                 target = f"{key}:2,{target_info}"
                 if subdir == "cur" and name == target:
-                    result[key] = self.keywords.flags_of(target_info)
-                    break
+                    # nothing to rename, if the name is still the file's (it may be an old
+                    # look's, and another session's change then the one to keep)
+                    if os.path.exists(f"{self.md.path}/cur/{name}"):
+                        result[key] = self.keywords.flags_of(target_info)
+                        break
+                    where = self._relocate(key)
+                    continue
                 try:
                     os.rename(f"{self.md.path}/{subdir}/{name}", f"{self.md.path}/cur/{target}")
                 except FileNotFoundError:
                     where = self._relocate(key)  # renamed meanwhile: retry on its new name
                     continue
-                touched.update((subdir, "cur"))
                 result[key] = self.keywords.flags_of(target_info)
+                places[key] = ("cur", target)
                 break
-        for subdir in sorted(touched):
-            self.dirsync.sync(f"{self.md.path}/{subdir}")
-        return result
+        # no directory fsync: a flag change lost in a crash is not a message lost (Dovecot's
+        # fsync_mode = optimized does not sync them either); the message itself is durable
+        return result, places
 
     # -- adding
 

@@ -212,10 +212,14 @@ class Maildir:
         """base name (without ':2,<flags>') -> (subdir, file name) for every message in new/
         and cur/; a message moved from new/ to cur/ while listing is found in cur/."""
         found: dict[str, tuple[str, str]] = {}
-        for name in self.list_new():
-            found[name.split(":", 1)[0]] = ("new", name)
-        for name in self.list_cur():
-            found[name.split(":", 1)[0]] = ("cur", name)
+        for subdir, folder in (("new", self._new), ("cur", f"{self.path}/cur")):
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name[0] != ".":
+                    found[name.partition(":")[0]] = (subdir, name)
         return found
 
     def _folder(self, subdir: str) -> Path:

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -27,19 +24,17 @@ from typing import BinaryIO
 from twisted.logger import Logger
 
 from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
-from appliance.interfaces import FolderListing, Mailbox, StoredMessage
+from appliance.interfaces import FolderListing, Mailbox
 from appliance.store import folders
 from appliance.store.flags import Keywords
-from appliance.store.folder_ops import FolderOps, info_of, move_all
+from appliance.store.folder_ops import FolderOps, move_all
 from appliance.store.lock import STALE_AFTER, SessionLock
-from appliance.store.maildir import Maildir, delivery_order
+from appliance.store.maildir import Maildir
 from appliance.store.maildrop import MaildirMaildrop
-from appliance.store.uidlist import FILE_NAME as UIDLIST_FILE
-from appliance.store.uidlist import UidList
+from appliance.store.scan import Scanner
 
 INBOX = "INBOX"
-SCAN_CACHE = 64  # folders whose last scan is kept
-FRESH_NS = 2_000_000_000  # a folder changed this recently is always scanned again
+FOLDER_OPS_CACHE = 64  # folders whose FolderOps (keyword letters) are kept
 Scan = tuple[int, int, list[tuple[int, str, str, str, int]]]  # uidvalidity, uidnext, found
 
 
@@ -135,11 +130,11 @@ class MaildirStore:
         # POP3 session locks not refreshed for this long are taken over (seconds)
         self.stale_after = stale_after
         # the last scan of recently used folders, valid while their stamp is unchanged
-        self._scans: OrderedDict[str, tuple[tuple[int, ...], Scan]] = OrderedDict()
-        Where = dict[str, tuple[str, str]]
-        self._listings: dict[int, tuple[Scan, FolderListing, Where]] = {}
         self._folder_ops: dict[str, FolderOps] = {}
-        self._scan_lock = threading.Lock()
+        self.scanner = Scanner(
+            lambda md: folders.UidValidity(self._root_of(md)).allocate,
+            lambda md: self._ops(md).keywords,
+        )
 
     # -- locating
 
@@ -266,7 +261,7 @@ class MaildirStore:
         key = str(md.path)
         ops = self._folder_ops.get(key)
         if ops is None:
-            if len(self._folder_ops) >= SCAN_CACHE:
+            if len(self._folder_ops) >= FOLDER_OPS_CACHE:
                 self._folder_ops.pop(next(iter(self._folder_ops)))
             ops = self._folder_ops[key] = FolderOps(
                 md, Keywords(md.path), self.hostname, self.dirsync
@@ -276,9 +271,7 @@ class MaildirStore:
     def _forget(self, md: Maildir) -> None:
         """A folder deleted or renamed: nothing of it stays cached (nor of its children)."""
         prefix = str(md.path)
-        with self._scan_lock:
-            for key in [k for k in self._scans if k == prefix or k.startswith(prefix + ".")]:
-                del self._scans[key]
+        self.scanner.forget(prefix)
         for key in [k for k in self._folder_ops if k == prefix or k.startswith(prefix + ".")]:
             del self._folder_ops[key]
 
@@ -292,63 +285,11 @@ class MaildirStore:
         """base name -> (subdir, file name) for every message in new/ and cur/."""
         return md.files()
 
-    def _stamp(self, md: Maildir) -> tuple[int, ...] | None:
-        """What changes whenever the folder's listing can: the mtimes of new/ and cur/ (any
-        delivery, flag change or expunge, by any process or node) and the uid list's
-        identity. None when a mtime is too recent to trust (a change within the same clock
-        tick could hide behind it; Dovecot rescans such folders too)."""
-        try:
-            new, cur = os.stat(md.new), os.stat(md.cur)
-        except FileNotFoundError:
-            return None
-        try:
-            ul = os.stat(md.path / UIDLIST_FILE)
-            uidlist = (ul.st_mtime_ns, ul.st_size, ul.st_ino)
-        except FileNotFoundError:
-            return None
-        now = time.time_ns()
-        if now - max(new.st_mtime_ns, cur.st_mtime_ns, ul.st_mtime_ns) < FRESH_NS:
-            return None
-        return (new.st_mtime_ns, new.st_ino, cur.st_mtime_ns, cur.st_ino, *uidlist)
-
     def _scan(self, md: Maildir) -> Scan:
         """(uidvalidity, uidnext, [(uid, key, subdir, name, size)] in UID order) of a folder,
-        numbering new messages now. A folder unchanged since its last scan (its stamp) is
-        answered from memory: a mailbox of 100,000 messages reopens without a listing."""
-        key = str(md.path)
-        stamp = self._stamp(md)
-        with self._scan_lock:  # (worker threads scan at once)
-            cached = self._scans.get(key)
-            if stamp is not None and cached is not None and cached[0] == stamp:
-                self._scans.move_to_end(key)
-                return cached[1]
-        result = self._rescan(md)
-        stamp = self._stamp(md)  # after the scan: the uid list may have been rewritten
-        with self._scan_lock:
-            if stamp is not None:
-                self._scans[key] = (stamp, result)
-                self._scans.move_to_end(key)
-                while len(self._scans) > SCAN_CACHE:
-                    self._scans.popitem(last=False)
-            else:
-                self._scans.pop(key, None)
-        return result
-
-    def _rescan(self, md: Maildir) -> Scan:
-        if not md.exists():
-            md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
-        files = self._files(md)
-        allocate = folders.UidValidity(self._root_of(md)).allocate
-        state = UidList(md.path, allocate).update(sorted(files, key=delivery_order))
-        found = []
-        for base, uid in sorted(state.uids.items(), key=lambda item: item[1]):
-            subdir, name = files[base]
-            try:
-                size = md.message_size(subdir, name)
-            except FileNotFoundError:
-                continue  # expunged by another session since the listing
-            found.append((uid, base, subdir, name, size))
-        return state.uidvalidity, state.next_uid, found
+        numbering new messages now (appliance.store.scan: from memory while unchanged)."""
+        state = self.scanner.state(md)
+        return state.uidvalidity, state.uidnext, state.found
 
     @staticmethod
     def _root_of(md: Maildir) -> Path:
@@ -356,38 +297,25 @@ class MaildirStore:
         return md.path.parent if md.path.name.startswith(".") else md.path
 
     def _listing(self, md: Maildir) -> tuple[FolderListing, dict[str, tuple[str, str]]]:
-        """The folder's listing and where each message was found, built once per scan."""
-        scanned = self._scan(md)
-        with self._scan_lock:
-            listed = self._listings.get(id(scanned))
-        if listed is not None and listed[0] is scanned:
-            return listed[1], listed[2]
-        uidvalidity, uidnext, found = scanned
-        keywords = self._ops(md).keywords
-        messages = []
-        where: dict[str, tuple[str, str]] = {}
-        for uid, base, subdir, name, size in found:
-            secs = base.partition(".")[0]  # names start with the delivery time
-            received = float(secs) if secs.isdigit() else 0.0
-            flags = keywords.flags_of(info_of(name)) if subdir == "cur" else frozenset()
-            messages.append(StoredMessage(uid, base, size, flags, received))
-            where[base] = (subdir, name)
-        listing = FolderListing(uidvalidity, uidnext, tuple(messages))
-        with self._scan_lock:
-            self._listings[id(scanned)] = (scanned, listing, where)
-            while len(self._listings) > SCAN_CACHE:
-                self._listings.pop(next(iter(self._listings)))
-        return listing, where
+        """The folder's listing and where each message was found."""
+        state = self.scanner.state(md)
+        return state.listing, state.where
 
     def list_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing:
         return self._listing(self._existing(mailbox, folder))[0]
+
+    def peek_messages(self, mailbox: Mailbox, folder: str = INBOX) -> FolderListing | None:
+        state = self.scanner.peek(self._existing(mailbox, folder))
+        return state.listing if state is not None else None
 
     def keywords(self, mailbox: Mailbox, folder: str) -> list[str]:
         return self._ops(self._existing(mailbox, folder)).keywords.known()
 
     def _where(self, md: Maildir, keys: Sequence[str]) -> list[tuple[str, tuple[str, str] | None]]:
-        where = self._listing(md)[1]
-        return [(key, where.get(key)) for key in keys]
+        # where the last look found them: a file renamed since is looked up again by
+        # FolderOps (a rename or open that fails), so no listing is needed here
+        state = self.scanner.last(md)
+        return [(key, state.place(key)) for key in keys]
 
     def _locate(self, md: Maildir, key: str) -> tuple[str, str]:
         if "/" in key or ":" in key or key in ("", ".", ".."):
@@ -410,7 +338,8 @@ class MaildirStore:
 
     def set_flags(self, mailbox: Mailbox, folder: str, key: str, flags: frozenset[str]) -> str:
         md = self.folder(mailbox, folder)
-        self._ops(md).change_flags([(key, self._locate(md, key))], flags, "=")
+        _, places = self._ops(md).change_flags([(key, self._locate(md, key))], flags, "=")
+        self.scanner.moved(md, places)
         return key
 
     def change_flags(
@@ -419,7 +348,9 @@ class MaildirStore:
         if mode not in ("=", "+", "-"):
             raise ValueError(f"flag change mode must be =, + or -, not {mode!r}")
         md = self._existing(mailbox, folder)
-        return self._ops(md).change_flags(self._where(md, keys), flags, mode)
+        changed, places = self._ops(md).change_flags(self._where(md, keys), flags, mode)
+        self.scanner.moved(md, places)
+        return changed
 
     def _uid_of(self, md: Maildir, keys: Sequence[str]) -> tuple[int, dict[str, int]]:
         listing = self._listing(md)[0]

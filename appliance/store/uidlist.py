@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.durable import FILE_MODE, atomic_replace, exclusive_lock
+from appliance.store.maildir import delivery_order
 
 FILE_NAME = "dovecot-uidlist"
 LOCK_NAME = "dovecot-uidlist.lock"
@@ -86,17 +87,16 @@ class UidList:
         return state
 
     def update(self, names: Iterable[str]) -> UidState:
-        """The state with UIDs for exactly these base names (new ones numbered in the order
-        given)."""
+        """The state with UIDs for exactly these base names; the ones not numbered yet get
+        the next UIDs in delivery order (appliance.store.maildir.delivery_order)."""
         with exclusive_lock(self.folder / LOCK_NAME):
             state = self.read()
-            wanted = list(dict.fromkeys(names))
-            before = dict(state.uids)
-            kept = {n: state.uids[n] for n in wanted if n in state.uids}
-            for name in wanted:
-                if name not in kept:
-                    kept[name] = state.next_uid
-                    state.next_uid += 1
+            wanted = set(names)
+            before = state.uids
+            kept = {n: uid for n, uid in before.items() if n in wanted}
+            for name in sorted(wanted.difference(kept), key=delivery_order):
+                kept[name] = state.next_uid
+                state.next_uid += 1
             state.uids = kept
             if kept != before or not self.path.exists():
                 atomic_replace(self.path, format_state(state), FILE_MODE)

@@ -124,3 +124,22 @@ def test_claim_recent(store) -> None:
     assert store.claim_recent(BOX, "INBOX", False) == 2  # claimed up to uidnext
     store.deliver(BOX, iter([b"b\r\n"]))
     assert store.claim_recent(BOX, "INBOX", True) == 2
+
+
+def test_peek_never_writes_and_gives_none_when_messages_came(store) -> None:
+    """peek_messages (for QuickCalls) answers from the last look or a listing of renames
+    only; new messages, which the uid list must number, make it None."""
+    assert store.peek_messages(BOX) is None  # no look yet: only list_messages may make one
+    store.add_message(BOX, "INBOX", b"one\r\n", frozenset())
+    listing = store.list_messages(BOX)
+    assert store.peek_messages(BOX) is listing
+    key = listing.messages[0].key
+    store.change_flags(BOX, "INBOX", [key], frozenset({"\\Seen"}), "+")
+    peeked = store.peek_messages(BOX)
+    assert peeked is not None and peeked.messages[0].flags == {"\\Seen"}
+    uidlist = store.maildir(BOX).path / "dovecot-uidlist"
+    before = uidlist.read_bytes()
+    store.deliver(BOX, iter([b"two\r\n"]))
+    assert store.peek_messages(BOX) is None
+    assert uidlist.read_bytes() == before
+    assert len(store.list_messages(BOX).messages) == 2

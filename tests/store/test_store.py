@@ -141,14 +141,16 @@ def test_uidlist_concurrent_updates_agree(tmp_path: Path) -> None:
 
 
 def test_uidlist_file_in_dovecot_v3_format(tmp_path: Path) -> None:
-    """The file reads '3 V<validity> N<next>' then '<uid> :<name>' lines."""
+    """The file reads '3 V<validity> N<next>' then '<uid> :<name>' lines; new names are
+    numbered in delivery order, whatever order they are given in."""
     folder = tmp_path / "Maildir"
     folder.mkdir()
-    state = UidList(folder).update(["b", "a"])
+    first, second = "1700000001.M5P1Q1.h", "1700000001.M10P1Q2.h"  # (M10 > M5 as numbers)
+    state = UidList(folder).update([second, first])
     text = (folder / "dovecot-uidlist").read_text()
-    assert text.splitlines() == [f"3 V{state.uidvalidity} N3", "1 :b", "2 :a"]
+    assert text.splitlines() == [f"3 V{state.uidvalidity} N3", f"1 :{first}", f"2 :{second}"]
     again = parse(text)
-    assert again is not None and again.uids == {"b": 1, "a": 2} and again.next_uid == 3
+    assert again is not None and again.uids == {first: 1, second: 2} and again.next_uid == 3
 
 
 def test_uidlist_torn_line_renumbers_only_that_message(tmp_path: Path) -> None:
@@ -183,15 +185,15 @@ def test_store_unchanged_folder_answered_from_its_last_scan(tmp_path, monkeypatc
     import os
 
     from appliance.interfaces import Mailbox
-    from appliance.store import store as store_module
+    from appliance.store import scan as scan_module
     from appliance.store.store import MaildirStore
 
-    monkeypatch.setattr(store_module, "FRESH_NS", 0)
+    monkeypatch.setattr(scan_module, "FRESH_NS", 0)
     st = MaildirStore(tmp_path, "mx.test")
     mb = Mailbox("163.test", "u")
     scans: list[int] = []
-    real = st._rescan
-    monkeypatch.setattr(st, "_rescan", lambda md: scans.append(1) or real(md))
+    real = st.scanner.rescan
+    monkeypatch.setattr(st.scanner, "rescan", lambda md, prev: scans.append(1) or real(md, prev))
     st.deliver(mb, iter([b"Subject: 1\r\n\r\nx\r\n"]))
     first = st.list_messages(mb)
     assert st.list_messages(mb) is first and len(scans) == 1
@@ -206,7 +208,32 @@ def test_store_unchanged_folder_answered_from_its_last_scan(tmp_path, monkeypatc
     st.expunge(mb, "INBOX", [third.messages[0].key])
     assert len(st.list_messages(mb).messages) == 1 and len(scans) == 4
     assert len(st.open_maildrop(mb).messages) == 1 and len(scans) == 4  # shared with POP3
-    monkeypatch.setattr(store_module, "FRESH_NS", 10**18)  # everything counts as just changed
+    monkeypatch.setattr(scan_module, "FRESH_NS", 10**18)  # everything counts as just changed
     st.list_messages(mb)
     st.list_messages(mb)
     assert len(scans) == 6
+
+
+def test_scan_after_flag_changes_keeps_uids_and_unchanged_messages(tmp_path) -> None:
+    """A look after only renames (flags) reuses the UIDs without touching the uid list,
+    and the StoredMessage objects of messages whose names did not change; a look when
+    nothing changed at all returns the very same listing."""
+    import os
+
+    from appliance.interfaces import Mailbox
+    from appliance.store.store import MaildirStore
+
+    st = MaildirStore(tmp_path, "mx.test")
+    mb = Mailbox("163.test", "u")
+    for i in range(3):
+        st.deliver(mb, iter([f"Subject: {i}\r\n\r\nx\r\n".encode()]))
+    first = st.list_messages(mb)
+    uidlist = st.maildir(mb).path / "dovecot-uidlist"
+    before = os.stat(uidlist).st_mtime_ns
+    assert st.list_messages(mb) is first  # (within FRESH_NS: listed again, nothing changed)
+    st.change_flags(mb, "INBOX", [first.messages[1].key], frozenset({"\\Seen"}), "+")
+    second = st.list_messages(mb)
+    assert [m.uid for m in second.messages] == [1, 2, 3]
+    assert second.messages[1].flags == {"\\Seen"}
+    assert second.messages[0] is first.messages[0] and second.messages[2] is first.messages[2]
+    assert os.stat(uidlist).st_mtime_ns == before  # nothing written

@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""IMAP load: FETCH of N 1 KB messages by 1 client and a mixed load of C clients, ours beside
+Dovecot 2.3.
+
+    .venv/bin/python bench/imap_load.py [--messages 2000] [--clients 10] [--ops 200]
+        [--reps 3] [--size 1024] [--timeout 120] [--keep]
+
+The IMAP twin of bench/pop3_load.py, whose helpers it imports (messages, Maildirs, Dovecot's
+users, ports, stopping): the same two servers over identical copies of the same Maildirs.
+
+Ours: the mail.163.com lab appliance (`twistd -n mailappliance`, as tests/integration/
+conftest.py's make_lab does): etc/ copied into a temporary folder with the lab config unchanged
+(passwd-file, `[auth] plaintext_networks = 127.0.0.0/8 ::1`), only the ports moved to free high
+ports on 127.0.1.1; read on its plain IMAP port (143 moved), LOGIN without TLS from loopback.
+Before it starts, `mailappliance --config INI user add --password-stdin` adds
+imapbench01..imapbenchC@163.com (password <user>pass, like the lab users).
+
+Dovecot: a private Dovecot 2.3 configured as pop3_load's (nothing from /etc/dovecot;
+passwd-file users with {PLAIN} passwords, uid/gid 65534, `ssl = no`, `disable_plaintext_auth =
+no`, mail_location = maildir:<root>/mail/%n) but `protocols = imap`, IMAP on a free port of
+127.0.0.1 (imaps off), its root in the same temporary folder.
+
+Mailboxes: user1@163.com (lab user) holds N messages, for the 1-client loads; imapbench01..C
+hold N/C each, for the mixed load. pop3_load's make_messages/fill write them into new/ (the same
+names and bytes for both servers, CRLF line ends, SIZE bytes each); Dovecot's Maildirs are
+copies chowned to 65534 (each server renames files, writes flags and indexes in its own copy).
+
+Before the repetitions, one untimed session per mailbox and server (SELECT, UID FETCH 1:*
+(FLAGS BODY.PEEK[]) checked against the files written, one BODY.PEEK[HEADER]) lets each server
+build its index/UID state and checks that it serves exactly the messages written.
+
+Loads (each client a process, as pop3_load's; it logs in, one login at a time, and SELECTs
+INBOX before the clock; then all start together):
+  fetch-all  1 client, one `UID FETCH 1:* (FLAGS BODY.PEEK[])` of all N: msgs/s.
+  fetch-each 1 client, N commands `FETCH n (BODY.PEEK[])` one after another, each answer
+             awaited (a client reading one message at a time): msgs/s.
+  mix        C clients, each on its own mailbox, OPS commands cycling through
+             FETCH n (FLAGS BODY.PEEK[HEADER]), FETCH n BODY.PEEK[], STORE n +FLAGS (\\Seen),
+             SEARCH UNSEEN, STORE n -FLAGS (\\Seen), NOOP, UID FETCH 1:* (FLAGS); n moves
+             every cycle (37 x cycle mod N + 1); \\Seen is cleared (untimed) before the load,
+             so both servers do identical work every repetition: ops/s over all clients.
+Rate = units / (first command sent -> last command answered, over all clients). Every answer
+is checked (tagged OK, the bodies and headers byte for byte, the SEARCH and flags expected); a
+failed check stops that client and the row says which command got which answer.
+The client is a small raw-socket one (no pipelining: one command, read to its tagged answer),
+so the same cheap client measures both servers.
+
+Each repetition runs ours and Dovecot, alternating which goes first, each with fetch-all,
+fetch-each, then mix; the load average is printed before each load, a progress line a second
+while it runs (stderr), then the raw row (units, seconds, rate, our appliance's CPU: all
+threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
+and the ratio ours/Dovecot per load (the bar: >= 0.5x). Progress goes to stderr, results to
+stdout. Both servers are stopped at the end, on error and on Ctrl-C/SIGTERM (TERM, bounded
+wait, KILL). Every load stops at --timeout, each server's start at 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for p in (str(REPO / "bench"), str(REPO)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import pop3_load as pl  # noqa: E402  (messages, Maildirs, Dovecot's users, ports, stopping)
+import relay_load as rl  # noqa: E402  (CPU sampling, lab start; same style)
+
+BAR = 0.5
+LOADS = ("fetch-all", "fetch-each", "mix")
+UNIT = {"fetch-all": "msgs", "fetch-each": "msgs", "mix": "ops"}
+MIX = ("header", "body", "seen", "search", "unseen", "noop", "flags")
+say = pl.say
+loadavg = pl.loadavg
+
+
+# ------------------------------------------------------------------------------ Dovecot
+
+DOVECOT_CONF = """\
+# private benchmark instance (as pop3_load's, IMAP instead of POP3): nothing from /etc/dovecot
+instance_name = imap-load-dovecot
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = 100
+mail_location = maildir:{root}/mail/%n
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {root}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {root}/passwd
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
+    """pop3_load.setup_dovecot with the IMAP config: folders, passwd-file, dovecot.conf."""
+    for sub in ("run", "state", "mail", "home"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chown(root / "mail", pl.DV_UID, pl.DV_GID)
+    lines = []
+    for u, pw in users:
+        home = root / "home" / u
+        home.mkdir(exist_ok=True)
+        os.chown(home, pl.DV_UID, pl.DV_GID)
+        lines.append(f"{u}:{{PLAIN}}{pw}:{pl.DV_UID}:{pl.DV_GID}::{home}::\n")
+    passwd = root / "passwd"
+    passwd.write_text("".join(lines))
+    shutil.chown(passwd, "root", "dovecot")  # the auth process runs as dovecot
+    passwd.chmod(0o640)
+    conf = root / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(root=root, port=port))
+    r = subprocess.run(
+        ["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True, timeout=30
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"doveconf rejected {conf}:\n{r.stderr[-2000:]}")
+    return conf
+
+
+def add_users(ini: Path, users: list[tuple[str, str, int]]) -> None:
+    """pop3_load's run(): `mailappliance --config INI user add U@163.com --password-stdin`."""
+    cli = str(Path(sys.executable).parent / "mailappliance")
+    for u, pw, _c in users:
+        r = subprocess.run(
+            [cli, "--config", str(ini), "user", "add", f"{u}@{pl.DOMAIN}", "--password-stdin"],
+            input=pw + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0:
+            raise SystemExit(f"user add {u}@{pl.DOMAIN} failed: {r.stderr[-1000:]}")
+
+
+# ------------------------------------------------------------------------- IMAP client
+
+LITERAL = re.compile(rb"\{(\d+)\}$")
+FETCH = re.compile(rb"\* (\d+) FETCH ")
+
+
+class IMAPError(Exception):
+    pass
+
+
+def show(b: bytes, n: int = 160) -> str:
+    return repr(b[:n]) + ("..." if len(b) > n else "")
+
+
+class Conn:
+    """A minimal IMAP4rev1 client on a socket: one command at a time, read to its tagged
+    answer; untagged responses come back as (text, literals), a literal's place in the text
+    kept as its {n}."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.pos = 0
+        self.tags = 0
+        hello = self.line()
+        if not hello.startswith(b"* OK"):
+            raise IMAPError(f"greeting {show(hello)}")
+
+    def _fill(self) -> None:
+        if self.pos > 1 << 20:
+            del self.buf[: self.pos]
+            self.pos = 0
+        data = self.sock.recv(262144)
+        if not data:
+            raise IMAPError("server closed the connection")
+        self.buf += data
+
+    def line(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n", self.pos)
+            if i >= 0:
+                out = bytes(self.buf[self.pos : i])
+                self.pos = i + 2
+                return out
+            self._fill()
+
+    def literal(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n:
+            self._fill()
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def response(self) -> tuple[bytes, list[bytes]]:
+        text = self.line()
+        lits: list[bytes] = []
+        while text.endswith(b"}"):
+            m = LITERAL.search(text)
+            if m is None:
+                break
+            lits.append(self.literal(int(m[1])))
+            text += self.line()
+        return text, lits
+
+    def command(self, cmd: bytes, shown: bytes | None = None) -> list[tuple[bytes, list[bytes]]]:
+        """Send cmd, read to its tagged answer; IMAPError unless that is OK."""
+        self.tags += 1
+        tag = b"a%d " % self.tags
+        self.sock.sendall(tag + cmd + b"\r\n")
+        untagged = []
+        while True:
+            text, lits = self.response()
+            if text.startswith(tag):
+                if not text.startswith(b"OK", len(tag)):
+                    last = f", last untagged {show(untagged[-1][0])}" if untagged else ""
+                    raise IMAPError(f"{show(shown or cmd)} -> {show(text)}{last}")
+                if self.pos == len(self.buf):
+                    self.buf.clear()
+                    self.pos = 0
+                return untagged
+            if text.startswith(b"+"):
+                raise IMAPError(f"{show(shown or cmd)} -> unexpected continuation {show(text)}")
+            untagged.append((text, lits))
+
+    def login(self, user: str, password: str) -> None:
+        self.command(f'LOGIN "{user}" "{password}"'.encode(), f'LOGIN "{user}" ***'.encode())
+
+    def select(self) -> int:
+        for text, _ in self.command(b"SELECT INBOX"):
+            if text.endswith(b" EXISTS"):
+                return int(text.split()[1])
+        raise IMAPError("SELECT INBOX: no * n EXISTS")
+
+    def logout(self) -> None:
+        try:
+            self.command(b"LOGOUT")
+        except (OSError, IMAPError):
+            pass  # the server may close first
+        self.sock.close()
+
+
+def bad(cmd: bytes, why: str, got: list[tuple[bytes, list[bytes]]]) -> IMAPError:
+    first = show(got[0][0]) if got else "nothing untagged"
+    return IMAPError(f"{cmd.decode()}: {why} (first untagged: {first}, {len(got)} in all)")
+
+
+def fetch_all(conn: Conn, count: int, bodies: frozenset[bytes]) -> int:
+    cmd = b"UID FETCH 1:* (FLAGS BODY.PEEK[])"
+    got = conn.command(cmd)
+    n = 0
+    for text, lits in got:
+        if FETCH.match(text):
+            if len(lits) != 1 or lits[0] not in bodies:
+                raise bad(cmd, f"a body not as written: {show(text)}", got)
+            if b"UID " not in text or b"FLAGS (" not in text:
+                raise bad(cmd, f"no UID or FLAGS: {show(text)}", got)
+            n += 1
+    if n != count:
+        raise bad(cmd, f"{n} messages, expected {count}", got)
+    return n
+
+
+def fetch_one(conn: Conn, cmd: bytes, n: int, wanted: frozenset[bytes]) -> bytes:
+    got = conn.command(cmd)
+    head = b"* %d FETCH " % n
+    lits = [lits for text, lits in got if text.startswith(head)]
+    if len(lits) != 1 or len(lits[0]) != 1 or lits[0][0] not in wanted:
+        raise bad(cmd, "not one FETCH with the literal written", got)
+    return next(text for text, _ in got if text.startswith(head))
+
+
+def fetch_each(conn: Conn, count: int, bodies: frozenset[bytes], progress, idx: int) -> int:
+    for i in range(1, count + 1):
+        fetch_one(conn, b"FETCH %d (BODY.PEEK[])" % i, i, bodies)
+        progress[idx] = i
+    return count
+
+
+def mix(conn: Conn, count: int, ops: int, bodies, headers, progress, idx: int) -> int:
+    every = set(range(1, count + 1))
+    for k in range(ops):
+        cycle, op = divmod(k, len(MIX))
+        n = (cycle * 37) % count + 1
+        what = MIX[op]
+        if what == "header":
+            text = fetch_one(conn, b"FETCH %d (FLAGS BODY.PEEK[HEADER])" % n, n, headers)
+            if b"FLAGS (" not in text or b"\\Seen" in text:
+                raise IMAPError(f"FETCH {n} (FLAGS BODY.PEEK[HEADER]): flags {show(text)}")
+        elif what == "body":
+            fetch_one(conn, b"FETCH %d BODY.PEEK[]" % n, n, bodies)
+        elif what in ("seen", "unseen"):
+            cmd = b"STORE %d %sFLAGS (\\Seen)" % (n, b"+" if what == "seen" else b"-")
+            got = conn.command(cmd)
+            for text, _ in got:
+                if text.startswith(b"* %d FETCH " % n) and (b"\\Seen" in text) != (what == "seen"):
+                    raise bad(cmd, f"flags after it {show(text)}", got)
+        elif what == "search":
+            cmd = b"SEARCH UNSEEN"
+            got = conn.command(cmd)
+            found = [t for t, _ in got if t.startswith(b"* SEARCH")]
+            if len(found) != 1 or {int(x) for x in found[0].split()[2:]} != every - {n}:
+                raise bad(cmd, f"expected all {count} but {n}", got)
+        elif what == "noop":
+            conn.command(b"NOOP")
+        else:
+            cmd = b"UID FETCH 1:* (FLAGS)"
+            got = conn.command(cmd)
+            flags = [t for t, _ in got if FETCH.match(t)]
+            if len(flags) != count or any(b"\\Seen" in t or b"UID " not in t for t in flags):
+                raise bad(cmd, f"{len(flags)} FETCH, expected {count} without \\Seen", got)
+        progress[idx] = k + 1
+    return ops
+
+
+def client(
+    idx: int,
+    kind: str,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    count: int,
+    ops: int,
+    bodies: frozenset[bytes],
+    headers: frozenset[bytes],
+    login_lock,
+    ready,
+    go,
+    progress,
+    results,
+    timeout: float,
+) -> None:
+    """One IMAP client (a process): LOGIN + SELECT, then on `go` its load; results[idx]."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (TERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with login_lock:
+            conn = Conn(host, port, timeout)
+            conn.login(user, password)
+        got = conn.select()
+        if got != count:
+            raise IMAPError(f"SELECT INBOX: {got} EXISTS, expected {count}")
+        if kind == "mix":
+            conn.command(b"STORE 1:* -FLAGS.SILENT (\\Seen)")
+        ready.release()
+        if not go.wait(timeout):
+            raise TimeoutError("no start signal")
+        t0 = time.monotonic()
+        if kind == "fetch-all":
+            done = fetch_all(conn, count, bodies)
+            progress[idx] = done
+        elif kind == "fetch-each":
+            done = fetch_each(conn, count, bodies, progress, idx)
+        else:
+            done = mix(conn, count, ops, bodies, headers, progress, idx)
+        t1 = time.monotonic()
+        conn.logout()
+        results.put((idx, done, t0, t1, ""))
+    except Exception as e:  # reported by the parent
+        results.put((idx, 0, 0.0, 0.0, f"{type(e).__name__}: {e}"[:600]))
+        ready.release()
+
+
+# ---------------------------------------------------------------------------- one load
+
+
+@dataclass
+class Outcome:
+    server: str
+    load: str
+    clients: int
+    units: int
+    load1: str
+    done: int = 0
+    seconds: float | None = None
+    cpu: str = ""
+    error: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        if self.seconds and self.done == self.units and not self.error:
+            return self.units / self.seconds
+        return None
+
+
+def one_load(
+    srv: pl.Server,
+    kind: str,
+    boxes: list[tuple[str, str, int]],
+    ops: int,
+    bodies: frozenset[bytes],
+    headers: frozenset[bytes],
+    timeout: float,
+    cpu: rl.CPU | None,
+) -> Outcome:
+    """One client process per mailbox (user, password, messages in it)."""
+    ctx = mp.get_context("fork")
+    n = len(boxes)
+    units = n * ops if kind == "mix" else sum(b[2] for b in boxes)
+    out = Outcome(srv.label, kind, n, units, loadavg())
+    lock, ready, go = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
+    progress = ctx.Array("i", n, lock=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=client,
+            args=(i, kind, srv.host, srv.port, srv.user_fmt.format(u=u), pw, c, ops)
+            + (bodies, headers, lock, ready, go, progress, results, timeout),
+            daemon=True,
+        )
+        for i, (u, pw, c) in enumerate(boxes)
+    ]
+    rows: dict[int, tuple] = {}
+    finished = False
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 60
+        for _ in procs:
+            if not ready.acquire(timeout=max(deadline - time.monotonic(), 0.01)):
+                raise SystemExit(f"{srv.label}: clients not logged in within 60 s")
+        start = cpu.sample() if cpu else None
+        if cpu:
+            cpu.mark()
+        t_go = time.monotonic()
+        go.set()
+        next_tick = t_go + 1.0
+        deadline = t_go + timeout
+        while len(rows) < n:
+            try:
+                r = results.get(timeout=0.05)
+                rows[r[0]] = r
+            except Exception:  # queue.Empty
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                out.error = f"load deadline ({timeout:g} s) reached"
+                break
+            if now >= next_tick:
+                next_tick += 1.0
+                extra = f"  {pl.fmt_cpu(cpu.since())}" if cpu else ""
+                print(
+                    f"    {srv.label} {kind} {n} client(s) {now - t_go:5.1f}s"
+                    f" {UNIT[kind]} {sum(progress):>6}/{units}{extra}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if cpu and start:
+            out.cpu = pl.fmt_cpu(cpu.since(start))
+        finished = not out.error
+    finally:
+        for p in procs:  # after an error or Ctrl-C, no waiting: TERM at once
+            p.join(timeout=5 if finished else 0)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    errs = [r[4] for r in rows.values() if r[4]]
+    if errs and not out.error:
+        out.error = f"{len(errs)} client(s) failed: {errs[0]}"
+    good = [r for r in rows.values() if not r[4]]
+    out.done = sum(r[1] for r in good)
+    if good:
+        out.seconds = max(r[3] for r in good) - min(r[2] for r in good)
+    if out.done != units and not out.error:
+        out.error = f"done {out.done}, expected {units}"
+    return out
+
+
+def warm(srv: pl.Server, boxes: list[tuple[str, str, int]], written: dict[str, list]) -> None:
+    """One untimed session per mailbox: SELECT, every body checked against the files written
+    (as a multiset: each server numbers them its own way), one header, \\Seen cleared."""
+    for u, pw, count in boxes:
+        conn = Conn(srv.host, srv.port, 60)
+        try:
+            conn.login(srv.user_fmt.format(u=u), pw)
+            got = conn.select()
+            if got != count:
+                raise SystemExit(f"{srv.label}: {u} has {got} messages, expected {count}")
+            cmd = b"UID FETCH 1:* (FLAGS BODY.PEEK[])"
+            bodies = sorted(
+                lits[0] for text, lits in conn.command(cmd) if FETCH.match(text) and lits
+            )
+            if bodies != sorted(data for _name, data in written[u]):
+                raise SystemExit(
+                    f"{srv.label}: {u}: {cmd.decode()} gave {len(bodies)} bodies, not the"
+                    f" {count} written"
+                )
+            fetch_one(conn, b"FETCH 1 (BODY.PEEK[HEADER])", 1, header_set(written[u]))
+            conn.command(b"STORE 1:* -FLAGS.SILENT (\\Seen)")
+        except IMAPError as e:
+            raise SystemExit(f"{srv.label}: warm-up of {u}: {e}") from None
+        finally:
+            conn.logout()
+
+
+def header_set(messages: list[tuple[str, bytes]]) -> frozenset[bytes]:
+    return frozenset(d[: d.index(b"\r\n\r\n") + 4] for _n, d in messages)
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def describe(o: Outcome) -> str:
+    return (
+        f"{o.server:>8} {o.load:<10} {o.clients:>2} client(s): {o.done}/{o.units}"
+        f" {UNIT[o.load]} in {pl.fmt(o.seconds, '.3f')} s = {pl.fmt(o.rate)} {UNIT[o.load]}/s"
+        + (f"  {o.cpu}" if o.cpu else "")
+        + (f"  ERROR {o.error}" if o.error else "")
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="imap-bench-"))
+    work.chmod(0o755)  # Dovecot's processes (dovecot, 65534) must reach their folders
+    lab: dict = {}
+    dv_proc: subprocess.Popen | None = None
+    results: list[tuple[int, dict[tuple[str, str], Outcome]]] = []
+    per = args.messages // args.clients
+    multi = [
+        (f"imapbench{i:02d}", f"imapbench{i:02d}pass", per) for i in range(1, args.clients + 1)
+    ]
+    single = [(pl.SINGLE[0], pl.SINGLE[1], args.messages)]
+    try:
+        # ---- ours: the lab's 163 appliance, ports moved
+        lab = rl.lab_appliances(work / "lab")
+        ours = lab["163"]
+        add_users(ours.ini, multi)
+        say(
+            f"filling Maildirs: {args.messages} msgs for {pl.SINGLE[0]},"
+            f" {per} for each of {multi[0][0]}.."
+        )
+        written = {u: pl.make_messages(c, args.size, u) for u, _pw, c in single + multi}
+        for u, msgs in written.items():
+            pl.fill(ours.maildir(f"{u}@{pl.DOMAIN}"), msgs)
+        bodies = frozenset(d for msgs in written.values() for _n, d in msgs)
+        headers = frozenset().union(*(header_set(m) for m in written.values()))
+        # ---- Dovecot: pop3_load's config with IMAP, identical copies of the Maildirs
+        dv_root = work / "dovecot"
+        dv_port = pl.free_port()
+        conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in single + multi])
+        for u in written:
+            dst = dv_root / "mail" / u
+            shutil.copytree(ours.maildir(f"{u}@{pl.DOMAIN}"), dst)
+            pl.chown_tree(dst, pl.DV_UID, pl.DV_GID)
+        rl.start(ours)
+        port = ours.ports[143]
+        s_ours = pl.Server("ours", ours.ip, port, "{u}@" + pl.DOMAIN, ours.proc.pid)
+        out_f = (dv_root / "dovecot.out").open("w")
+        dv_proc = subprocess.Popen(
+            ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
+        )
+        if not pl.wait_port("127.0.0.1", dv_port, 20, dv_proc):
+            log = dv_root / "dovecot.log"
+            text = log.read_text() if log.exists() else ""
+            raise SystemExit(f"dovecot did not start:\n{text[-2000:]}")
+        say(f"dovecot pid {dv_proc.pid}, IMAP 127.0.0.1:{dv_port}")
+        s_dv = pl.Server("dovecot", "127.0.0.1", dv_port, "{u}", None, dv_proc.pid)
+        print(
+            f"ours: etc/163.ini (lab config: passwd-file, plaintext_networks 127.0.0.0/8) copied to"
+            f" {ours.ini.parent}, ports moved: imap 143 -> {ours.ip}:{port}"
+            f" (imaps {ours.ports[993]}, pop3 {ours.ports[110]}, smtp {ours.ports[25]});"
+            f" pid {ours.proc.pid}",
+            flush=True,
+        )
+        print(
+            f"dovecot: {pl.dovecot_version()}, private instance {conf} (as pop3_load's with"
+            f" protocols = imap: passwd-file, ssl = no), IMAP 127.0.0.1:{dv_port};"
+            f" pid {dv_proc.pid}",
+            flush=True,
+        )
+        print(
+            f"load: plain IMAP LOGIN from loopback (no TLS, both), LOGIN + SELECT before the"
+            f" clock; fetch-all and fetch-each: 1 client x {args.messages} msgs ({pl.SINGLE[0]});"
+            f" mix: {args.clients} clients x {args.ops} ops on {per} msgs each"
+            f" ({multi[0][0]}..{multi[-1][0]}), cycling {', '.join(MIX)}; {args.size} B each,"
+            " identical files (Dovecot's a copy); one warm-up session per mailbox before rep 1",
+            flush=True,
+        )
+        for srv in (s_ours, s_dv):
+            say(f"warm-up sessions on {srv.label} (every body checked)")
+            warm(srv, single + multi, written)
+        cpu = rl.CPU({"ours": ours.proc.pid})
+
+        for rep in range(1, args.reps + 1):
+            order = (s_ours, s_dv) if rep % 2 else (s_dv, s_ours)
+            print(f"rep {rep}/{args.reps}: load average {loadavg()}", flush=True)
+            got: dict[tuple[str, str], Outcome] = {}
+            for srv in order:
+                for kind in LOADS:
+                    bx = multi if kind == "mix" else single
+                    say(f"rep {rep} {srv.label}: {kind}, {len(bx)} client(s)")
+                    o = one_load(
+                        srv,
+                        kind,
+                        bx,
+                        args.ops,
+                        bodies,
+                        headers,
+                        args.timeout,
+                        cpu if srv is s_ours else None,
+                    )
+                    print(f"  rep {rep} load avg {o.load1}  {describe(o)}", flush=True)
+                    got[(srv.label, kind)] = o
+            results.append((rep, got))
+    finally:
+        pl.stop_proc(dv_proc, "dovecot")
+        rl.stop_all(lab)
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(
+        f"IMAP, ours (lab 163 config, ports moved) vs Dovecot {pl.dovecot_version().split()[0]},"
+        f" {args.messages} x {args.size} B, plain IMAP from loopback, {args.reps} reps;"
+        " rate = units / (first command sent -> last answered, over all clients)"
+    )
+    head = (
+        f"{'rep':>3} | {'load':<10} | {'units':>6} | {'ours load avg':>14} | {'ours s':>7}"
+        f" | {'ours /s':>8} | {'dv load avg':>14} | {'dv s':>7} | {'dv /s':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    cols: dict[tuple[str, str], list[float]] = {
+        (s, k): [] for s in ("ours", "dovecot") for k in LOADS
+    }
+    for rep, got in results:
+        for kind in LOADS:
+            a, b = got[("ours", kind)], got[("dovecot", kind)]
+            for o in (a, b):
+                if o.rate:
+                    cols[(o.server, kind)].append(o.rate)
+            print(
+                f"{rep:>3} | {kind:<10} | {a.units:>6} | {a.load1:>14}"
+                f" | {pl.fmt(a.seconds, '.3f'):>7} | {pl.fmt(a.rate):>8} | {b.load1:>14}"
+                f" | {pl.fmt(b.seconds, '.3f'):>7} | {pl.fmt(b.rate):>8}"
+            )
+    med = {k: statistics.median(v) if v else None for k, v in cols.items()}
+    for kind in LOADS:
+        mo, md = med[("ours", kind)], med[("dovecot", kind)]
+        ratio = mo / md if mo and md else None
+        verdict = "-" if ratio is None else "PASS" if ratio >= BAR else "FAIL"
+        u = UNIT[kind]
+        print(
+            f"{kind:<10} median {u}/s: ours {pl.fmt(mo)}, dovecot {pl.fmt(md)};"
+            f" ratio ours/dovecot {pl.fmt(ratio, '.2f')}x (bar >= {BAR:.1f}x: {verdict})"
+        )
+    print(f"load average at end: {loadavg()}")
+    complete = all(len(v) == args.reps for v in cols.values())
+    return 0 if complete else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="See the module docstring for details (read the file).",
+    )
+    ap.add_argument(
+        "--messages", type=int, default=2000, help="messages of the 1-client loads (2000)"
+    )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=10,
+        help="clients/mailboxes of the mix load, --messages/--clients messages each (10)",
+    )
+    ap.add_argument("--ops", type=int, default=200, help="commands per client of the mix (200)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
+    ap.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
+    ap.add_argument("--timeout", type=float, default=120, help="deadline of each load, s (120)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+    if min(args.messages, args.clients, args.ops, args.reps, args.size) < 1:
+        ap.error("--messages, --clients, --ops, --reps and --size must be >= 1")
+    if args.messages % args.clients:
+        ap.error("--messages must be a multiple of --clients")
+    if os.geteuid() != 0:
+        ap.error("run as root: the private Dovecot runs its users as uid 65534")
+    if not shutil.which("dovecot") or not Path("/usr/lib/dovecot/imap").exists():
+        ap.error("dovecot missing (apt-get install dovecot-core dovecot-imapd)")
+    return rl.run_interruptible(lambda: run(args), "both servers stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
