@@ -621,8 +621,9 @@ class NewMessage(Protocol):
         """Blocking: create the file if needed, append data, fsync it."""
         ...
 
-    def publish(self) -> str:
-        """Blocking: move it into the mailbox durably; returns the message key."""
+    def publish(self, folder: str = "INBOX") -> str:
+        """Blocking: move it into the mailbox durably (into folder, such as "Junk", if the
+        mailbox has it; else the INBOX); returns the message key."""
         ...
 
     def discard(self) -> None: ...
@@ -715,8 +716,9 @@ class MailStore(Protocol):
         """A message to be written into the mailbox's INBOX (nothing is created yet)."""
         ...
 
-    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes]) -> str:
-        """Blocking: one durable copy of the bytes in the INBOX; returns the message key."""
+    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes], folder: str = "INBOX") -> str:
+        """Blocking: one durable copy of the bytes in the INBOX (or in folder, if the mailbox
+        has it); returns the message key."""
         ...
 
     def clean_stale(self) -> int:

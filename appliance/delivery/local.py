@@ -54,6 +54,22 @@ def delivery_prefix(mail_from: str, mailbox: Mailbox) -> bytes:
     ).encode()
 
 
+JUNK = "Junk"  # the RFC 6154 \\Junk folder every IMAP user has
+HEAD = 64 * 1024  # how much of a message is looked at for the marks below
+# what our filters write at the top of a message that belongs in Junk: DMARC's quarantine
+# disposition (appliance.filters.dmarc) and SpamAssassin's verdict (X-Spam-Flag: YES)
+JUNK_MARKS = (b"\nx-dmarc-quarantine:", b"\nx-spam-flag: yes")
+
+
+def folder_for(head: bytes) -> str:
+    """Where a message goes, from its first octets: Junk when its header carries a mark of
+    ours that says so (a sender who forges one only sends his own mail to Junk), else the
+    INBOX. A mailbox without a Junk folder gets it in the INBOX (the store decides)."""
+    end = head.find(b"\r\n\r\n")
+    block = b"\n" + (head if end < 0 else head[:end]).lower()
+    return JUNK if any(mark in block for mark in JUNK_MARKS) else "INBOX"
+
+
 def _deferred_text(error: OSError) -> str:
     return f"cannot write to maildir: {error.strerror or error}"
 
@@ -121,11 +137,18 @@ class LocalCopies:
         for mailbox in self.mailboxes:
             if self._aborted:
                 break
+            rest = body.chunks()
+            head: list[bytes] = []
+            for chunk in rest:  # enough of the start to see the header's marks
+                head.append(chunk)
+                if sum(map(len, head)) >= HEAD or b"\r\n\r\n" in chunk:
+                    break
             chunks: Iterator[bytes] = itertools.chain(
-                [delivery_prefix(mail_from, mailbox)], body.chunks()
+                [delivery_prefix(mail_from, mailbox)], head, rest
             )
+            folder = folder_for(b"".join(head)[:HEAD])
             try:
-                copies.append((mailbox, store.deliver(mailbox, chunks)))
+                copies.append((mailbox, store.deliver(mailbox, chunks, folder)))
             except Exception:
                 copies.append((mailbox, Failure()))
         return copies
@@ -159,8 +182,11 @@ class LocalStream:
         self.mailbox = mailbox
         self.new: NewMessage = target.store.new_message(mailbox)
         self._buffer = bytearray(delivery_prefix(message.envelope.mail_from, mailbox))
+        self._head = bytearray()  # the message's first HEAD octets: where it goes
 
     def write(self, data: bytes) -> None:
+        if len(self._head) < HEAD:
+            self._head += data[: HEAD - len(self._head)]
         self._buffer += data
         if len(self._buffer) >= WRITE_BUFFER:
             try:
@@ -178,12 +204,13 @@ class LocalStream:
     def commit(self) -> Deferred[RecipientResult]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        return self.target.pool.run(self._finish, data).addCallback(self._sent)
+        folder = folder_for(bytes(self._head))
+        return self.target.pool.run(self._finish, data, folder).addCallback(self._sent)
 
-    def _finish(self, data: bytes) -> str:
+    def _finish(self, data: bytes, folder: str) -> str:
         """Thread: the rest of the bytes, fsync, then into the mailbox durably."""
         self.new.write_rest(data)
-        return self.new.publish()
+        return self.new.publish(folder)
 
     def _sent(self, key: str) -> RecipientResult:
         self.target.store.announce(self.mailbox)

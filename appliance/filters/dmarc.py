@@ -9,7 +9,7 @@ labels (there is no Public Suffix List here; for names under a public suffix of 
 such as example.co.uk, that is one label too few and such domains find no record).
 
 A fail under p=reject is refused, 550 5.7.1; under p=quarantine the message is delivered
-with an X-DMARC-Quarantine header (the Junk folder comes with IMAP's folders); pct= samples
+with an X-DMARC-Quarantine header, which local delivery files in the Junk folder; pct= samples
 as section 6.6.4 says (an unsampled reject becomes quarantine, an unsampled quarantine none).
 A DNS failure is dmarc=temperror and no policy. Authentication-Results gets
 `dmarc=<result> (p=.. dis=..) header.from=<domain>`.

@@ -155,14 +155,18 @@ class Maildir:
     def tmp_path(self, name: str) -> str:
         return f"{self._tmp}/{name}"
 
-    def publish(self, name: str, size: int, dirsync: DirSync | None = None) -> str:
-        """Move a written and fsync'd tmp/ file into new/ and fsync new/; returns the new name.
+    def publish(
+        self, name: str, size: int, dirsync: DirSync | None = None, into: Maildir | None = None
+    ) -> str:
+        """Move a written and fsync'd tmp/ file into new/ (of `into`, another folder of the
+        same mailbox, if given) and fsync that new/; returns the new name.
 
         If the directory fsync fails the file is taken out of new/ again: the caller reports a
         failure, and a message the sender will retry must not also be delivered now.
         """
         final = f"{name},S={size}"
-        src, dst = f"{self._tmp}/{name}", f"{self._new}/{final}"
+        new = into._new if into is not None else self._new
+        src, dst = f"{self._tmp}/{name}", f"{new}/{final}"
         try:
             os.rename(src, dst)
         except OSError:
@@ -170,9 +174,9 @@ class Maildir:
             raise
         try:
             if dirsync is not None:
-                dirsync.sync(self._new)
+                dirsync.sync(new)
             else:
-                fsync_dir(self._new)
+                fsync_dir(new)
         except OSError:
             unlink_quietly(dst)
             raise
@@ -183,12 +187,17 @@ class Maildir:
         return self.deliver_chunks([data], hostname, dirsync)
 
     def deliver_chunks(
-        self, chunks: Iterable[bytes], hostname: str, dirsync: DirSync | None = None
+        self,
+        chunks: Iterable[bytes],
+        hostname: str,
+        dirsync: DirSync | None = None,
+        into: Maildir | None = None,
     ) -> str:
-        """Deliver the concatenated chunks durably; returns the message's name in new/."""
+        """Deliver the concatenated chunks durably; returns the message's name in new/ (of
+        `into`, if given)."""
         fd, name = self.create_tmp(hostname)
         size = fill_and_sync(fd, self.tmp_path(name), chunks)
-        return self.publish(name, size, dirsync)
+        return self.publish(name, size, dirsync, into)
 
     # -- reading and moving (for POP3 / IMAP) ------------------------------------------------
 

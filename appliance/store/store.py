@@ -53,8 +53,15 @@ def base_of(name: str) -> str:
 class MaildirNewMessage:
     """interfaces.NewMessage: a tmp/ file in one Maildir, published into new/."""
 
-    def __init__(self, maildir: Maildir, hostname: str, dirsync: DirSync) -> None:
+    def __init__(
+        self,
+        maildir: Maildir,
+        hostname: str,
+        dirsync: DirSync,
+        folder_of: Callable[[str], Maildir | None] = lambda folder: None,
+    ) -> None:
         self.maildir = maildir
+        self.folder_of = folder_of  # another folder of the mailbox, if it exists
         self.hostname = hostname
         self.dirsync = dirsync
         self.size = 0
@@ -94,10 +101,11 @@ class MaildirNewMessage:
             self.discard()
             raise
 
-    def publish(self) -> str:
+    def publish(self, folder: str = INBOX) -> str:
         name, self._name = self._name, None  # publish() cleans up after itself
         assert name is not None and self._fd is None, "write_rest() first"
-        return self.maildir.publish(name, self.size, self.dirsync)
+        into = self.folder_of(folder) if folder.upper() != INBOX else None
+        return self.maildir.publish(name, self.size, self.dirsync, into)
 
     def discard(self) -> None:
         fd, self._fd = self._fd, None
@@ -164,10 +172,27 @@ class MaildirStore:
         self.maildir(mailbox)
 
     def new_message(self, mailbox: Mailbox) -> MaildirNewMessage:
-        return MaildirNewMessage(self.maildir(mailbox), self.hostname, self.dirsync)
+        return MaildirNewMessage(
+            self.maildir(mailbox),
+            self.hostname,
+            self.dirsync,
+            lambda folder: self._folder_if_there(mailbox, folder),
+        )
 
-    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes]) -> str:
-        return self.maildir(mailbox).deliver_chunks(chunks, self.hostname, self.dirsync)
+    def deliver(self, mailbox: Mailbox, chunks: Iterator[bytes], folder: str = INBOX) -> str:
+        into = self._folder_if_there(mailbox, folder) if folder.upper() != INBOX else None
+        return self.maildir(mailbox).deliver_chunks(chunks, self.hostname, self.dirsync, into)
+
+    def _folder_if_there(self, mailbox: Mailbox, folder: str) -> Maildir | None:
+        """A folder to deliver into, if it exists (else the INBOX takes the message); a
+        special-use folder (Junk) is made first for a user who never had them."""
+        try:
+            md = self.folder(mailbox, folder)
+        except ValueError:
+            return None
+        if not md.exists() and folder in folders.SPECIAL_USE:
+            self.special_use(mailbox)
+        return md if md.exists() else None
 
     def clean_stale(self) -> int:
         # Maildir tmp/ files of deliveries cut short: the Maildir rule is to remove them after

@@ -191,3 +191,33 @@ def test_random_bytes_never_reach_a_traceback(imap, seed) -> None:
     c.send(b"\r\n" * 3)
     out = c.send(b"z NOOP\r\n")
     assert "z OK" in out or c.closed
+
+
+def test_fetch_of_a_big_folder_waits_for_a_client_that_does_not_read(imap) -> None:
+    """Back-pressure: once the transport says its buffer is full (pauseProducing), FETCH
+    renders no further batch until it drains; then it goes on to the tagged OK."""
+    body = b"y" * 100_000
+    for i in range(40):
+        imap.deliver(message(f"big {i}", body.decode()))
+    c = imap.logged_in()
+    c.ok("SELECT INBOX")
+    written = []
+    real_write = c.transport.write
+
+    def write(data: bytes) -> None:
+        written.append(len(data))
+        real_write(data)
+        if sum(written) > 256 * 1024:
+            c.session.pauseProducing()  # what a full transport buffer does
+
+    c.transport.write = write  # type: ignore[method-assign]
+    out = c.send(b"f1 FETCH 1:* BODY.PEEK[]\r\n")
+    assert "f1 OK" not in out
+    held = sum(written)
+    assert held < 4 * 1024 * 1024, held  # at most a batch or two, not 4 MB
+    written.clear()
+    c.transport.write = real_write  # type: ignore[method-assign]
+    c.session.resumeProducing()
+    rest = c.read()
+    assert rest.rstrip().endswith("f1 OK Fetch completed.") and rest.count(" FETCH (") >= 1
+    assert (out + rest).count(" FETCH (BODY[] {") == 40

@@ -39,10 +39,13 @@ def send(a: Appliance, subject: str, body: bytes) -> None:
         s.send_message(msg)
 
 
-def delivered(a: Appliance, subject: str, timeout: float = 30) -> bytes:
+def delivered(a: Appliance, subject: str, timeout: float = 30, folder: str = "") -> bytes:
+    """The message with this subject in USER's INBOX (or in folder: ".Junk")."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for m in a.messages(USER):
+        new = a.maildir(USER) / folder / "new"
+        found = [p.read_bytes() for p in new.iterdir()] if new.is_dir() else []
+        for m in found:
             if f"Subject: {subject}".encode() in m:
                 return m
         time.sleep(0.05)
@@ -65,10 +68,11 @@ def test_filters_lab_eicar_refused_nothing_delivered(filtered: Appliance) -> Non
 
 
 def test_filters_lab_gtube_delivered_tagged(filtered: Appliance) -> None:
-    """GTUBE (no reject_score in the lab): delivered, X-Spam-Flag: YES first, the score
-    1000 and more, GTUBE among the tests."""
+    """GTUBE (no reject_score in the lab): delivered into Junk, X-Spam-Flag: YES first, the
+    score 1000 and more, GTUBE among the tests."""
     send(filtered, "gtube", GTUBE)
-    m = delivered(filtered, "gtube")
+    m = delivered(filtered, "gtube", folder=".Junk")
+    assert not [x for x in filtered.messages(USER) if b"Subject: gtube" in x]  # not the INBOX
     # local delivery's headers, then the filters' (the chain's Authentication-Results
     # first, then each filter's in chain order), then our Received
     names = [line.split(b":")[0] for line in m.split(b"\r\n\r\n")[0].split(b"\r\n")]
