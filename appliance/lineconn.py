@@ -160,6 +160,27 @@ class LineConnection(protocol.Protocol):
         except Exception:
             self.tls_info = "TLS"
 
+    def addresses(self) -> tuple[str, str]:
+        """(the client's IP, ours) of the connection ("unknown" / "" when not TCP); sets
+        peer_ip. For connectionMade."""
+        transport = self.transport
+        host = getattr(transport.getPeer() if transport else None, "host", None)
+        self.peer_ip = host if isinstance(host, str) else "unknown"
+        get_host = getattr(transport, "getHost", None)
+        local = getattr(get_host(), "host", None) if get_host is not None else None
+        return self.peer_ip, local if isinstance(local, str) else ""
+
+    def no_delay(self) -> None:
+        """Replies go out at once (TCP_NODELAY): a request-reply protocol whose second small
+        write would otherwise wait for the ACK of the first, which the client delays (40 ms
+        on Linux). Through TLSMemoryBIOProtocol the call reaches the TCP transport."""
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket (a UNIX socket, a test transport)
+
     # ------------------------------------------------------------------ IPushProducer
 
     def pauseProducing(self) -> None:  # noqa: N802 (Twisted's API)

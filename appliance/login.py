@@ -20,7 +20,63 @@ from twisted.python.failure import Failure
 
 from appliance.errors import ApplianceError
 from appliance.interfaces import Authenticator, LoginAttempt, LoginThrottle, SaslCredentials
+from appliance.log import printable
 from appliance.sasl import UNTHROTTLED
+
+
+class AccessEvents:
+    """The mail events of one POP3 or IMAP session, each a maillog line in Dovecot's words
+    (the fail2ban dovecot filter matches them): a subclass gives the formats. `event` names
+    what happened (login, auth_failed, auth_refused, timeout, reject, and the subclass's
+    own); session_id, peer and client (the client's IP) are on every event; client-given
+    text (user names) is cut with printable() here."""
+
+    LOGIN = ""
+    LOGIN_TLS = ""
+    AUTH_FAILED = ""
+    AUTH_REFUSED = ""
+    TIMEOUT = ""
+    REJECT = ""
+
+    def __init__(self, log: Logger, session_id: str, peer: str, local: str) -> None:
+        self.log = log
+        self.session_id = session_id
+        self.peer = peer
+        self.local = local
+
+    def _emit(self, log_format: str, event: str, **fields: object) -> None:
+        self.log.info(
+            log_format,
+            event=event,
+            session_id=self.session_id,
+            peer=self.peer,
+            client=self.peer,
+            local=self.local,
+            **fields,
+        )
+
+    def login(self, user: str, method: str, tls: bool) -> None:
+        self._emit(
+            self.LOGIN_TLS if tls else self.LOGIN, "login", user=user, sasl_method=method, tls=tls
+        )
+
+    def auth_failed(self, user: str, method: str, attempts: int) -> None:
+        self._emit(
+            self.AUTH_FAILED,
+            "auth_failed",
+            user=printable(user, 100),
+            sasl_method=method,
+            attempts=attempts,
+        )
+
+    def auth_refused(self, user: str, method: str) -> None:
+        self._emit(self.AUTH_REFUSED, "auth_refused", user=printable(user, 100), sasl_method=method)
+
+    def timeout(self, reason: str) -> None:
+        self._emit(self.TIMEOUT, "timeout", reason=reason)
+
+    def reject(self, reason: str) -> None:
+        self._emit(self.REJECT, "reject", reason=reason)
 
 
 class LoginEvents(Protocol):

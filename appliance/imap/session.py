@@ -112,13 +112,8 @@ class IMAPSession(LineConnection):
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's API)
         f = self.factory
         s = f.settings
-        host = getattr(self.transport.getPeer() if self.transport else None, "host", None)
-        self.peer_ip = host if isinstance(host, str) else "unknown"
-        get_host = getattr(self.transport, "getHost", None)
-        local = getattr(get_host(), "host", None) if get_host is not None else None
-        self.events = IMAPEvents(
-            f.events, self.session_id, self.peer_ip, local if isinstance(local, str) else ""
-        )
+        peer, local = self.addresses()
+        self.events = IMAPEvents(f.events, self.session_id, peer, local)
         self.login_check = LoginCheck(
             authenticator=f.authenticator,
             throttle=f.throttle,
@@ -127,12 +122,7 @@ class IMAPSession(LineConnection):
             events=self.events,
             answers=self,
         )
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
+        self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"
         if not f.slots.admit(self.peer_ip, self):

@@ -3,16 +3,13 @@
 Every method emits one event on the listener's Logger (appliance.log.mail_logger("pop3d")) with
 a literal format string, in Dovecot's words (`pop3-login: Login: user=<u>, method=PLAIN,
 rip=192.0.2.7, lip=192.0.2.1, TLS`), so the fail2ban dovecot filter matches the failures.
-`event` names what happened (login, auth_failed, auth_refused, logout, timeout, reject);
-session_id, peer and client (the client's IP) are on every event. Client-given text (user
-names) is cut with printable() here.
+appliance.login.AccessEvents emits them (event names, session fields, cut user names);
+this module gives the formats and the POP3-only events.
 """
 
 from __future__ import annotations
 
-from twisted.logger import Logger
-
-from appliance.log import printable
+from appliance.login import AccessEvents
 
 LOGIN = "pop3-login: Login: user=<{user}>, method={sasl_method}, rip={client}, lip={local}"
 LOGIN_TLS = LOGIN + ", TLS"
@@ -33,40 +30,15 @@ TIMEOUT = "pop3-login: Disconnected: {reason}: rip={client}, lip={local}"
 REJECT = "pop3-login: Disconnected: {reason}: rip={client}, lip={local}"
 
 
-class POP3Events:
+class POP3Events(AccessEvents):
     """The mail events of one POP3 session."""
 
-    def __init__(self, log: Logger, session_id: str, peer: str, local: str) -> None:
-        self.log = log
-        self.session_id = session_id
-        self.peer = peer
-        self.local = local
-
-    def _emit(self, log_format: str, event: str, **fields: object) -> None:
-        self.log.info(
-            log_format,
-            event=event,
-            session_id=self.session_id,
-            peer=self.peer,
-            client=self.peer,
-            local=self.local,
-            **fields,
-        )
-
-    def login(self, user: str, method: str, tls: bool) -> None:
-        self._emit(LOGIN_TLS if tls else LOGIN, "login", user=user, sasl_method=method, tls=tls)
-
-    def auth_failed(self, user: str, method: str, attempts: int) -> None:
-        self._emit(
-            AUTH_FAILED,
-            "auth_failed",
-            user=printable(user, 100),
-            sasl_method=method,
-            attempts=attempts,
-        )
-
-    def auth_refused(self, user: str, method: str) -> None:
-        self._emit(AUTH_REFUSED, "auth_refused", user=printable(user, 100), sasl_method=method)
+    LOGIN = LOGIN
+    LOGIN_TLS = LOGIN_TLS
+    AUTH_FAILED = AUTH_FAILED
+    AUTH_REFUSED = AUTH_REFUSED
+    TIMEOUT = TIMEOUT
+    REJECT = REJECT
 
     def in_use(self, user: str) -> None:
         self._emit(IN_USE, "in_use", user=user)
@@ -97,9 +69,3 @@ class POP3Events:
             messages=messages,
             size=size,
         )
-
-    def timeout(self, reason: str) -> None:
-        self._emit(TIMEOUT, "timeout", reason=reason)
-
-    def reject(self, reason: str) -> None:
-        self._emit(REJECT, "reject", reason=reason)

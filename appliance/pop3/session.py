@@ -86,23 +86,10 @@ class POP3Session(LineConnection):
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's API)
         f = self.factory
         s = f.settings
-        host = getattr(self.transport.getPeer() if self.transport else None, "host", None)
-        self.peer_ip = host if isinstance(host, str) else "unknown"
-        get_host = getattr(self.transport, "getHost", None)
-        local = getattr(get_host(), "host", None) if get_host is not None else None
-        self.events = POP3Events(
-            f.events, self.session_id, self.peer_ip, local if isinstance(local, str) else ""
-        )
-        # RETR and TOP write the +OK, then the message a worker-thread round trip later: with
-        # Nagle's algorithm on, that second small write waits for the ACK of the first, which
-        # the client delays (40 ms on Linux): ~44 ms per message. Replies go out at once.
-        # (Through TLSMemoryBIOProtocol on 995 the call reaches the TCP transport.)
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass  # not a TCP socket (a UNIX socket, a test transport)
+        peer, local = self.addresses()
+        self.events = POP3Events(f.events, self.session_id, peer, local)
+        # RETR and TOP write the +OK, then the message a worker-thread round trip later
+        self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
         if not f.slots.admit(self.peer_ip, self):

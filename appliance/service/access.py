@@ -32,47 +32,39 @@ def tcp_endpoint(hp: HostPort) -> str:
     return f"tcp:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
 
 
-def pop3_enabled(config: Config) -> bool:
-    p = config.pop3
-    return bool(p.listen or p.pop3s_listen)
+def _limits(section: Any) -> SessionLimits:
+    """The deadlines of a [pop3] or [imap] section."""
+    return SessionLimits(
+        idle_timeout=section.idle_timeout,
+        command_timeout=section.command_timeout,
+        greeting_timeout=section.login_timeout,
+        stress_timeout=section.stress_timeout,
+        stress_threshold=section.stress_threshold / 100,
+    )
 
 
-def make_pop3_service(
+def _access_service(
     prepared: Prepared,
+    name: str,
+    ports: tuple[tuple[bool, tuple[HostPort, ...], str], ...],
+    factory_class: type[POP3Factory] | type[IMAPFactory],
+    settings: Any,
     store: MaildirStore,
     pool: WorkerPool,
     reactor: Any,
     throttle: FailureThrottle,
 ) -> service.MultiService:
-    """The 110 (STLS) and 995 listeners over the store the queue delivers into, sharing the
-    users, the login throttle and one set of connection slots."""
-    cfg = prepared.config
+    """One protocol's listeners: ports are (implicit TLS, addresses, listener name); every
+    factory shares the users, the throttle, the events and one set of connection slots."""
     parts = prepared.mail
-    assert parts is not None, "POP3 needs the [auth] users that load_mail_parts() loads"
-    p = cfg.pop3
-    settings = POP3Settings(
-        hostname=cfg.appliance.hostname,
-        max_command_line=p.max_command_line,
-        limits=SessionLimits(
-            idle_timeout=p.idle_timeout,
-            command_timeout=p.command_timeout,
-            greeting_timeout=p.login_timeout,
-            stress_timeout=p.stress_timeout,
-            stress_threshold=p.stress_threshold / 100,
-        ),
-        max_connections=p.max_connections,
-        max_connections_per_ip=p.max_connections_per_ip,
-        max_errors=p.max_errors,
-        plaintext_networks=cfg.auth.plaintext_networks,
-        mechanisms=cfg.auth.mechanisms,
-    )
+    assert parts is not None, f"{name} needs the [auth] users that load_mail_parts() loads"
     slots = ConnectionSlots.for_service(settings)
     tls = prepared.tls.context_factory
-    pop3 = service.MultiService()
-    pop3.setName("pop3")
-    events = mail_logger("pop3d")
-    for implicit, addresses, name in ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s")):
-        factory = POP3Factory(
+    parent = service.MultiService()
+    parent.setName(name)
+    events = mail_logger(f"{name}d")
+    for implicit, addresses, label in ports:
+        factory = factory_class(
             settings,
             implicit_tls=implicit,
             store=store,
@@ -87,9 +79,40 @@ def make_pop3_service(
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if implicit else factory
         for hp in addresses:
             listener = strports.service(tcp_endpoint(hp), wrapped, reactor=reactor)
-            listener.setName(f"{name} {hp}")
-            listener.setServiceParent(pop3)
-    return pop3
+            listener.setName(f"{label} {hp}")
+            listener.setServiceParent(parent)
+    return parent
+
+
+def pop3_enabled(config: Config) -> bool:
+    p = config.pop3
+    return bool(p.listen or p.pop3s_listen)
+
+
+def make_pop3_service(
+    prepared: Prepared,
+    store: MaildirStore,
+    pool: WorkerPool,
+    reactor: Any,
+    throttle: FailureThrottle,
+) -> service.MultiService:
+    """The 110 (STLS) and 995 listeners over the store the queue delivers into."""
+    cfg = prepared.config
+    p = cfg.pop3
+    settings = POP3Settings(
+        hostname=cfg.appliance.hostname,
+        max_command_line=p.max_command_line,
+        limits=_limits(p),
+        max_connections=p.max_connections,
+        max_connections_per_ip=p.max_connections_per_ip,
+        max_errors=p.max_errors,
+        plaintext_networks=cfg.auth.plaintext_networks,
+        mechanisms=cfg.auth.mechanisms,
+    )
+    ports = ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s"))
+    return _access_service(
+        prepared, "pop3", ports, POP3Factory, settings, store, pool, reactor, throttle
+    )
 
 
 def imap_enabled(config: Config) -> bool:
@@ -106,20 +129,12 @@ def make_imap_service(
 ) -> service.MultiService:
     """The 143 (STARTTLS) and 993 listeners, as POP3's."""
     cfg = prepared.config
-    parts = prepared.mail
-    assert parts is not None, "IMAP needs the [auth] users that load_mail_parts() loads"
     i = cfg.imap
     settings = IMAPSettings(
         hostname=cfg.appliance.hostname,
         max_command_line=i.max_command_line,
         max_literal=i.max_literal,
-        limits=SessionLimits(
-            idle_timeout=i.idle_timeout,
-            command_timeout=i.command_timeout,
-            greeting_timeout=i.login_timeout,
-            stress_timeout=i.stress_timeout,
-            stress_threshold=i.stress_threshold / 100,
-        ),
+        limits=_limits(i),
         max_connections=i.max_connections,
         max_connections_per_ip=i.max_connections_per_ip,
         max_errors=i.max_errors,
@@ -128,27 +143,7 @@ def make_imap_service(
         idle_poll=i.idle_poll,
         quick_store_calls=i.quick_store_calls,
     )
-    slots = ConnectionSlots.for_service(settings)
-    tls = prepared.tls.context_factory
-    imap = service.MultiService()
-    imap.setName("imap")
-    events = mail_logger("imapd")
-    for implicit, addresses, name in ((False, i.listen, "imap"), (True, i.imaps_listen, "imaps")):
-        factory = IMAPFactory(
-            settings,
-            implicit_tls=implicit,
-            store=store,
-            authenticator=parts.users.authenticator,
-            tls=tls,
-            throttle=throttle,
-            pool=pool,
-            events=events,
-            reactor=reactor,
-            slots=slots,
-        )
-        wrapped = TLSMemoryBIOFactory(tls, False, factory) if implicit else factory
-        for hp in addresses:
-            listener = strports.service(tcp_endpoint(hp), wrapped, reactor=reactor)
-            listener.setName(f"{name} {hp}")
-            listener.setServiceParent(imap)
-    return imap
+    ports = ((False, i.listen, "imap"), (True, i.imaps_listen, "imaps"))
+    return _access_service(
+        prepared, "imap", ports, IMAPFactory, settings, store, pool, reactor, throttle
+    )

@@ -54,42 +54,8 @@ class FolderOps:
         self, wanted: Iterable[tuple[str, tuple[str, str] | None]], limit: int
     ) -> dict[str, bytes | None]:
         """The bytes (at most limit + 1) of messages given as (key, where last seen); None
-        for one gone meanwhile. One directory descriptor per subdir, names opened under it."""
-        out: dict[str, bytes | None] = {}
-        dirs: dict[str, int] = {}
-        try:
-            for key, where in wanted:
-                data: bytes | None = None
-                for _ in range(2):
-                    if where is None:
-                        break
-                    subdir, name = where
-                    dfd = dirs.get(subdir)
-                    if dfd is None:
-                        dfd = dirs[subdir] = os.open(
-                            f"{self.md.path}/{subdir}", os.O_RDONLY | os.O_DIRECTORY
-                        )
-                    try:
-                        fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-                    except FileNotFoundError:
-                        where = self._relocate(key)  # its flags changed meanwhile
-                        continue
-                    try:
-                        want = min(limit, os.fstat(fd).st_size) + 1
-                        data = os.read(fd, want)
-                        while len(data) < want:
-                            more = os.read(fd, want - len(data))
-                            if not more:
-                                break
-                            data += more
-                    finally:
-                        os.close(fd)
-                    break
-                out[key] = data
-        finally:
-            for dfd in dirs.values():
-                os.close(dfd)
-        return out
+        for one gone meanwhile."""
+        return self.md.read_many(wanted, limit, self._relocate)
 
     # -- flags
 

@@ -101,39 +101,8 @@ class MaildirMaildrop:
             return open(self._path(where), "rb")
 
     def read(self, numbers: Iterable[int], limit: int) -> dict[int, bytes | None]:
-        # one descriptor per folder, names opened relative to it: no walk of the long path
-        # per message (and no buffered file object), which is most of reading a 1 KB file
-        out: dict[int, bytes | None] = {}
-        dirs: dict[str, int] = {}
-        try:
-            for number in numbers:
-                i = self._index(number)
-                where: tuple[str, str] | None = self._where[i]
-                data: bytes | None = None
-                for _ in range(2):
-                    if where is None:
-                        break
-                    subdir, name = where
-                    dfd = dirs.get(subdir)
-                    if dfd is None:
-                        dfd = dirs[subdir] = os.open(
-                            f"{self.maildir.path}/{subdir}", os.O_RDONLY | os.O_DIRECTORY
-                        )
-                    try:
-                        fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-                    except FileNotFoundError:
-                        where = self._relocate(i)
-                        continue
-                    try:
-                        data = os.read(fd, limit + 1)
-                    finally:
-                        os.close(fd)
-                    break
-                out[number] = data
-        finally:
-            for dfd in dirs.values():
-                os.close(dfd)
-        return out
+        wanted = [(number, self._where[self._index(number)]) for number in numbers]
+        return self.maildir.read_many(wanted, limit, lambda n: self._relocate(n - 1))
 
     def _unlink(self, i: int) -> str | None:
         """Remove message i; the subdir it was removed from, None if it was gone already."""
