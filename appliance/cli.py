@@ -26,8 +26,10 @@ from appliance.names import is_user_address
 from appliance.paths import Paths, dkim_domains
 from appliance.queue.inspect import format_list, list_queue, show_message
 from appliance.service import dkim_store, load_mail_parts, load_zones, tls_settings
+from appliance.service.web import ALIASES, client_settings, web_enabled
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
+from appliance.web.autoconfig import srv_records
 
 
 def audit(cfg: config_mod.Config, command: str, target: str) -> None:
@@ -219,10 +221,13 @@ def cmd_dns_records(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     addresses = list(dict.fromkeys(a for a in listen if a not in ("0.0.0.0", "::")))
     keys = dkim_store(cfg).records()
     attention = 0
+    aliases = ALIASES if web_enabled(cfg) else ()
     for domain in dkim_domains(cfg):
+        clients = client_settings(cfg, (domain,))
         needed = needed_records(
             domain, hostname, addresses, spf=cfg.dns.spf, dmarc=cfg.dns.dmarc,
             dkim=keys.get(domain, []),
+            srv=srv_records(clients) if clients is not None else (), aliases=aliases,
         )  # fmt: skip
         print(f"{domain}: the records it needs, checked against the zones we serve")
         for c in check(authority, needed):
@@ -457,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     dns_sub.required = True
     records = dns_sub.add_parser(
         "records",
-        help="list MX, A, PTR, SPF, DKIM and DMARC records, marking what is missing",
+        help="list MX, A, PTR, SPF, DKIM, DMARC, SRV and autoconfig records, marking what is missing",
         description="For each [dkim] domain: every record it needs, whether our zones serve "
         "it (ok, MISSING, DIFFERS, or ELSEWHERE for names in zones we do not serve), and the "
         "zone-file line to add. Exit 1 if anything needs attention.",

@@ -422,6 +422,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "user": Key(text, "", "whose SpamAssassin preferences spamd applies (User: header)"),
     },
+    "web": {
+        "listen": Key(
+            addresses(8443),
+            "",
+            "HTTPS (our certificate): metrics and client autoconfiguration, e.g. 127.0.1.1:8443",
+        ),
+        "autoconfig_listen": Key(
+            addresses(80),
+            "",
+            "plain HTTP for client autoconfiguration only (Thunderbird's http:// lookups)",
+        ),
+        "metrics_token_file": Key(
+            path, NONE, "a file holding the bearer token /metrics requires (default: none)"
+        ),
+    },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
         "audit": Key(
@@ -601,6 +616,11 @@ def _cross_checks(
         p = tls.get(k)
         if p is not None and not p.is_file():
             problems.append(f"{label}: [tls] {k}: no such file: {p}")
+    token = sections["web"].get("metrics_token_file")
+    if token is not None and not token.is_file():
+        problems.append(f"{label}: [web] metrics_token_file: no such file: {token}")
+    elif token is not None and not token.read_text("utf-8", "replace").strip():
+        problems.append(f"{label}: [web] metrics_token_file: the file is empty: {token}")
     dns = sections["dns"]
     # a listen value that failed to convert is absent here and already reported
     if "dns" in present and dns.get("enabled") and "listen" in dns and dns["listen"] is None:

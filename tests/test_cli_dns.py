@@ -32,8 +32,11 @@ def test_dns_records_all_ok_with_dkim_keys_published(tmp_path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "163.com: the records it needs, checked against the zones we serve"
-    assert sum(" ok " in f" {x} " for x in lines) == 7  # MX, A, PTR, SPF, 2 DKIM, DMARC
+    # MX, A, PTR, SPF, 2 DKIM, DMARC, 6 SRV (RFC 6186), autoconfig and autodiscover
+    assert sum(" ok " in f" {x} " for x in lines) == 15
     assert sum("._domainkey.163.com TXT" in x for x in lines) == 2
+    assert sum("._tcp.163.com SRV" in x for x in lines) == 6
+    assert any("autoconfig.163.com CNAME" in x for x in lines)
 
 
 def test_dns_records_differs_and_elsewhere_with_lines_to_add(tmp_path) -> None:

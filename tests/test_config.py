@@ -103,7 +103,7 @@ def test_load_many_errors_reported_together_one_line_each(tmp_path: Path) -> Non
     missing = tmp_path / "missing.zone"
     assert problems_of(p) == [
         "lab.ini: [zone:example.test] file: no such file: " + str(missing),
-        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, imap, limits, spf, dkim, dnsbl, dmarc, clamav, spamassassin, log, tls, zone:NAME)",
+        "lab.ini: [smtpd]: unknown section (known sections: appliance, dns, smtp, auth, queue, relay, pop3, imap, limits, spf, dkim, dnsbl, dmarc, clamav, spamassassin, web, log, tls, zone:NAME)",
         "lab.ini: [appliance] colour: unknown key (known keys: group, hostname, state_dir, user)",
         "lab.ini: [appliance] hostname: required key is missing",
         "lab.ini: [dns] listen: port must be 0-65535, got 99999",
@@ -300,3 +300,21 @@ def test_imap_section_defaults_and_rfc_minimum(tmp_path: Path) -> None:
         "lab.ini: [imap] listen: IMAP serves the mailboxes SMTP delivers into and the users of "
         "[auth]: configure [smtp] listen too",
     ]
+
+
+def test_web_metrics_token_file_must_exist_and_hold_a_token(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [web]
+        metrics_token_file = token
+        """)  # fmt: skip
+    assert problems_of(p) == [
+        f"lab.ini: [web] metrics_token_file: no such file: {tmp_path / 'token'}"
+    ]
+    (tmp_path / "token").write_text("\n")
+    assert problems_of(p) == [
+        f"lab.ini: [web] metrics_token_file: the file is empty: {tmp_path / 'token'}"
+    ]
+    (tmp_path / "token").write_text("s3cret\n")
+    assert config.load(p).web.metrics_token_file == tmp_path / "token"

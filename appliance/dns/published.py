@@ -1,7 +1,9 @@
 """The records the appliance publishes in its own zones, kept in step with its configuration:
 SPF at the apex of each mail domain (a zone with an MX record at its apex) and DMARC at
-_dmarc.<domain>, from [dns] spf and dmarc, and the public DKIM keys (<selector>._domainkey
-TXT records) the key store lists.
+_dmarc.<domain>, from [dns] spf and dmarc, the public DKIM keys (<selector>._domainkey
+TXT records) the key store lists, and for client autoconfiguration the RFC 6186 SRV records
+(_imaps._tcp.<domain> ...) of the listeners configured and, when the web listener serves
+autoconfiguration, autoconfig.<domain> and autodiscover.<domain> as CNAMEs of our host.
 
 A zone file that has its own record of a kind keeps it: what the admin wrote wins, and
 `dns records` shows where the two differ. TXT data longer than 255 bytes is split into
@@ -47,6 +49,12 @@ def is_mail_domain(origin: str, records: Sequence[dns.RRHeader]) -> bool:
     return any(rr.type == dns.MX and rr.name.name.lower() == apex for rr in records)
 
 
+def _has_owner(records: Sequence[dns.RRHeader], owner: bytes, rtype: int | None = None) -> bool:
+    return any(
+        rr.name.name.lower() == owner and (rtype is None or rr.type == rtype) for rr in records
+    )
+
+
 def published(
     origin: str,
     records: Sequence[dns.RRHeader],
@@ -54,9 +62,14 @@ def published(
     spf: str,
     dmarc: str,
     keys: Sequence[tuple[str, str]] = (),
+    srv: Sequence[tuple[str, int, int, int, str]] = (),
+    aliases: Sequence[str] = (),
+    host: str = "",
 ) -> list[dns.RRHeader]:
     """The records to add to zone origin: keys (owner, TXT data) that fall inside it, and
-    for a mail domain SPF and DMARC; a name the zone file has TXT data for keeps its own."""
+    for a mail domain SPF, DMARC, srv ((label such as "_imaps._tcp", priority, weight, port,
+    target) under the apex) and aliases (labels such as "autoconfig", CNAMEs of host); a name
+    the zone file has data of that kind for keeps its own."""
     origin = origin.rstrip(".").lower()
     out = []
     for owner, text in keys:
@@ -72,4 +85,14 @@ def published(
     owner = f"_dmarc.{origin}"
     if dmarc and not _has_txt(records, owner.encode("ascii"), b"v=dmarc1"):
         out.append(txt_record(owner, dmarc))
+    for label, priority, weight, port, target in srv:
+        owner = f"{label}.{origin}"
+        if not _has_owner(records, owner.encode("ascii"), dns.SRV):
+            srv_data = dns.Record_SRV(priority, weight, port, target.rstrip("."), ttl=TTL)
+            out.append(dns.RRHeader(owner.encode(), dns.SRV, dns.IN, TTL, srv_data, auth=True))
+    for label in aliases if host else ():
+        owner = f"{label}.{origin}"
+        if not _has_owner(records, owner.encode("ascii")):
+            alias = dns.Record_CNAME(host.rstrip(".").encode("ascii"), ttl=TTL)
+            out.append(dns.RRHeader(owner.encode(), dns.CNAME, dns.IN, TTL, alias, auth=True))
     return out

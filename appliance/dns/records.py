@@ -1,7 +1,8 @@
 """What a mail domain needs in DNS, checked against what our zones serve (`dns records`).
 
 needed_records() lists, for one domain: its MX (our hostname), the hostname's A/AAAA (each
-SMTP listen address), the PTR of each address, SPF, DMARC and every published DKIM key.
+SMTP listen address), the PTR of each address, SPF, DMARC, every published DKIM key, the
+RFC 6186 SRV records of the client listeners and the autoconfig/autodiscover names.
 check() looks each up in our Authority and says: ok, missing, or differs (with what is
 served), and gives the zone-file line to add. A name outside every zone we serve is "not
 ours": the line is for whoever serves that zone.
@@ -17,7 +18,15 @@ from twisted.names import dns
 
 from appliance.dns.authority import Authority
 
-TYPES = {"MX": dns.MX, "A": dns.A, "AAAA": dns.AAAA, "PTR": dns.PTR, "TXT": dns.TXT}
+TYPES = {
+    "MX": dns.MX,
+    "A": dns.A,
+    "AAAA": dns.AAAA,
+    "PTR": dns.PTR,
+    "TXT": dns.TXT,
+    "SRV": dns.SRV,
+    "CNAME": dns.CNAME,
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,12 @@ def needed_records(
     spf: str,
     dmarc: str,
     dkim: Sequence[tuple[str, str]],
+    srv: Sequence[tuple[str, int, int, int, str]] = (),
+    aliases: Sequence[str] = (),
 ) -> list[Needed]:
+    """srv: the RFC 6186 records of the client listeners ("_imaps._tcp", priority, weight,
+    port, target); aliases: the names client autoconfiguration looks up ("autoconfig"),
+    which must lead to our host."""
     out = [Needed(domain, "MX", f"10 {hostname}.", "mail for the domain comes to us")]
     for ip in addresses:
         kind = "AAAA" if ":" in ip else "A"
@@ -64,6 +78,11 @@ def needed_records(
         out.append(Needed(owner, "TXT", f'"{text}"', "DKIM public key"))
     if dmarc:
         out.append(Needed(f"_dmarc.{domain}", "TXT", f'"{dmarc}"', "DMARC policy"))
+    for label, priority, weight, port, target in srv:
+        value = f"{priority} {weight} {port} {target.rstrip('.')}."
+        out.append(Needed(f"{label}.{domain}", "SRV", value, "clients find the server: RFC 6186"))
+    for label in aliases:
+        out.append(Needed(f"{label}.{domain}", "CNAME", f"{hostname}.", "client autoconfiguration"))
     return out
 
 
@@ -77,6 +96,10 @@ def _served(rr: dns.RRHeader) -> str:
         return f"{p.name.name.decode()}."
     if rr.type == dns.TXT:
         return '"' + b"".join(p.data).decode("utf-8", "replace") + '"'
+    if rr.type == dns.SRV:
+        return f"{p.priority} {p.weight} {p.port} {p.target.name.decode()}."
+    if rr.type == dns.CNAME:
+        return f"{p.name.name.decode()}."
     return str(p)
 
 

@@ -77,6 +77,7 @@ from appliance.service.access import (
     tcp_endpoint,
 )
 from appliance.service.mail_security import dkim_store, make_filters, make_signer
+from appliance.service.web import make_web_service, web_enabled
 from appliance.service.zones import build_zones, load_zone_files, load_zones
 from appliance.smtp.factory import SMTPFactory
 from appliance.smtp.rdns import ReverseLookup
@@ -698,6 +699,8 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
             make_pop3_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
         if imap_enabled(cfg):
             make_imap_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
+        if web_enabled(cfg):
+            make_web_service(prepared, reactor).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:
             placeholder = service.MultiService()

@@ -16,6 +16,8 @@ from appliance.dns.published import published
 from appliance.dns.zonefile import load_zone
 from appliance.errors import ZoneError
 from appliance.service.mail_security import dkim_store
+from appliance.service.web import ALIASES, client_settings, web_enabled
+from appliance.web.autoconfig import srv_records
 
 
 def load_zone_files(config: Config, problems: list[str]) -> dict[str, list[Any]]:
@@ -31,15 +33,29 @@ def load_zone_files(config: Config, problems: list[str]) -> dict[str, list[Any]]
 
 def build_zones(config: Config, files: dict[str, list[Any]]) -> list[Zone]:
     """The zones we serve: each file's records and what we publish in it (SPF, DMARC, the
-    DKIM keys of the key store). Raises ZoneError, DKIMError."""
+    DKIM keys of the key store, the RFC 6186 SRV records of the client listeners, the
+    autoconfig/autodiscover names when the web listener serves them). Raises ZoneError,
+    DKIMError."""
     d = config.dns
     keys = [r for records in dkim_store(config).records().values() for r in records]
+    aliases = ALIASES if web_enabled(config) else ()
     zones = []
     for zc in config.zones:
         records = files.get(zc.origin)
         if records is None:
             continue
-        extra = published(zc.origin, records, spf=d.spf, dmarc=d.dmarc, keys=keys)
+        clients = client_settings(config, (zc.origin.rstrip("."),))
+        srv = srv_records(clients) if clients is not None else []
+        extra = published(
+            zc.origin,
+            records,
+            spf=d.spf,
+            dmarc=d.dmarc,
+            keys=keys,
+            srv=srv,
+            aliases=aliases,
+            host=config.appliance.hostname,
+        )
         zones.append(Zone(zc.origin, records + extra, zc.allow_transfer))
     return zones
 
