@@ -1,5 +1,5 @@
-"""The `mailappliance` admin command: check-config, ca init|issue|show, dkim init|rotate|show,
-dns records, user, queue, config-help."""
+"""The `mailappliance` admin command: check-config, status, ca init|issue|show, dkim
+init|rotate|show, dns records, user, queue, config-help."""
 
 from __future__ import annotations
 
@@ -17,19 +17,16 @@ from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_admin import add_user, delete_user, set_password
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.schemes import STRONG_SCHEMES
+from appliance.cli_status import cmd_status, dns_checks
 from appliance.control.client import parse_queue_id, send_command
 from appliance.dkim.keys import DKIMKeyStore, KeyInfo
-from appliance.dns.authority import Authority
-from appliance.dns.records import check, needed_records
 from appliance.errors import ApplianceError, ConfigError
 from appliance.names import is_user_address
 from appliance.paths import Paths, dkim_domains
 from appliance.queue.inspect import format_list, list_queue, show_message
-from appliance.service import dkim_store, load_mail_parts, load_zones, tls_settings
-from appliance.service.web import ALIASES, client_settings, web_enabled
+from appliance.service import load_mail_parts, load_zones, tls_settings
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
-from appliance.web.autoconfig import srv_records
 
 
 def audit(cfg: config_mod.Config, command: str, target: str) -> None:
@@ -211,26 +208,10 @@ def cmd_dkim_show(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dns_records(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    problems: list[str] = []
-    zones = load_zones(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    authority = Authority(zones)
-    hostname = cfg.appliance.hostname
-    listen = [hp.host for hp in (*cfg.smtp.listen, *cfg.smtp.smtps_listen)]
-    addresses = list(dict.fromkeys(a for a in listen if a not in ("0.0.0.0", "::")))
-    keys = dkim_store(cfg).records()
     attention = 0
-    aliases = ALIASES if web_enabled(cfg) else ()
-    for domain in dkim_domains(cfg):
-        clients = client_settings(cfg, (domain,))
-        needed = needed_records(
-            domain, hostname, addresses, spf=cfg.dns.spf, dmarc=cfg.dns.dmarc,
-            dkim=keys.get(domain, []),
-            srv=srv_records(clients) if clients is not None else (), aliases=aliases,
-        )  # fmt: skip
+    for domain, checked in dns_checks(cfg):
         print(f"{domain}: the records it needs, checked against the zones we serve")
-        for c in check(authority, needed):
+        for c in checked:
             label = {
                 "ok": "ok",
                 "missing": "MISSING",
@@ -543,6 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.set_defaults(func=cmd_user_list)
 
+    st = sub.add_parser(
+        "status",
+        help="the appliance at a glance; exits 1 when something needs attention",
+        description="Whether the appliance runs and what it listens on (over its control "
+        "socket), the queue (deferred messages with their reasons, the oldest one's age), the "
+        "certificate's names and expiry, the DNS records each mail domain needs, and each "
+        "mailbox's size. Exit status 0: all well; 1: something needs attention (not running, "
+        "a deferred message older than a day, a certificate that should have been renewed, a "
+        "DNS record missing); 2: the configuration is wrong. For cron or monitoring.",
+    )
+    st.set_defaults(func=cmd_status)
     queue = sub.add_parser(
         "queue",
         help="list, show, flush, delete, hold and release queued messages",

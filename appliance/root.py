@@ -13,6 +13,7 @@ import grp
 import os
 import pwd
 import sys
+import time
 from typing import Any
 
 from twisted.application import internet, service
@@ -65,8 +66,20 @@ class ApplianceService(service.MultiService):
                 where = f"{e.interface or '*'}:{e.port}"
                 raise _BindFailed(f"{name}: cannot listen on {where}: {e.socketError}") from None
 
+    started = 0.0  # time.time() at start, for `mailappliance status`
+
+    def describe(self) -> dict[str, Any]:
+        """What `mailappliance status` is told over the control socket (JSON-able): the pid,
+        the start time, and each child service with whether it runs and its listeners."""
+        services = {}
+        for child in self:
+            listeners = self._describe(child) if isinstance(child, service.MultiService) else []
+            services[child.name] = {"running": bool(child.running), "listeners": listeners}
+        return {"pid": os.getpid(), "started": self.started, "services": services}
+
     def startService(self) -> None:
         self.drop_privileges()
+        self.started = time.time()
         super().startService()
         self.log.info(
             "mailappliance {hostname} ready: {services}",

@@ -4,6 +4,8 @@ One request a connection, one JSON object a line each way (at most MAX_LINE byte
 
     -> {"command": "flush", "queue_id": "3F1A2B4C5D"}     queue_id null or "ALL": every message
     <- {"ok": true, "count": 1}                            messages affected (0: none)
+    -> {"command": "status"}
+    <- {"ok": true, "status": {"pid": 1234, "started": 1764590000.0, "services": {...}}}
     <- {"ok": false, "error": "unknown command 'frob'"}
 
 The server (appliance.control.server) runs in the appliance; this side is a plain blocking
@@ -22,7 +24,9 @@ from typing import Any
 from appliance.errors import ApplianceError
 
 COMMANDS = ("flush", "delete", "hold", "release")
-MAX_LINE = 4096
+STATUS = "status"  # -> {"ok": true, "status": {...}}: what the running appliance says of itself
+MAX_LINE = 4096  # a request
+MAX_ANSWER = 256 * 1024  # an answer (a status lists every listener)
 ALL = "ALL"
 _QUEUE_ID = re.compile(r"[0-9A-Fa-f]{10}")
 
@@ -93,6 +97,6 @@ def _read_line(s: socket.socket) -> bytes:
         if not chunk:
             break  # closed without a line ending: the JSON check tells what came
         data += chunk
-        if len(data) > MAX_LINE:
+        if len(data) > MAX_ANSWER:
             break
     return data.split(b"\n", 1)[0]

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from appliance.control.client import COMMANDS, MAX_LINE, parse_queue_id
+from appliance.control.client import COMMANDS, MAX_LINE, STATUS, parse_queue_id
 from appliance.errors import ApplianceError
 from appliance.interfaces import QueueAdmin
 from appliance.log import printable
@@ -56,9 +57,12 @@ def parse_request(line: bytes) -> tuple[str, str | None]:
     if unknown:
         raise BadRequest(f"unknown field(s) in the request: {', '.join(unknown)}")
     command = request.get("command")
+    if command == STATUS:
+        return command, None
     if not isinstance(command, str) or command not in COMMANDS:
         raise BadRequest(
-            f"unknown command {printable(str(command), 40)!r}: expected one of {', '.join(COMMANDS)}"
+            f"unknown command {printable(str(command), 40)!r}: expected one of "
+            f"{', '.join((*COMMANDS, STATUS))}"
         )
     queue_id = request.get("queue_id")
     if queue_id is None:
@@ -100,6 +104,13 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         except BadRequest as e:
             self.log.warn("control: bad request: {reason}", reason=str(e))
             self.answer({"ok": False, "error": str(e)})
+            return
+        if command == STATUS:
+            describe = self.factory.describe
+            if describe is None:
+                self.answer({"ok": False, "error": "this appliance gives no status"})
+            else:
+                self.answer({"ok": True, "status": describe()})
             return
         d = defer.maybeDeferred(getattr(self.admin, command), queue_id)
         d.addCallbacks(
@@ -169,11 +180,16 @@ class ControlFactory(Factory):
     noisy = False
 
     def __init__(
-        self, admin: QueueAdmin, idle_timeout: float = IDLE_TIMEOUT, events: Logger | None = None
+        self,
+        admin: QueueAdmin,
+        idle_timeout: float = IDLE_TIMEOUT,
+        events: Logger | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.admin = admin
         self.idle_timeout = idle_timeout
         self.events = events  # the mail event stream, for admin events (None: none)
+        self.describe = describe  # what `status` answers (JSON-able), None: no status
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         protocol = ControlProtocol(self.admin, self.idle_timeout)
@@ -196,9 +212,10 @@ class ControlService(service.Service):
         reactor: Any = None,
         idle_timeout: float = IDLE_TIMEOUT,
         events: Logger | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
-        self.factory = ControlFactory(admin, idle_timeout, events)
+        self.factory = ControlFactory(admin, idle_timeout, events, describe)
         self.uid = uid
         self.gid = gid
         self.reactor = reactor

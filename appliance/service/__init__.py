@@ -669,7 +669,11 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         queue.setName("queue")
         queue.setServiceParent(root)
         control = ControlService(
-            paths.control_socket, scheduler, events=mail_logger("control"), **_owner(cfg)
+            paths.control_socket,
+            scheduler,
+            events=mail_logger("control"),
+            describe=root.describe,
+            **_owner(cfg),
         )
         control.setName("control")
         control.setServiceParent(root)

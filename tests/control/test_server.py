@@ -316,3 +316,27 @@ def test_parse_request_and_queue_id() -> None:
     assert parse_queue_id("all") is None
     with pytest.raises(ValueError, match="10 hex digits"):
         parse_queue_id("GGGGGGGGGG")
+
+
+@pytest_twisted.inlineCallbacks
+def test_status_answered_by_describe_or_refused_without(
+    tmp_path: Path,
+) -> Generator[Any, Any, None]:
+    """`status` answers what the wiring's describe() says, a big answer included; a control
+    service given no describe says so; the queue admin is not asked either way."""
+    path = tmp_path / "control.sock"
+    admin = FakeAdmin()
+    listeners = [f"smtp 127.0.1.1:{port}" for port in range(20000, 22000)]  # > 4096 bytes
+    svc = started(path, admin, describe=lambda: {"pid": 7, "services": {"smtp": listeners}})
+    try:
+        reply = yield threads.deferToThread(send_command, path, "status", None)
+    finally:
+        yield svc.stopService()
+    assert reply == {"ok": True, "status": {"pid": 7, "services": {"smtp": listeners}}}
+    svc = started(path, admin)
+    try:
+        reply = yield threads.deferToThread(send_command, path, "status", None)
+    finally:
+        yield svc.stopService()
+    assert reply == {"ok": False, "error": "this appliance gives no status"}
+    assert admin.calls == []

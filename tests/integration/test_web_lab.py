@@ -168,3 +168,36 @@ def test_metrics_move_with_mail_rejections_and_logins(web_lab) -> None:
         time.sleep(0.2)
     assert all(moved.values()), moved
     assert total(after, "mailappliance_queue_messages", state="active") >= 0
+
+
+def status(a: Appliance) -> subprocess.CompletedProcess[str]:
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "mailappliance")
+    return subprocess.run(
+        [cli, "--config", str(a.ini), "status"], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_status_healthy_then_unhealthy(web_lab, tmp_path) -> None:
+    """`mailappliance status`: 0 and every listener for the running lab appliance; 1 with the
+    reasons for one that is not running and whose zone lost a record."""
+    r = status(web_lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "appliance: running, pid" in out and out.rstrip().endswith("all well")
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert f"imaps {web_lab.ip}:{web_lab.ports[993]}" in lines["imap"], out
+    assert f"https {web_lab.ip}:{web_lab.ports[8443]}" in lines["web"], out
+    assert " up " in lines["smtp"] and " up " in lines["queue"], out
+    assert "dns 163.com: 13 of 13 records ok" in out and "certificate:" in out
+    stopped = make_lab(tmp_path)["163"]  # never started: no control socket, no certificate
+    zone = stopped.ini.parent / "163" / "163.com.zone"
+    zone.write_text(zone.read_text() + '@ IN TXT "v=spf1 ip4:192.0.2.1 -all"\n')
+    r = status(stopped)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ATTENTION not running" in r.stdout
+    assert "ATTENTION 163.com TXT differs" in r.stdout
+    assert "ATTENTION cannot read" in r.stdout  # no certificate issued yet
+    assert "thing(s) need attention" in r.stdout
