@@ -202,7 +202,8 @@ class MailStore(Protocol):
     def peek_messages(self, mailbox: Mailbox, folder: str = "INBOX") -> FolderListing | None:
         """As list_messages, but never writing or fsyncing anything (cheap enough for
         QuickCalls): None when messages came or went since the last look, which only
-        list_messages may number or drop."""
+        list_messages may number or drop, or when the look would take a long listing (a big
+        folder that changed): call list_messages in a worker thread then."""
         ...
 
     def keywords(self, mailbox: Mailbox, folder: str) -> list[str]:

@@ -37,6 +37,7 @@ from appliance.store.uidlist import UidList
 
 CACHED = 64  # folders whose last look is kept
 FRESH_NS = 2_000_000_000  # a folder changed this recently is always listed again
+PEEK_LIMIT = 5000  # peek() lists no folder bigger than this (it runs on the reactor)
 
 Found = list[tuple[int, str, str, str, int]]  # (uid, key, subdir, name, size) in UID order
 
@@ -111,7 +112,9 @@ class Scanner:
 
     def peek(self, md: Maildir) -> FolderState | None:
         """As state(), but writing nothing: None when messages came or went since the last
-        look (the uid list must number or drop them: call state())."""
+        look (the uid list must number or drop them: call state()), and when the folder
+        would have to be listed and holds more than PEEK_LIMIT messages (too long a listing
+        for a caller on the reactor thread)."""
         return self._look(md, False)
 
     def _look(self, md: Maildir, write: bool) -> FolderState | None:
@@ -124,6 +127,8 @@ class Scanner:
                 if stamp is not None and cached.stamp == stamp:
                     return cached
         if not write:
+            if cached is not None and len(cached.found) > PEEK_LIMIT:
+                return None  # listing this many files is no quick call: the caller's pool
             state = self._renamed_only(md, cached)
             if state is None:
                 return None

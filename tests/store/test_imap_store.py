@@ -143,3 +143,17 @@ def test_peek_never_writes_and_gives_none_when_messages_came(store) -> None:
     assert store.peek_messages(BOX) is None
     assert uidlist.read_bytes() == before
     assert len(store.list_messages(BOX).messages) == 2
+
+
+def test_peek_refuses_to_list_a_big_changed_folder(store, monkeypatch) -> None:
+    """A look that would list a folder of more than PEEK_LIMIT messages is not a quick call:
+    peek_messages says None (the caller asks list_messages in a worker thread)."""
+    from appliance.store import scan
+
+    monkeypatch.setattr(scan, "PEEK_LIMIT", 2)
+    for i in range(3):
+        store.add_message(BOX, "INBOX", f"m{i}\r\n".encode(), frozenset())
+    listing = store.list_messages(BOX)
+    store.change_flags(BOX, "INBOX", [listing.messages[0].key], frozenset({"\\Seen"}), "+")
+    assert store.peek_messages(BOX) is None
+    assert store.list_messages(BOX).messages[0].flags == {"\\Seen"}
