@@ -406,6 +406,9 @@ class DNSEngine:
         self.recursion_networks = tuple(recursion_networks)
         self.edns_udp_size = edns_udp_size
         self._acl_cache: dict[str, bool] = {}
+        # answers sent, by rcode (the low 4 bits of the header's fourth octet): counted by
+        # the protocols as they send, one list increment each; read by the metrics at scrape
+        self.answered: list[int] = [0] * 16
 
     def recursion_allowed(self, ip: str) -> bool:
         allowed = self._acl_cache.get(ip)
@@ -522,6 +525,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         key = data[2:]
         hit = table.get(key)
         if hit is not None:
+            self.engine.answered[hit[1] & 15] += 1
             self.transport.write(data[:2] + hit, addr)
             return
         try:
@@ -538,6 +542,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
                 if len(table) >= _MAX_FAST_ENTRIES:
                     table.clear()
                 table[key] = result[2:]
+            self.engine.answered[result[3] & 15] += 1
             self.transport.write(result, addr)
             return
         result.addCallback(self._send_later, addr)
@@ -547,6 +552,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
 
     def _send_later(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
+            self.engine.answered[data[3] & 15] += 1
             self.transport.write(data, addr)
 
 
@@ -662,6 +668,7 @@ class DNSTCPProtocol(Int16StringReceiver):
         pending = self._pending
         if isinstance(result, bytes):
             if not pending:  # nothing ahead of it: the common case
+                self.factory.engine.answered[result[3] & 15] += 1
                 self.sendString(result)
                 return
             pending.append([result])
@@ -693,6 +700,7 @@ class DNSTCPProtocol(Int16StringReceiver):
         while pending and pending[0][0] is not None:
             answer = pending.popleft()[0]
             if answer:
+                self.factory.engine.answered[answer[3] & 15] += 1
                 self.sendString(answer)
         deadlines = self._deadlines
         if not pending and deadlines is not None and deadlines.held:

@@ -704,7 +704,10 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         if imap_enabled(cfg):
             make_imap_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
         if web_enabled(cfg):
-            make_web_service(prepared, reactor).setServiceParent(root)
+            counts = engine.answered if engine is not None else None
+            make_web_service(
+                prepared, reactor, (lambda: counts) if counts is not None else None
+            ).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:
             placeholder = service.MultiService()

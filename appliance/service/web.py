@@ -12,6 +12,7 @@ stream; the queue gauges count the spool's files at each scrape.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
@@ -115,14 +116,17 @@ def mail_domains(prepared: Prepared) -> tuple[str, ...]:
     return tuple(dict.fromkeys([d for d in (own, *zones) if d]))
 
 
-def make_web_service(prepared: Prepared, reactor: Any) -> WebService:
-    """The web listeners, and the metrics observer on the mail event stream."""
+def make_web_service(
+    prepared: Prepared, reactor: Any, dns_answered: Callable[[], Sequence[int]] | None = None
+) -> WebService:
+    """The web listeners, and the metrics observer on the mail event stream; dns_answered:
+    the DNS server's answer counts by rcode, for the metrics."""
     cfg = prepared.config
     w = cfg.web
     domains = mail_domains(prepared)
     settings = client_settings(cfg, domains)
     queue_dir = Paths.of(cfg).state_dir / "queue"
-    metrics = Metrics(queue_sizes=lambda: count_queue(queue_dir))
+    metrics = Metrics(queue_sizes=lambda: count_queue(queue_dir), dns_answered=dns_answered)
     web = WebService(metrics)
     web.setName("web")
     token = None

@@ -18,8 +18,9 @@ A queued event names the queue id but not who handed the message in: the smtpd `
 event that gave the id (at DATA) is remembered, a bounded number of ids, so the queued event
 counts as service="smtpd"; a message the appliance wrote itself (a DSN) is "other". transport
 is "local" for relay=local, "relay" for anything else (a host, or "none" when no host was
-reached). DNS answers and TLS handshakes are not mail events: the wiring calls dns_answered()
-and tls_handshake(). The queue's sizes are asked for at scrape time, by a collector of ours.
+reached). DNS answers and TLS handshakes are not mail events: the DNS server's counts by
+rcode are read at each scrape (the dns_answered callback), and the wiring may call
+tls_handshake(). The queue's sizes are asked for at scrape time, by a collector of ours.
 
 Label values stay bounded whatever the clients do: each is one of a fixed set (services,
 stages, statuses, filter names, TLS versions, rcodes) or "other", SMTP codes are three-digit
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import hmac
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -132,7 +133,16 @@ class QueueCollector(Collector):
 class Metrics:
     """The appliance's metrics; an observer of the mail event stream."""
 
-    def __init__(self, queue_sizes: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        queue_sizes: Callable[[], dict[str, int]] | None = None,
+        dns_answered: Callable[[], Sequence[int]] | None = None,
+    ) -> None:
+        """dns_answered: the DNS server's answers so far by rcode number (0..15), read at
+        each scrape (the server counts with one list increment per answer, far cheaper than
+        a call here per query)."""
+        self.dns_counts = dns_answered
+        self._dns_seen = [0] * 16
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Counter(
@@ -258,12 +268,21 @@ class Metrics:
 
     # ------------------------------------------------------------------ not mail events
 
-    def dns_answered(self, rcode: str) -> None:
+    def _sync_dns(self) -> None:
+        if self.dns_counts is None:
+            return
+        for number, total in enumerate(self.dns_counts()):
+            delta = total - self._dns_seen[number] if number < 16 else 0
+            if delta > 0:
+                self._dns_seen[number] = total
+                self.dns_answered(str(number), delta)
+
+    def dns_answered(self, rcode: str, count: int = 1) -> None:
         """The DNS server answered a query with rcode ("NOERROR", "NXDOMAIN", ... or "3")."""
         name = rcode.strip().upper()
         if name.isdigit() and int(name) < len(RCODES):
             name = RCODES[int(name)]
-        self.dns_queries.labels(rcode=bounded(name, RCODES)).inc()
+        self.dns_queries.labels(rcode=bounded(name, RCODES)).inc(count)
 
     def tls_handshake(self, service: str, version: str) -> None:
         """A TLS handshake completed ("TLSv1.3", or "TLSv1.3 TLS_AES_256_GCM_SHA384")."""
@@ -276,6 +295,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The metrics in the Prometheus text format, and its content type."""
+        self._sync_dns()
         return generate_latest(self.registry), CONTENT_TYPE
 
 

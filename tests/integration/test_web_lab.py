@@ -167,7 +167,20 @@ def test_metrics_move_with_mail_rejections_and_logins(web_lab) -> None:
             break
         time.sleep(0.2)
     assert all(moved.values()), moved
-    assert total(after, "mailappliance_queue_messages", state="active") >= 0
+    assert ("mailappliance_queue_messages", (("state", "active"),)) in after
+
+
+def test_metrics_count_dns_answers_by_rcode(web_lab) -> None:
+    a = web_lab
+    before = scrape(a)
+    dig(a, "MX", "163.com")
+    dig(a, "A", "nosuchname.163.com")
+    after = scrape(a)
+    for rcode in ("NOERROR", "NXDOMAIN"):
+        grew = total(after, "mailappliance_dns_queries_total", rcode=rcode) - total(
+            before, "mailappliance_dns_queries_total", rcode=rcode
+        )
+        assert grew >= 1, (rcode, grew)
 
 
 def status(a: Appliance) -> subprocess.CompletedProcess[str]:
