@@ -159,6 +159,11 @@ class LineConnection(protocol.Protocol):
             self.tls_info = f"{conn.get_protocol_version_name()} {conn.get_cipher_name()}"
         except Exception:
             self.tls_info = "TLS"
+        self.tls_established(self.tls_info)
+
+    def tls_established(self, tls: str) -> None:
+        """A TLS handshake completed (tls: "TLSv1.3 TLS_AES_256_GCM_SHA384"): a subclass logs
+        it (the maillog line, the metrics)."""
 
     def addresses(self) -> tuple[str, str]:
         """(the client's IP, ours) of the connection ("unknown" / "" when not TCP); sets

@@ -37,6 +37,7 @@ class AccessEvents:
     AUTH_REFUSED = ""
     TIMEOUT = ""
     REJECT = ""
+    TLS = ""
 
     def __init__(self, log: Logger, session_id: str, peer: str, local: str) -> None:
         self.log = log
@@ -74,6 +75,9 @@ class AccessEvents:
 
     def timeout(self, reason: str) -> None:
         self._emit(self.TIMEOUT, "timeout", reason=reason)
+
+    def tls(self, tls: str) -> None:
+        self._emit(self.TLS, "tls", tls=tls)
 
     def reject(self, reason: str) -> None:
         self._emit(self.REJECT, "reject", reason=reason)

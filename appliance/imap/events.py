@@ -24,6 +24,7 @@ AUTH_REFUSED = (
 LOGOUT = "imap({user}): Disconnected: {reason} in={bytes_in} out={bytes_out}"
 TIMEOUT = "imap-login: Disconnected: {reason}: rip={client}, lip={local}"
 REJECT = "imap-login: Disconnected: {reason}: rip={client}, lip={local}"
+TLS = "imap-login: TLS established: {tls}, rip={client}, lip={local}"
 
 
 class IMAPEvents(AccessEvents):
@@ -35,6 +36,7 @@ class IMAPEvents(AccessEvents):
     AUTH_REFUSED = AUTH_REFUSED
     TIMEOUT = TIMEOUT
     REJECT = REJECT
+    TLS = TLS
 
     def logout(self, user: str, reason: str, *, bytes_in: int, bytes_out: int) -> None:
         self._emit(

@@ -175,6 +175,9 @@ class IMAPSession(LineConnection):
             self.login, self.logout_reason, bytes_in=self.bytes_in, bytes_out=self.bytes_out
         )
 
+    def tls_established(self, tls: str) -> None:
+        self.events.tls(tls)
+
     # ------------------------------------------------------------------ Slot (appliance.limits)
 
     def idle_since(self) -> float | None:

@@ -28,6 +28,7 @@ LOGOUT = (
 )
 TIMEOUT = "pop3-login: Disconnected: {reason}: rip={client}, lip={local}"
 REJECT = "pop3-login: Disconnected: {reason}: rip={client}, lip={local}"
+TLS = "pop3-login: TLS established: {tls}, rip={client}, lip={local}"
 
 
 class POP3Events(AccessEvents):
@@ -39,6 +40,7 @@ class POP3Events(AccessEvents):
     AUTH_REFUSED = AUTH_REFUSED
     TIMEOUT = TIMEOUT
     REJECT = REJECT
+    TLS = TLS
 
     def in_use(self, user: str) -> None:
         self._emit(IN_USE, "in_use", user=user)

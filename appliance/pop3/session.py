@@ -133,6 +133,9 @@ class POP3Session(LineConnection):
         if self.write_blocked and self.link is not None:
             self.link.abortConnection()
 
+    def tls_established(self, tls: str) -> None:
+        self.events.tls(tls)
+
     # ------------------------------------------------------------------ Slot (appliance.limits)
 
     def idle_since(self) -> float | None:

@@ -36,6 +36,7 @@ AUTH_REFUSED = (
     " user={sasl_username}"
 )
 TIMEOUT = "timeout after {stage} from {client}"
+TLS = "Anonymous TLS connection established from {client}: {tls}"
 
 
 class SessionEvents:
@@ -53,6 +54,10 @@ class SessionEvents:
         """A client connected (code and reason when it is turned away at once: 421)."""
         extra: dict[str, object] = {} if code is None else {"code": code, "reason": reason}
         self._emit(CONNECT, "connect", client=client, **extra)
+
+    def tls(self, client: str, tls: str) -> None:
+        """A TLS handshake completed, as Postfix logs it (the metrics count versions)."""
+        self._emit(TLS, "tls", client=client, tls=tls)
 
     def disconnect(self, client: str, commands: dict[str, int]) -> None:
         """The connection closed; commands counts the commands by (lower-case) verb."""

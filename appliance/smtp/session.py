@@ -189,6 +189,9 @@ class SMTPSession(SMTPConnection):
         txn = self.txn
         return txn is not None and txn.params.smtputf8
 
+    def tls_established(self, tls: str) -> None:
+        self.events.tls(self.client_label(), tls)
+
     def client_label(self) -> str:
         return f"{self.peer_name or 'unknown'}[{self.peer_ip}]"
 

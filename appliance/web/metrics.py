@@ -211,6 +211,7 @@ class Metrics:
             "queued": self._queued,
             "status": self._status,
             "filter": self._filter,
+            "tls": self._tls,
             **dict.fromkeys(_LOGIN_EVENTS, self._login),
         }
 
@@ -259,6 +260,11 @@ class Metrics:
         if component in SERVICES:  # not the throttle's or anyone else's "auth..." events
             result = _LOGIN_EVENTS[event["event"]]
             self.logins.labels(service=component, result=result).inc()
+
+    def _tls(self, component: str, event: dict[str, Any]) -> None:
+        tls = event.get("tls")
+        if isinstance(tls, str):
+            self.tls_handshake(component, tls)
 
     def _filter(self, component: str, event: dict[str, Any]) -> None:
         self.filter_verdicts.labels(

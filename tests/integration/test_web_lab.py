@@ -214,3 +214,30 @@ def test_status_healthy_then_unhealthy(web_lab, tmp_path) -> None:
     assert "ATTENTION 163.com TXT differs" in r.stdout
     assert "ATTENTION cannot read" in r.stdout  # no certificate issued yet
     assert "thing(s) need attention" in r.stdout
+
+
+def test_metrics_count_tls_handshakes_and_maillog_says_so(web_lab) -> None:
+    a = web_lab
+    before = scrape(a)
+    c = imaplib.IMAP4_SSL(a.ip, a.ports[993], ssl_context=verified(a), timeout=10)
+    c.login("user1@163.com", "user1pass")
+    c.logout()
+    with smtplib.SMTP(a.ip, a.ports[587], local_hostname="client.test", timeout=20) as s:
+        s.starttls(context=verified(a))
+        s.ehlo()
+    deadline = time.monotonic() + 20
+    while True:
+        after = scrape(a)
+        grew = {
+            service: total(after, "mailappliance_tls_handshakes_total", service=service)
+            - total(before, "mailappliance_tls_handshakes_total", service=service)
+            for service in ("imapd", "smtpd")
+        }
+        if all(v >= 1 for v in grew.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(v >= 1 for v in grew.values()), grew
+    assert total(after, "mailappliance_tls_handshakes_total", version="TLSv1.3") >= 2
+    log = (a.state / "maillog").read_text()
+    assert "imap-login: TLS established: TLSv1.3" in log
+    assert "Anonymous TLS connection established from unknown[127.0.0.1]: TLSv1.3" in log
