@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
+
 from appliance.imap.listing import RETURNS, SELECTION, Entry, list_entries, lsub_entries
 from appliance.imap.parser import Command, astring, mailbox_name, parse_datetime
+from appliance.imap.search import sequence_set_text
 from appliance.imap.selected import Selected
 from appliance.imap.session import AUTH, SELECTED, IMAPSession, command
 from appliance.imap.tokens import Arg, Atom, IString, ParseError
@@ -36,7 +39,7 @@ def _out(name: str) -> str:
     return mailbox_out(name).decode("utf-8")
 
 
-def _storage_no(s: IMAPSession, tag: str, exc: BaseException, what: str) -> None:
+def _storage_no(s: IMAPSession, tag: str, exc: BaseException) -> None:
     if isinstance(exc, FileNotFoundError):
         s.tagged(tag, "NO", "[NONEXISTENT] Mailbox doesn't exist.")
     elif isinstance(exc, FileExistsError):
@@ -48,13 +51,13 @@ def _storage_no(s: IMAPSession, tag: str, exc: BaseException, what: str) -> None
 
 
 def _run_folder_op(s: IMAPSession, tag: str, what: str, fn: Any, *args: Any) -> None:
-    def done(_: object) -> None:
-        s.hold(s.finish(tag, f"{what} completed.", sync=False), tag, what)
+    def done(_: object) -> defer.Deferred[None]:
+        return s.finish(tag, f"{what} completed.", sync=False)  # (input held until then)
 
     def failed(failure: Any) -> None:
         exc = failure.value
         if isinstance(exc, (FileNotFoundError, FileExistsError, ValueError)):
-            _storage_no(s, tag, exc, what)
+            _storage_no(s, tag, exc)
             return
         failure.raiseException()
 
@@ -325,9 +328,9 @@ def do_status(s: IMAPSession, cmd: Command, uid: bool) -> None:
     items = _status_items(cmd.args[1])
     store = s.factory.store
 
-    def answer(line: str) -> None:
+    def answer(line: str) -> defer.Deferred[None]:
         s.untagged(line)
-        s.hold(s.finish(cmd.tag, "Status completed.", sync=False), cmd.tag, "STATUS")
+        return s.finish(cmd.tag, "Status completed.", sync=False)
 
     def failed(failure: Any) -> None:
         if failure.check(FileNotFoundError, ValueError):
@@ -394,12 +397,10 @@ def do_append(s: IMAPSession, cmd: Command, uid: bool) -> None:
             uids.append(new_uid)
         return validity, uids
 
-    def saved(result: tuple[int, list[int]]) -> None:
+    def saved(result: tuple[int, list[int]]) -> defer.Deferred[None]:
         validity, uids = result
-        from appliance.imap.search import sequence_set_text
-
         code = f"[APPENDUID {validity} {sequence_set_text(sorted(uids))}]"
-        s.hold(s.finish(cmd.tag, f"{code} Append completed."), cmd.tag, "APPEND")
+        return s.finish(cmd.tag, f"{code} Append completed.")
 
     def failed(failure: Any) -> None:
         if failure.check(FileNotFoundError):

@@ -221,3 +221,22 @@ def test_fetch_of_a_big_folder_waits_for_a_client_that_does_not_read(imap) -> No
     rest = c.read()
     assert rest.rstrip().endswith("f1 OK Fetch completed.") and rest.count(" FETCH (") >= 1
     assert (out + rest).count(" FETCH (BODY[] {") == 40
+
+
+def test_pipelined_command_waits_for_the_one_before_it(imap) -> None:
+    """A command pipelined behind APPEND runs only once APPEND has answered, even when the
+    look at the folder after it goes to the worker pool (held here, one job at a time):
+    never two commands' jobs in the pool at once."""
+    from twisted.internet import defer
+
+    c = imap.logged_in()
+    c.ok("SELECT INBOX")
+    imap.pool.hold = True
+    out = c.send(b"a1 APPEND INBOX {1+}\r\nx\r\na2 NOOP\r\n")
+    while imap.pool.held:
+        assert len(imap.pool.held) == 1, (imap.pool.calls, out)
+        (d, f, args) = imap.pool.held.pop()
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+        out += c.read()
+    assert "a1 OK" in out and "a2 OK" in out, out
+    assert out.index("a1 OK") < out.index("a2 OK"), out
