@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from appliance.imap.mime import ParsedMessage, parse_section_spec
 from appliance.imap.tokens import Arg, Atom, ParseError
-from appliance.imap.wire import imap_date, literal, nstring
+from appliance.imap.wire import imap_date, literal
 
 SIMPLE = {
     "FLAGS",
@@ -186,6 +186,3 @@ def flags_update(seq: int, uid: int | None, flags: frozenset[str]) -> bytes:
     """An unsolicited `* n FETCH (FLAGS (...))` (with UID n in a UID command's answer)."""
     uid_part = b"UID %d " % uid if uid is not None else b""
     return b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, flag_list(flags))
-
-
-__all__ = ["FetchItem", "flag_list", "flags_update", "nstring", "parse_items", "render"]

@@ -30,7 +30,7 @@ from appliance.imap.selected import RECENT, Selected
 from appliance.imap.session import SELECTED, IMAPSession, command
 from appliance.imap.sort import parse_sort_criteria, sort_messages
 from appliance.imap.thread import thread
-from appliance.imap.tokens import Arg, Atom, ParseError
+from appliance.imap.tokens import Arg, Atom, ParseError, text_of
 from appliance.interfaces import Mailbox, StoredMessage
 
 BATCH = 256  # messages read and rendered in one worker job
@@ -471,9 +471,7 @@ def do_search(s: IMAPSession, cmd: Command, uid: bool) -> None:
 def _charset_and_keys(args: Sequence[Arg], what: str) -> list[Arg]:
     if len(args) < 2:
         raise ParseError(f"{what} needs a charset and search keys")
-    charset = str(args[0]).upper() if isinstance(args[0], (Atom, bytes)) else ""
-    if isinstance(args[0], bytes):
-        charset = bytes(args[0]).decode("ascii", "replace").upper()
+    charset = (text_of(args[0]) or "").upper()
     if charset not in ("UTF-8", "US-ASCII"):
         raise BadCharset(f"Unsupported charset {charset[:20]}")
     return list(args[1:])

@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from appliance.imap.events import IMAPEvents
+from appliance.imap.fetch import flags_update
 from appliance.imap.parser import BadCommand, Command, literal_at_end, parse_command
 from appliance.imap.selected import Selected, Updates
 from appliance.imap.tokens import ParseError
@@ -423,8 +424,6 @@ class IMAPSession(LineConnection):
         if updates.exists is not None:
             self.untagged(f"{updates.exists} EXISTS")
             self.untagged(f"{updates.recent or 0} RECENT")
-        from appliance.imap.fetch import flags_update
-
         for seq in updates.flags:
             if seq <= sel.exists:
                 uid = sel.uids[seq - 1] if uid_command else None

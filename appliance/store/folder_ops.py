@@ -22,7 +22,15 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 
-from appliance.durable import FILE_MODE, DirSync, atomic_replace, exclusive_lock, write_all
+from appliance.durable import (
+    FILE_MODE,
+    OPEN_NEW,
+    DirSync,
+    atomic_replace,
+    exclusive_lock,
+    fill_and_sync,
+    unlink_quietly,
+)
 from appliance.store.flags import Keywords
 from appliance.store.maildir import Maildir, unique_name
 
@@ -120,29 +128,27 @@ class FolderOps:
         self.md.ensure()
         name = self._tmp_name(received)
         path = self.md.tmp_path(name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        return self._publish(name, len(data), flags)
+        size = fill_and_sync(os.open(path, OPEN_NEW, FILE_MODE), path, [data])
+        return self._publish(name, size, flags)
 
-    def _publish(self, name: str, size: int, flags: frozenset[str]) -> str:
+    def _into_cur(self, name: str, size: int, flags: frozenset[str]) -> tuple[str, str]:
+        """Move a written tmp/ file into cur/ with its flags (no fsync); (key, cur/ path).
+        The tmp/ file is removed if that fails."""
         key = f"{name},S={size}"
         target = f"{self.md.path}/cur/{key}:2,{self.keywords.letters_of(flags)}"
         try:
             os.rename(self.md.tmp_path(name), target)
+        except BaseException:
+            unlink_quietly(self.md.tmp_path(name))
+            raise
+        return key, target
+
+    def _publish(self, name: str, size: int, flags: frozenset[str]) -> str:
+        key, target = self._into_cur(name, size, flags)
+        try:
             self.dirsync.sync(f"{self.md.path}/cur")
         except BaseException:
-            for path in (self.md.tmp_path(name), target):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            unlink_quietly(target)
             raise
         return key
 
@@ -178,9 +184,7 @@ class FolderOps:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            size = os.stat(tmp).st_size
-            new_key = f"{name},S={size}"
-            os.rename(tmp, f"{self.md.path}/cur/{new_key}:2,{self.keywords.letters_of(flags)}")
+            new_key, _ = self._into_cur(name, os.stat(tmp).st_size, flags)
             made.append((key, new_key))
         if made:
             self.dirsync.sync(f"{self.md.path}/cur")

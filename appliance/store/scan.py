@@ -162,16 +162,28 @@ class Scanner:
             for key in [k for k in self._states if k == path or k.startswith(path + ".")]:
                 del self._states[key]
 
+    @staticmethod
+    def _same_messages(
+        previous: FolderState | None,
+        files: dict[str, tuple[str, str]],
+        uidlist_id: tuple[int, int, int] | None,
+    ) -> bool:
+        """Whether the folder holds the messages of the last look (only names may differ),
+        with the same uid list: their UIDs stand and nothing needs writing."""
+        return (
+            previous is not None
+            and uidlist_id is not None
+            and previous.uidlist_id == uidlist_id
+            and files.keys() == previous.where.keys()
+        )
+
     def _renamed_only(self, md: Maildir, previous: FolderState | None) -> FolderState | None:
         """A look that writes nothing: possible while the messages are those of the last
         look (only their names changed)."""
         if previous is None or not md.exists():
             return None
         files = md.files()
-        uidlist_id = _file_id(f"{md.path}/{UIDLIST_FILE}")
-        if uidlist_id is None or previous.uidlist_id != uidlist_id:
-            return None
-        if files.keys() != previous.where.keys():
+        if not self._same_messages(previous, files, _file_id(f"{md.path}/{UIDLIST_FILE}")):
             return None
         return self._renamed(md, previous, files)
 
@@ -180,12 +192,8 @@ class Scanner:
         if not md.exists():
             md.ensure()  # as Dovecot does: a mailbox that never had mail still has an INBOX
         files = md.files()
-        uidlist_id = _file_id(f"{md.path}/{UIDLIST_FILE}")
-        if (
-            previous is not None
-            and uidlist_id is not None
-            and previous.uidlist_id == uidlist_id
-            and files.keys() == previous.where.keys()
+        if previous is not None and self._same_messages(
+            previous, files, _file_id(f"{md.path}/{UIDLIST_FILE}")
         ):
             return self._renamed(md, previous, files)
         state = UidList(md.path, self.allocate_for(md)).update(files)
