@@ -1,4 +1,5 @@
-"""Checking one login for POP3 and IMAP: the throttle, the Authenticator, the answers' timing.
+"""What POP3 and IMAP share: checking one login (the throttle, the Authenticator, the answers'
+timing), their login events, and the listener factory that holds their collaborators.
 
 A client the throttle blocks is refused without anything being checked (and disconnected);
 each login is admitted by the throttle before its credentials are checked, so parallel
@@ -10,18 +11,72 @@ IMAP's `NO [AUTHENTICATIONFAILED]`; the protocol takes over once the credentials
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IAddress, IOpenSSLContextFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appliance.errors import ApplianceError
-from appliance.interfaces import Authenticator, LoginAttempt, LoginThrottle, SaslCredentials
+from appliance.interfaces import (
+    Authenticator,
+    LoginAttempt,
+    LoginThrottle,
+    MailStore,
+    SaslCredentials,
+)
+from appliance.limits import ConnectionSlots, ServiceSettings
 from appliance.log import printable
 from appliance.sasl import UNTHROTTLED
+from appliance.workers import WorkerPool
+
+SessionT = TypeVar("SessionT", bound=protocol.Protocol)
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class AccessFactory(protocol.ServerFactory[SessionT], Generic[SessionT, SettingsT]):
+    """One POP3 or IMAP listener: its settings, the collaborators its sessions use, its
+    connection slots; a subclass names the session class (built as session_class(self)).
+
+    implicit_tls: the port is wrapped in TLS by the wiring (995, 993: no STLS/STARTTLS
+    offered); store: the mailboxes; authenticator: credential checks, None to allow no login;
+    tls: the context for STLS/STARTTLS, None for none; throttle: the shared login throttle,
+    None for none; pool: the worker threads every blocking store call runs in; events: the
+    mail event stream's Logger; reactor: for deadlines and delays; slots: the service's
+    connection slots shared by its ports (default: this listener's own).
+    """
+
+    session_class: type[SessionT]
+
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        implicit_tls: bool,
+        store: MailStore,
+        authenticator: Authenticator | None,
+        tls: IOpenSSLContextFactory | None,
+        throttle: LoginThrottle | None,
+        pool: WorkerPool,
+        events: Logger,
+        reactor: IReactorTime,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
+        self.settings = settings
+        self.implicit_tls = implicit_tls
+        self.store = store
+        self.authenticator = authenticator
+        self.tls = tls
+        self.throttle = throttle
+        self.pool = pool
+        self.events = events
+        self.reactor = reactor
+        self.slots = slots if slots is not None else ConnectionSlots.for_service(settings)
+
+    def buildProtocol(self, addr: IAddress | None) -> SessionT:  # noqa: N802 (Twisted's API)
+        return self.session_class(self)  # type: ignore[call-arg]
 
 
 class AccessEvents:
