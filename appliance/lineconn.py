@@ -348,6 +348,17 @@ class LineConnection(protocol.Protocol):
         if link is not None:
             link.loseConnection()
 
+    def abort_if_stuck(self) -> None:
+        """After a final reply: a client that does not read would keep the connection (and
+        its buffers) for ever, since a close waits for the replies to drain."""
+        if self.write_blocked and self.link is not None:
+            self.link.abortConnection()
+
+    def stress_changed(self) -> None:
+        """A Slot's hook (appliance.limits): the service's stress mode began or ended."""
+        if self.deadlines is not None:
+            self.deadlines.stress_changed()
+
     def note_error(self) -> None:
         """Count one error reply; past max_errors() (and not closing yet) too_many_errors()."""
         self.errors += 1

@@ -165,8 +165,7 @@ class IMAPSession(LineConnection):
             self.events.timeout(f"{which} timeout")
         self.send_line("* BYE Disconnected for inactivity.")
         self.close_connection()
-        if self.write_blocked and self.link is not None:
-            self.link.abortConnection()
+        self.abort_if_stuck()
 
     def log_logout(self) -> None:
         if self.login is None or self.logged_out:
@@ -192,10 +191,7 @@ class IMAPSession(LineConnection):
         self.events.reject("closing idle session")
         self.send_line("* BYE [UNAVAILABLE] Closing idle session")
         self.close_connection()
-
-    def stress_changed(self) -> None:
-        if self.deadlines is not None:
-            self.deadlines.stress_changed()
+        self.abort_if_stuck()
 
     # ------------------------------------------------------------------ replies
 

@@ -128,11 +128,6 @@ class POP3Session(LineConnection):
         self.close_connection()
         self.abort_if_stuck()
 
-    def abort_if_stuck(self) -> None:
-        """After a final reply: a client that does not read would keep the connection."""
-        if self.write_blocked and self.link is not None:
-            self.link.abortConnection()
-
     def tls_established(self, tls: str) -> None:
         self.events.tls(tls)
 
@@ -150,10 +145,6 @@ class POP3Session(LineConnection):
         self.send_line("-ERR [SYS/TEMP] closing idle session")
         self.close_connection()
         self.abort_if_stuck()
-
-    def stress_changed(self) -> None:
-        if self.deadlines is not None:
-            self.deadlines.stress_changed()
 
     # ------------------------------------------------------------------ replies
 

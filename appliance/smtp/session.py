@@ -154,13 +154,6 @@ class SMTPSession(SMTPConnection):
         )
         self.abort_if_stuck()
 
-    def abort_if_stuck(self) -> None:
-        """After a final reply: a client that does not read would keep the connection (and
-        its buffers) for ever, since a close waits for the replies to drain."""
-        link = self.link
-        if self.write_blocked and link is not None:
-            link.abortConnection()
-
     # ------------------------------------------------------------------ Slot (appliance.limits)
 
     def idle_since(self) -> float | None:
@@ -180,10 +173,6 @@ class SMTPSession(SMTPConnection):
             close=True,
         )
         self.abort_if_stuck()
-
-    def stress_changed(self) -> None:
-        if self.deadlines is not None:
-            self.deadlines.stress_changed()
 
     def utf8_replies(self) -> bool:
         txn = self.txn
