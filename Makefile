@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/163.ini
-DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop curl clamav-daemon spamassassin spamd spamc
+DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop curl clamav-daemon spamassassin spamd spamc chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: run lab test compliance venv debs lint typecheck clean

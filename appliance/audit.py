@@ -39,6 +39,11 @@ KINDS: dict[tuple[str, str], str] = {
     ("auth", "user_blocked"): "blocked",
     ("filter", "filter"): "filter_verdict",
     ("control", "admin"): "admin",
+    ("webadmin", "login"): "login",
+    ("webadmin", "auth_failed"): "login_failed",
+    ("webadmin", "auth_refused"): "login_refused",
+    ("webadmin", "logout"): "logout",
+    ("webadmin", "admin"): "admin",
 }
 FIELDS = (
     "session_id", "peer", "client", "user", "sasl_username", "sasl_method", "tls",

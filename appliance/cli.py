@@ -17,14 +17,15 @@ from appliance.auth.passwd import PasswdFile
 from appliance.auth.passwd_admin import add_user, delete_user, set_password
 from appliance.auth.passwd_format import PasswdFileError
 from appliance.auth.schemes import STRONG_SCHEMES
-from appliance.cli_status import cmd_status, dns_checks
-from appliance.control.client import parse_queue_id, send_command
+from appliance.cli_status import cmd_status
+from appliance.control.client import send_command
 from appliance.dkim.keys import DKIMKeyStore, KeyInfo
 from appliance.errors import ApplianceError, ConfigError
-from appliance.names import is_user_address
+from appliance.names import is_user_address, parse_queue_id
 from appliance.paths import Paths, dkim_domains
 from appliance.queue.inspect import format_list, list_queue, show_message
 from appliance.service import load_mail_parts, load_zones, tls_settings
+from appliance.service.summary import dns_checks
 from appliance.tls.ca import CertificateAuthority
 from appliance.tls.context import make_tls_options
 

@@ -22,6 +22,7 @@ from appliance.config_values import (
     Network,
     _Ctx,
     address,
+    address_list,
     addresses,
     boolean,
     choice,
@@ -436,6 +437,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metrics_token_file": Key(
             path, NONE, "a file holding the bearer token /metrics requires (default: none)"
         ),
+        "admins": Key(
+            address_list,
+            "",
+            "users of the directory who may log in to the status page (none: no status page)",
+        ),
+        "session_timeout": Key(
+            duration_at_least(60, "a shorter session logs admins out while they read"),
+            "30m",
+            "an admin's session ends after this long without a request",
+        ),
     },
     "log": {
         "maillog": Key(path, NONE, "Postfix-style mail log (default <state_dir>/maillog)"),
@@ -621,6 +632,11 @@ def _cross_checks(
         problems.append(f"{label}: [web] metrics_token_file: no such file: {token}")
     elif token is not None and not token.read_text("utf-8", "replace").strip():
         problems.append(f"{label}: [web] metrics_token_file: the file is empty: {token}")
+    web = sections["web"]
+    if web.get("admins") and not web.get("listen"):
+        problems.append(f"{label}: [web] admins: the status page needs [web] listen (HTTPS)")
+    if web.get("admins") and sections["auth"].get("backend") == "none":
+        problems.append(f"{label}: [web] admins: no user can log in with [auth] backend = none")
     dns = sections["dns"]
     # a listen value that failed to convert is absent here and already reported
     if "dns" in present and dns.get("enabled") and "listen" in dns and dns["listen"] is None:

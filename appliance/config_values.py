@@ -251,6 +251,10 @@ def address(raw: str, ctx: _Ctx) -> str:
     return v
 
 
+def address_list(raw: str, ctx: _Ctx) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(address(w, ctx).lower() for w in words(raw)))
+
+
 def networks(raw: str, ctx: _Ctx) -> tuple[Network, ...]:
     out = []
     for w in words(raw):

@@ -111,6 +111,10 @@ class AccessEvents:
             **fields,
         )
 
+    def connect(self) -> None:
+        """A client connected (no maillog line, as Dovecot: counted by the metrics)."""
+        self._emit("", "connect")
+
     def login(self, user: str, method: str, tls: bool) -> None:
         self._emit(
             self.LOGIN_TLS if tls else self.LOGIN, "login", user=user, sasl_method=method, tls=tls

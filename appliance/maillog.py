@@ -92,7 +92,8 @@ class MailLog:
             self._fd = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.line(render(event), component_of(event))
+        if event["log_format"]:  # an event without a format has no maillog line (a count)
+            self.line(render(event), component_of(event))
 
     def line(self, text: str, component: str = "smtpd") -> None:
         """Append one rendered line (text must be one line already)."""

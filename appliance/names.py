@@ -52,3 +52,16 @@ def is_local_part(local: str) -> bool:
 def is_user_address(address: str) -> bool:
     """Whether address is a lower-case ASCII user@domain.tld, as the passwd file stores users."""
     return len(address) <= MAX_ADDRESS and _USER_ADDRESS_RE.fullmatch(address) is not None
+
+
+ALL = "ALL"  # what names every queued message in the queue commands
+_QUEUE_ID = re.compile(r"[0-9A-Fa-f]{10}")
+
+
+def parse_queue_id(text: str) -> str | None:
+    """A queue id (10 hex digits, returned upper-case), or None for ALL; ValueError else."""
+    if text.upper() == ALL:
+        return None
+    if _QUEUE_ID.fullmatch(text):
+        return text.upper()
+    raise ValueError(f"expected a queue id of 10 hex digits like 3F1A2B4C5D, or ALL, got {text!r}")

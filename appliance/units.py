@@ -16,3 +16,22 @@ def parse_time(text: str) -> int | None:
     if text.isdigit():
         return int(text)
     return sum(int(n) * _UNIT_SECONDS[unit.lower()] for n, unit in _TIME_PART_RE.findall(text))
+
+
+def age_text(seconds: float) -> str:
+    """A span for people: '45s', '12m', '3.5h', '2.1d'."""
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def size_text(octets: int) -> str:
+    """A size for people: '512B', '3.4K', '1.2M', '2.0G'."""
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if octets >= factor:
+            return f"{octets / factor:.1f}{unit}"
+    return f"{octets}B"

@@ -318,3 +318,45 @@ def test_web_metrics_token_file_must_exist_and_hold_a_token(tmp_path: Path) -> N
     ]
     (tmp_path / "token").write_text("s3cret\n")
     assert config.load(p).web.metrics_token_file == tmp_path / "token"
+
+
+def test_web_admins_are_addresses_and_need_https_and_users(tmp_path: Path) -> None:
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [web]
+        admins = Postmaster@Example.test not-an-address
+        session_timeout = 10s
+        """)  # fmt: skip
+    problems = problems_of(p)
+    assert any("[web] admins" in x and "'not-an-address'" in x for x in problems), problems
+    assert any("[web] session_timeout" in x and "at least 1m" in x for x in problems), problems
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [web]
+        admins = Postmaster@Example.test
+        """)  # fmt: skip
+    assert "lab.ini: [web] admins: the status page needs [web] listen (HTTPS)" in problems_of(p)
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [web]
+        listen = 127.0.0.1:8443
+        admins = Postmaster@Example.test postmaster@example.test
+        """)  # fmt: skip
+    cfg = config.load(p)
+    assert cfg.web.admins == ("postmaster@example.test",)
+    assert cfg.web.session_timeout == 1800
+    p = write(tmp_path, """\
+        [appliance]
+        hostname = mail.example.test
+        [auth]
+        backend = none
+        [web]
+        listen = 127.0.0.1:8443
+        admins = postmaster@example.test
+        """)  # fmt: skip
+    assert problems_of(p) == [
+        "lab.ini: [web] admins: no user can log in with [auth] backend = none"
+    ]

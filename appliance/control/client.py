@@ -16,7 +16,6 @@ that nobody listens on, means the appliance is not running: NotRunning says so.
 from __future__ import annotations
 
 import json
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,6 @@ COMMANDS = ("flush", "delete", "hold", "release")
 STATUS = "status"  # -> {"ok": true, "status": {...}}: what the running appliance says of itself
 MAX_LINE = 4096  # a request
 MAX_ANSWER = 256 * 1024  # an answer (a status lists every listener)
-ALL = "ALL"
-_QUEUE_ID = re.compile(r"[0-9A-Fa-f]{10}")
 
 
 class NotRunning(ApplianceError):
@@ -37,15 +34,6 @@ class NotRunning(ApplianceError):
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         super().__init__(f"the appliance is not running (no control socket at {socket_path})")
-
-
-def parse_queue_id(text: str) -> str | None:
-    """A queue id (10 hex digits, returned upper-case), or None for ALL; ValueError else."""
-    if text.upper() == ALL:
-        return None
-    if _QUEUE_ID.fullmatch(text):
-        return text.upper()
-    raise ValueError(f"expected a queue id of 10 hex digits like 3F1A2B4C5D, or ALL, got {text!r}")
 
 
 def send_command(

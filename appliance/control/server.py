@@ -32,10 +32,11 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from appliance.control.client import COMMANDS, MAX_LINE, STATUS, parse_queue_id
+from appliance.control.client import COMMANDS, MAX_LINE, STATUS
 from appliance.errors import ApplianceError
 from appliance.interfaces import QueueAdmin
 from appliance.log import printable
+from appliance.names import parse_queue_id
 
 SOCKET_MODE = 0o600
 IDLE_TIMEOUT = 30.0  # seconds a connection may take to send its request

@@ -12,6 +12,7 @@ verdict on a message is an event on the mail stream (`filter`), for the maillog 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -103,8 +104,9 @@ class FilterChain:
         for f in self.filters:
             if not f.wants_body(check.envelope):
                 continue
+            start = time.monotonic()
             verdict = await self._asked(f, lambda f: f.message(check), "END-OF-MESSAGE")
-            self._log(check.queue_id, verdict)
+            self._log(check.queue_id, verdict, time.monotonic() - start)
             if not verdict.ok:
                 return verdict
             headers.extend(verdict.headers)
@@ -113,7 +115,7 @@ class FilterChain:
             headers.insert(0, f"Authentication-Results: {self.hostname};\r\n\t{results}")
         return FilterVerdict(headers=tuple(headers))
 
-    def _log(self, queue_id: str, verdict: FilterVerdict) -> None:
+    def _log(self, queue_id: str, verdict: FilterVerdict, elapsed: float) -> None:
         if verdict.ok:
             action = "tag" if verdict.headers else "accept"
             detail = f" ({verdict.reason})" if verdict.reason else ""
@@ -131,4 +133,5 @@ class FilterChain:
             detail=detail,
             code=verdict.code,
             reason=verdict.reason,
+            elapsed=elapsed,  # seconds the filter took (the metrics' latency histogram)
         )

@@ -115,6 +115,7 @@ class IMAPSession(LineConnection):
         s = f.settings
         peer, local = self.addresses()
         self.events = IMAPEvents(f.events, self.session_id, peer, local)
+        self.events.connect()
         self.login_check = LoginCheck(
             authenticator=f.authenticator,
             throttle=f.throttle,

@@ -584,6 +584,15 @@ class QueueAdmin(Protocol):
 # ---------------------------------------------------------------------------- mail store
 # (in store.py for size; imported here so that every seam is appliance.interfaces.<name>)
 
+from appliance.interfaces.status import (  # noqa: E402
+    CertificateState,
+    DomainRecords,
+    MailboxSize,
+    QueuedItem,
+    RecordCheck,
+    ServiceState,
+    Summary,
+)
 from appliance.interfaces.store import (  # noqa: E402
     FolderListing,
     MailboxLock,
@@ -595,6 +604,13 @@ from appliance.interfaces.store import (  # noqa: E402
 )
 
 __all__ = [
+    "CertificateState",
+    "DomainRecords",
+    "MailboxSize",
+    "QueuedItem",
+    "RecordCheck",
+    "ServiceState",
+    "Summary",
     "FolderListing",
     "Maildrop",
     "MaildropMessage",

@@ -88,6 +88,7 @@ class POP3Session(LineConnection):
         s = f.settings
         peer, local = self.addresses()
         self.events = POP3Events(f.events, self.session_id, peer, local)
+        self.events.connect()
         # RETR and TOP write the +OK, then the message a worker-thread round trip later
         self.no_delay()
         if f.implicit_tls:

@@ -77,7 +77,7 @@ from appliance.service.access import (
     tcp_endpoint,
 )
 from appliance.service.mail_security import dkim_store, make_filters, make_signer
-from appliance.service.web import make_web_service, web_enabled
+from appliance.service.web import AdminParts, make_web_service, web_enabled
 from appliance.service.zones import build_zones, load_zone_files, load_zones
 from appliance.smtp.factory import SMTPFactory
 from appliance.smtp.rdns import ReverseLookup
@@ -705,8 +705,19 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
             make_imap_service(prepared, store, queue.pool, reactor, throttle).setServiceParent(root)
         if web_enabled(cfg):
             counts = engine.answered if engine is not None else None
+            from appliance.service.summary import gather  # it imports this module
+
+            describe = root.describe
             make_web_service(
-                prepared, reactor, (lambda: counts) if counts is not None else None
+                prepared,
+                reactor,
+                (lambda: counts) if counts is not None else None,
+                AdminParts(
+                    queue=scheduler,
+                    authenticator=prepared.mail.users.authenticator,
+                    throttle=throttle,
+                    summary=lambda: queue.pool.run(gather, cfg, describe()),
+                ),
             ).setServiceParent(root)
     for name in ("queue", "smtp", *PLACEHOLDERS):
         if root.namedServices.get(name) is None:

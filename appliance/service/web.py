@@ -13,21 +13,27 @@ stream; the queue gauges count the spool's files at each scrape.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
+from twisted.internet.defer import Deferred
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from appliance.config import Config
 from appliance.dns.published import is_mail_domain
-from appliance.log import mail_events
+from appliance.interfaces import Authenticator, LoginThrottle, QueueAdmin, Summary
+from appliance.log import mail_events, mail_logger
 from appliance.paths import Paths
 from appliance.queue.inspect import count_queue
 from appliance.service.access import tcp_endpoint
+from appliance.web.admin import AdminPages
 from appliance.web.autoconfig import ClientSettings, Endpoint, mount
+from appliance.web.history import History
 from appliance.web.metrics import Metrics, MetricsResource
+from appliance.web.sessions import Sessions
 
 if TYPE_CHECKING:
     from appliance.service import Prepared
@@ -87,19 +93,33 @@ def client_settings(config: Config, domains: tuple[str, ...]) -> ClientSettings 
     return ClientSettings(domains, f"{domains[0]} mail", tuple(endpoints))
 
 
-class WebService(service.MultiService):
-    """The web listeners; the metrics observe the mail event stream while it runs."""
+@dataclass(frozen=True)
+class AdminParts:
+    """What the status page acts through: the queue commands, the users, the shared login
+    throttle, and the summary (gathered in a worker thread)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    queue: QueueAdmin
+    authenticator: Authenticator | None
+    throttle: LoginThrottle | None
+    summary: Callable[[], Deferred[Summary]]
+
+
+class WebService(service.MultiService):
+    """The web listeners; the metrics and the page's history observe the mail event stream
+    while it runs."""
+
+    def __init__(self, *observers: Any) -> None:
         super().__init__()
-        self.metrics = metrics
+        self.observers = observers
 
     def startService(self) -> None:  # noqa: N802 (Twisted's API)
-        mail_events.addObserver(self.metrics)
+        for o in self.observers:
+            mail_events.addObserver(o)
         super().startService()
 
     def stopService(self) -> Any:  # noqa: N802
-        mail_events.removeObserver(self.metrics)
+        for o in self.observers:
+            mail_events.removeObserver(o)
         return super().stopService()
 
 
@@ -117,17 +137,22 @@ def mail_domains(prepared: Prepared) -> tuple[str, ...]:
 
 
 def make_web_service(
-    prepared: Prepared, reactor: Any, dns_answered: Callable[[], Sequence[int]] | None = None
+    prepared: Prepared,
+    reactor: Any,
+    dns_answered: Callable[[], Sequence[int]] | None = None,
+    admin: AdminParts | None = None,
 ) -> WebService:
     """The web listeners, and the metrics observer on the mail event stream; dns_answered:
-    the DNS server's answer counts by rcode, for the metrics."""
+    the DNS server's answer counts by rcode, for the metrics; admin: what the status page
+    needs (served when [web] admins lists someone and a user backend is configured)."""
     cfg = prepared.config
     w = cfg.web
     domains = mail_domains(prepared)
     settings = client_settings(cfg, domains)
     queue_dir = Paths.of(cfg).state_dir / "queue"
     metrics = Metrics(queue_sizes=lambda: count_queue(queue_dir), dns_answered=dns_answered)
-    web = WebService(metrics)
+    history = History()
+    web = WebService(metrics, history)
     web.setName("web")
     token = None
     if w.metrics_token_file is not None:
@@ -138,6 +163,19 @@ def make_web_service(
         mount(settings, secure)
         mount(settings, plain)
     secure.putChild(b"metrics", MetricsResource(metrics, token))
+    if admin is not None and admin.authenticator is not None and w.admins:
+        AdminPages(
+            hostname=cfg.appliance.hostname,
+            admins=w.admins,
+            sessions=Sessions(idle=w.session_timeout),
+            history=history,
+            summary=admin.summary,
+            authenticator=admin.authenticator,
+            throttle=admin.throttle,
+            queue=admin.queue,
+            events=mail_logger("webadmin"),
+            reactor=reactor,
+        ).mount(secure)
     tls = prepared.tls.context_factory
     for addresses, root, name, wrap in (
         (w.listen, secure, "https", True),

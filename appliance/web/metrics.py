@@ -13,6 +13,7 @@ appliances in one test process do not share counts and nothing imported register
     smtpd auth, pop3d/imapd login,        mailappliance_logins_total{service, result}
       auth_failed, auth_refused
     filter (the filter chain's verdict)   mailappliance_filter_verdicts_total{filter, action}
+                                          mailappliance_filter_seconds{filter}
 
 A queued event names the queue id but not who handed the message in: the smtpd `client`
 event that gave the id (at DATA) is remembered, a bounded number of ids, so the queued event
@@ -54,6 +55,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 
 SERVICES = ("smtpd", "pop3d", "imapd")
+LOGIN_SERVICES = (*SERVICES, "webadmin")  # webadmin: the status page's admin logins
 TLS_SERVICES = (*SERVICES, "smtp")  # smtp: the relay client, as in Postfix's maillog
 STAGES = ("CONNECT", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE")
 STATUSES = ("sent", "deferred", "bounced")  # appliance.interfaces.Outcome
@@ -75,6 +77,9 @@ DELAY_BUCKETS = (
     0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0,
     5 * 86400.0,
 )  # fmt: skip
+# Seconds a filter took on a message: DNS checks take milliseconds, spamd and clamd up to
+# their timeouts (30 s by default).
+FILTER_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PENDING_IDS = 10_000  # queue ids given at DATA, awaiting their queued event
 
 _LOGIN_EVENTS = {"auth": "ok", "login": "ok", "auth_failed": "failed", "auth_refused": "refused"}
@@ -182,6 +187,13 @@ class Metrics:
             ["filter", "action"],
             registry=r,
         )
+        self.filter_seconds = Histogram(
+            "mailappliance_filter_seconds",
+            "Time each filter took on a message.",
+            ["filter"],
+            buckets=FILTER_BUCKETS,
+            registry=r,
+        )
         self.dns_queries = Counter(
             "mailappliance_dns_queries", "DNS queries answered, by rcode.", ["rcode"], registry=r
         )
@@ -196,6 +208,7 @@ class Metrics:
         # the series known in advance are shown at 0 from the start
         for service in SERVICES:
             self.connections.labels(service=service)
+        for service in LOGIN_SERVICES:
             for result in LOGIN_RESULTS:
                 self.logins.labels(service=service, result=result)
         self.accepted.labels(service="smtpd")
@@ -257,7 +270,7 @@ class Metrics:
             self.delivery_delay.labels(status=status, transport=transport).observe(delay)
 
     def _login(self, component: str, event: dict[str, Any]) -> None:
-        if component in SERVICES:  # not the throttle's or anyone else's "auth..." events
+        if component in LOGIN_SERVICES:  # not the throttle's or anyone else's "auth..." ones
             result = _LOGIN_EVENTS[event["event"]]
             self.logins.labels(service=component, result=result).inc()
 
@@ -267,10 +280,11 @@ class Metrics:
             self.tls_handshake(component, tls)
 
     def _filter(self, component: str, event: dict[str, Any]) -> None:
-        self.filter_verdicts.labels(
-            filter=bounded(event.get("filter"), FILTERS),
-            action=bounded(event.get("action"), ACTIONS),
-        ).inc()
+        name = bounded(event.get("filter"), FILTERS)
+        self.filter_verdicts.labels(filter=name, action=bounded(event.get("action"), ACTIONS)).inc()
+        elapsed = event.get("elapsed")
+        if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed >= 0:
+            self.filter_seconds.labels(filter=name).observe(elapsed)
 
     # ------------------------------------------------------------------ not mail events
 

@@ -16,9 +16,10 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 
-from appliance.control.client import NotRunning, parse_queue_id, send_command
+from appliance.control.client import NotRunning, send_command
 from appliance.control.server import ControlService, parse_request
 from appliance.errors import ApplianceError
+from appliance.names import parse_queue_id
 
 
 class FakeAdmin:

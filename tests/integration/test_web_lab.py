@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import imaplib
+import poplib
 import smtplib
 import ssl
 import subprocess
@@ -146,6 +147,7 @@ def test_metrics_move_with_mail_rejections_and_logins(web_lab) -> None:
     imap = imaplib.IMAP4(a.ip, a.ports[143], timeout=10)
     imap.login("user1@163.com", "user1pass")
     imap.logout()
+    poplib.POP3(a.ip, a.ports[110], timeout=10).quit()
     deadline = time.monotonic() + 20
     while True:
         after = scrape(a)
@@ -162,6 +164,13 @@ def test_metrics_move_with_mail_rejections_and_logins(web_lab) -> None:
                 after, "mailappliance_logins_total", service="imapd", result="failed"
             )
             > total(before, "mailappliance_logins_total", service="imapd", result="failed"),
+            **{
+                f"{service} connections": total(
+                    after, "mailappliance_connections_total", service=service
+                )  # fmt: skip
+                >= total(before, "mailappliance_connections_total", service=service) + n
+                for service, n in (("smtpd", 1), ("imapd", 2), ("pop3d", 1))
+            },
         }
         if all(moved.values()) or time.monotonic() > deadline:
             break
@@ -210,7 +219,7 @@ def test_status_healthy_then_unhealthy(web_lab, tmp_path) -> None:
     zone.write_text(zone.read_text() + '@ IN TXT "v=spf1 ip4:192.0.2.1 -all"\n')
     r = status(stopped)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "ATTENTION not running" in r.stdout
+    assert "ATTENTION the appliance is not running" in r.stdout
     assert "ATTENTION 163.com TXT differs" in r.stdout
     assert "ATTENTION cannot read" in r.stdout  # no certificate issued yet
     assert "thing(s) need attention" in r.stdout

@@ -221,8 +221,12 @@ def test_filter_verdicts_by_filter_and_action(tmp_path, metrics):
     assert value(metrics, name, filter="clamav", action="reject") == 1
     assert value(metrics, name, filter="spamassassin", action="tempfail") == 1
     assert value(metrics, name, filter="other", action="accept") == 1
-    # the chain's events carry no duration: no latency histogram is made up
-    assert not [k for k in samples(metrics) if k[0].startswith("mailappliance_filter_seconds")]
+    # each verdict's event carries the seconds its filter took: one observation each
+    name = "mailappliance_filter_seconds_count"
+    assert value(metrics, name, filter="dkim") == 1 and value(metrics, name, filter="clamav") == 1
+    assert value(metrics, name, filter="spamassassin") == 2
+    assert value(metrics, name, filter="other") == 1
+    assert 0 <= value(metrics, "mailappliance_filter_seconds_sum", filter="dkim") < 5
 
 
 # -- the queue: accepted, delivered locally, relayed, bounced ---------------------------------
