@@ -26,7 +26,7 @@ run: venv
 
 # both tutorial hosts, 163 on 127.0.1.1 and sina on 127.0.1.4, on their real ports; Ctrl-C stops both
 lab: venv
-	@if [ "$$(id -u)" != 0 ]; then echo "make lab binds ports 25, 53, 110, 143, 465, 587, 993 and 995: run it as root" >&2; exit 1; fi
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab binds ports 25, 53, 80, 110, 143, 443, 465, 587, 993 and 995: run it as root" >&2; exit 1; fi
 	$(BIN)/python -m appliance.lab
 
 # Debian packages the tests drive (dig, named-checkzone, openssl, dnsperf, slapd, Postfix, clamd,

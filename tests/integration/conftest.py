@@ -120,14 +120,13 @@ class Appliance:
             self.proc.wait(timeout=5)
 
 
-STANDARD_PORTS = (53, 25, 465, 587, 110, 995, 143, 993, 8443, 80)
+STANDARD_PORTS = (53, 25, 465, 587, 110, 995, 143, 993, 8443, 443, 80)
 
 
 def make_lab(tmp_path: Path) -> dict[str, Appliance]:
     """Copy etc/ to tmp_path and move both appliances' ports to free high ports.
 
-    Each standard port (53, 25, 465, 587, 110, 995, 143, 993, 8443, 80) maps to one free port used on both lab
-    addresses.
+    Each standard port (STANDARD_PORTS) maps to one free port used on both lab addresses.
     """
     etc = tmp_path / "etc"
     shutil.copytree(REPO / "etc", etc)
