@@ -20,14 +20,17 @@ class ServiceState:
 
 @dataclass(frozen=True)
 class QueuedItem:
+    """One complete message in the queue (appliance.queue.inspect reads them)."""
+
     queue_id: str
     where: str  # "incoming" (local delivery pending) or "deferred" (waiting for the relay)
-    held: bool
-    arrival: float
     size: int
+    arrival: float
     sender: str  # "" for the null sender
-    recipients: tuple[str, ...]
-    last_error: str | None
+    recipients: tuple[str, ...]  # final addresses not yet done (sent or bounced)
+    last_error: str | None  # the latest deferral's reason
+    next_try: float | None  # when the relay tries again; None: not scheduled (at once)
+    held: bool
 
 
 @dataclass(frozen=True)

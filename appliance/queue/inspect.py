@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.interfaces import QueuedItem
 from appliance.queue.envelope import QueueEntry, read_queue_entry
 from appliance.queue.state import DeliveryState, read_state
 
@@ -33,19 +34,8 @@ HEADING = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
 RCPT_INDENT = " " * 42  # recipients line up under the sender column
 
 
-@dataclass(frozen=True)
-class QueueSummary:
-    """One complete message in the queue, as `queue list` shows it."""
-
-    queue_id: str
-    where: str  # "incoming" (local delivery pending) or "deferred" (waiting for the relay)
-    size: int
-    arrival: float
-    sender: str  # "" for the null sender
-    recipients: tuple[str, ...]  # final addresses not yet done (sent or bounced)
-    last_error: str | None  # the latest deferral's reason
-    next_try: float | None  # when the relay tries again; None: not scheduled (at once)
-    held: bool
+# one complete message in the queue, as `queue list` shows it (and the status summary)
+QueueSummary = QueuedItem
 
 
 @dataclass(frozen=True)

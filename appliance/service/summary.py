@@ -28,7 +28,6 @@ from appliance.interfaces import (
     CertificateState,
     DomainRecords,
     MailboxSize,
-    QueuedItem,
     RecordCheck,
     ServiceState,
     Summary,
@@ -124,12 +123,7 @@ def gather(cfg: Config, status: dict[str, Any] | None, now: float | None = None)
     else:
         services = services_of(status)
         attention.extend(f"service {s.name} is not running" for s in services if not s.running)
-    queue = tuple(
-        QueuedItem(
-            m.queue_id, m.where, m.held, m.arrival, m.size, m.sender, m.recipients, m.last_error
-        )
-        for m in sorted(list_queue(paths.queue_dir), key=lambda m: m.arrival)
-    )
+    queue = tuple(sorted(list_queue(paths.queue_dir), key=lambda m: m.arrival))
     old = [m for m in queue if m.where == "deferred" and now - m.arrival > OLD_DEFERRED]
     if old:
         attention.append(

@@ -185,6 +185,16 @@ class _Answer:
         r.finish()
 
 
+class _Page(Resource):
+    """A resource of the status page (each is a leaf: no path below it)."""
+
+    isLeaf = True
+
+    def __init__(self, admin: AdminPages) -> None:
+        super().__init__()
+        self.admin = admin
+
+
 class StyleResource(Resource):
     isLeaf = True
 
@@ -194,12 +204,7 @@ class StyleResource(Resource):
         return pages.STYLE
 
 
-class StatusResource(Resource):
-    isLeaf = True
-
-    def __init__(self, admin: AdminPages) -> None:
-        super().__init__()
-        self.admin = admin
+class StatusResource(_Page):
 
     def render_GET(self, request: Request) -> Any:  # noqa: N802
         if request.postpath not in ([], [b""]):
@@ -251,12 +256,7 @@ class _LoginAnswers:
         self._form(503, "The user directory cannot answer now: try again later.")
 
 
-class LoginResource(Resource):
-    isLeaf = True
-
-    def __init__(self, admin: AdminPages) -> None:
-        super().__init__()
-        self.admin = admin
+class LoginResource(_Page):
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         if self.admin.session_of(request) is not None:
@@ -318,12 +318,7 @@ def _checked_session(admin: AdminPages, request: Request) -> Session | bytes:
     return session
 
 
-class LogoutResource(Resource):
-    isLeaf = True
-
-    def __init__(self, admin: AdminPages) -> None:
-        super().__init__()
-        self.admin = admin
+class LogoutResource(_Page):
 
     def render_POST(self, request: Request) -> bytes:  # noqa: N802
         session = _checked_session(self.admin, request)
@@ -335,12 +330,7 @@ class LogoutResource(Resource):
         return redirect(request, b"/login")
 
 
-class QueueResource(Resource):
-    isLeaf = True
-
-    def __init__(self, admin: AdminPages) -> None:
-        super().__init__()
-        self.admin = admin
+class QueueResource(_Page):
 
     def render_POST(self, request: Request) -> Any:  # noqa: N802
         admin = self.admin

@@ -11,25 +11,17 @@ from __future__ import annotations
 from appliance.login import AccessEvents
 
 _WHO = "user=<{user}>, method={sasl_method}, rip={client}, lip={local}"
-LOGIN = "webadmin: Login: " + _WHO
-LOGIN_TLS = LOGIN + ", TLS"
-AUTH_FAILED = "webadmin: Login failed: " + _WHO  # one form, one attempt
-AUTH_REFUSED = "webadmin: Login refused (too many failed logins): " + _WHO
-TIMEOUT = "webadmin: Disconnected: {reason}: rip={client}, lip={local}"
-REJECT = TIMEOUT
-TLS = "webadmin: TLS established: {tls}, rip={client}, lip={local}"
 LOGOUT = "webadmin: Logout: user=<{user}>, rip={client}"
 ADMIN = "webadmin: {actor}: {command} {target}: {count} message(s), rip={client}"
 
 
 class WebAdminEvents(AccessEvents):
-    LOGIN = LOGIN
-    LOGIN_TLS = LOGIN_TLS
-    AUTH_FAILED = AUTH_FAILED
-    AUTH_REFUSED = AUTH_REFUSED
-    TIMEOUT = TIMEOUT
-    REJECT = REJECT
-    TLS = TLS
+    LOGIN = "webadmin: Login: " + _WHO
+    LOGIN_TLS = LOGIN + ", TLS"
+    AUTH_FAILED = "webadmin: Login failed: " + _WHO  # one form, one attempt
+    AUTH_REFUSED = "webadmin: Login refused (too many failed logins): " + _WHO
+    TIMEOUT = REJECT = "webadmin: Disconnected: {reason}: rip={client}, lip={local}"
+    TLS = "webadmin: TLS established: {tls}, rip={client}, lip={local}"
 
     def logout(self, user: str) -> None:
         self._emit(LOGOUT, "logout", user=user)

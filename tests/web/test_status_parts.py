@@ -139,7 +139,7 @@ def summary(**changes: object) -> Summary:
     values: dict = dict(
         now=10_000.0, running=True, pid=42, started=9_000.0,
         services=(ServiceState("smtp", True, ("smtp 127.0.1.1:25",)), ServiceState("pop3", False, ())),
-        queue=(QueuedItem("0123456789", "deferred", False, 9_990.0, 300, evil, (evil,), evil),),
+        queue=(QueuedItem("0123456789", "deferred", 300, 9_990.0, evil, (evil,), evil, None, False),),
         certificate=CertificateState("/x/cert.pem", ("mail.example.test",), 10_000.0 + 86400 * 30, None),
         dns=(DomainRecords("example.test", (RecordCheck("example.test", "MX", "missing", "10 mail."),)),),
         mailboxes=(MailboxSize(f"{evil}@example.test", 3, 4096),),
@@ -159,7 +159,9 @@ def test_status_page_escapes_everything_from_outside() -> None:
     # a deferred message has flush, hold, delete; a held one release and delete
     row = html.split("<code>0123456789</code>")[1].split("</tr>")[0]
     assert 'value="flush"' in row and 'value="hold"' in row and 'value="release"' not in row
-    held = summary(queue=(QueuedItem("0123456789", "deferred", True, 9_990.0, 300, "", (), None),))
+    held = summary(
+        queue=(QueuedItem("0123456789", "deferred", 300, 9_990.0, "", (), None, None, True),)
+    )
     html = pages.status_page("h", held, History(), "a@b.test", "t", "done it").decode()
     row = html.split("<code>0123456789</code>")[1].split("</tr>")[0]
     assert 'value="release"' in row and 'value="flush"' not in row and "MAILER-DAEMON" in row
