@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver
 from zope.interface import implementer
 
@@ -57,9 +58,15 @@ MODE = 0o640
 class AuditLog:
     """Appends audit records to path; an observer of the mail event stream."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reactor: IReactorTime | None = None) -> None:
+        """reactor: lines are gathered and written once at the end of each reactor turn (a
+        message's filter verdicts, its login and its queue events in one write); None: each
+        line is written at once (the admin command)."""
         self.path = Path(path)
         self.fd: int | None = None
+        self.reactor = reactor
+        self._pending: list[str] = []
+        self._flush_call: IDelayedCall | None = None
 
     def open(self) -> None:
         if self.fd is None:
@@ -67,6 +74,7 @@ class AuditLog:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, MODE)
 
     def close(self) -> None:
+        self.flush()
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
@@ -98,5 +106,19 @@ class AuditLog:
                 record[name] = value if isinstance(value, (int, float, bool)) else str(value)
         if self.fd is None:
             return
-        line = json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
-        os.write(self.fd, line.encode("utf-8"))
+        self._pending.append(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n")
+        if self.reactor is None:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write the lines gathered so far, in one append."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._pending and self.fd is not None:
+            data = "".join(self._pending).encode("utf-8")
+            while data:  # O_APPEND: a short write (a full disk) leaves the rest to retry
+                data = data[os.write(self.fd, data) :]
+        self._pending.clear()

@@ -436,6 +436,10 @@ class LineConnection(protocol.Protocol):
     def wait(self, d: defer.Deferred[Any], what: str) -> None:
         """Hold input until d (which sends its own reply) has fired; a failure of d is logged
         and answered by local_error(what)."""
+        if d.called and not d.paused and self.out is not None and not self.gathering:
+            # answered at once (a map, a memo) inside process(), whose loop goes on
+            d.addErrback(self._unexpected, what)
+            return
         self.busy = True
         deadlines = self.deadlines
         if deadlines is not None:
@@ -451,8 +455,8 @@ class LineConnection(protocol.Protocol):
                     self._resume_reading()
                 self.process()
 
-        def unexpected(failure: Failure) -> None:
-            self.log.failure("{what} for {peer} failed", failure, what=what, peer=self.peer_ip)
-            self.local_error(what)
+        d.addErrback(self._unexpected, what).addBoth(resume)
 
-        d.addErrback(unexpected).addBoth(resume)
+    def _unexpected(self, failure: Failure, what: str) -> None:
+        self.log.failure("{what} for {peer} failed", failure, what=what, peer=self.peer_ip)
+        self.local_error(what)

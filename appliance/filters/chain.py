@@ -52,40 +52,59 @@ class FilterChain:
 
     # ------------------------------------------------------------------ session stages
 
-    def connect(self, facts: SessionFacts) -> Deferred[FilterVerdict]:
+    def connect(self, facts: SessionFacts) -> Answer:
         return self._first_refusal(lambda f: f.connect(facts), "connect")
 
-    def sender(self, facts: SessionFacts, mail_from: str) -> Deferred[FilterVerdict]:
+    def sender(self, facts: SessionFacts, mail_from: str) -> Answer:
         return self._first_refusal(lambda f: f.sender(facts, mail_from), "MAIL")
 
-    def recipient(self, facts: SessionFacts, mail_from: str, rcpt: str) -> Deferred[FilterVerdict]:
+    def recipient(self, facts: SessionFacts, mail_from: str, rcpt: str) -> Answer:
         return self._first_refusal(lambda f: f.recipient(facts, mail_from, rcpt), "RCPT")
 
-    def _first_refusal(
-        self, ask: Callable[[Filter], Answer], stage: str
-    ) -> Deferred[FilterVerdict]:
-        return defer.ensureDeferred(self._stage(ask, stage))
-
-    async def _stage(self, ask: Callable[[Filter], Answer], stage: str) -> FilterVerdict:
-        for f in self.filters:
-            verdict = await self._asked(f, ask, stage)
+    def _first_refusal(self, ask: Callable[[Filter], Answer], stage: str, start: int = 0) -> Answer:
+        """The first refusal of the filters from `start` on, or ACCEPT. Filters that answer at
+        once are asked in a loop (most do, most of the time: a memo, a cached lookup, a stage
+        they do not look at); the first that answers later continues the stage from its
+        callback, so no Deferred is made for a stage nobody waited in."""
+        filters = self.filters
+        for i in range(start, len(filters)):
+            f = filters[i]
+            try:
+                answer = ask(f)
+            except Exception:
+                verdict = self._failed(f, stage, Failure())
+            else:
+                if isinstance(answer, Deferred):
+                    return answer.addCallbacks(
+                        self._named, self._failed_later, (f,), errbackArgs=(f, stage)
+                    ).addCallback(self._next, ask, stage, i + 1)
+                verdict = self._named(answer, f)
             if not verdict.ok:
                 return verdict
         return ACCEPT
+
+    def _next(
+        self, verdict: FilterVerdict, ask: Callable[[Filter], Answer], stage: str, start: int
+    ) -> Answer:
+        return verdict if not verdict.ok else self._first_refusal(ask, stage, start)
+
+    @staticmethod
+    def _named(verdict: FilterVerdict, f: Filter) -> FilterVerdict:
+        return verdict if verdict.filter else dataclasses.replace(verdict, filter=f.name)
+
+    def _failed_later(self, failure: Failure, f: Filter, stage: str) -> FilterVerdict:
+        return self._failed(f, stage, failure)
+
+    def _failed(self, f: Filter, stage: str, failure: Failure) -> FilterVerdict:
+        self.log.failure("filter {filter} failed at {stage}", failure, filter=f.name, stage=stage)
+        return FilterVerdict(TEMPFAIL.code, TEMPFAIL.text, filter=f.name, reason="internal error")
 
     async def _asked(self, f: Filter, ask: Callable[[Filter], Answer], stage: str) -> FilterVerdict:
         try:
             verdict = await decision(ask, f)
         except Exception:
-            self.log.failure(
-                "filter {filter} failed at {stage}", Failure(), filter=f.name, stage=stage
-            )
-            return FilterVerdict(
-                TEMPFAIL.code, TEMPFAIL.text, filter=f.name, reason="internal error"
-            )
-        if not verdict.filter:
-            verdict = dataclasses.replace(verdict, filter=f.name)
-        return verdict
+            return self._failed(f, stage, Failure())
+        return self._named(verdict, f)
 
     # ------------------------------------------------------------------ the message
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from appliance.filters.base import Filter, MessageCheck
+from appliance.filters.base import Filter, Memo, MessageCheck
 from appliance.filters.headers import fields, from_domain
 from appliance.interfaces import Envelope, FilterVerdict, LookupFailed, NoSuchDomain, Resolver
 
@@ -90,6 +90,8 @@ class DMARCFilter(Filter):
         self.resolver = resolver
         self.enforce = enforce
         self.sample = sample
+        # each domain's record (or its absence), kept for the Memo's five minutes
+        self.records: Memo[str, tuple[Record | None]] = Memo()
 
     def wants_body(self, envelope: Envelope) -> bool:
         return not envelope.ours
@@ -98,12 +100,17 @@ class DMARCFilter(Filter):
         return defer.ensureDeferred(self._message(check))
 
     async def _lookup(self, name: str) -> Record | None:
+        known = self.records.get(name)
+        if known is not None:
+            return known[0]
         try:
             txts = await self.resolver.lookup_txt(f"_dmarc.{name}")
         except NoSuchDomain:
-            return None
+            txts = []
         records = [r for r in (parse(t.decode("utf-8", "replace")) for t in txts) if r]
-        return records[0] if len(records) == 1 else None
+        record = records[0] if len(records) == 1 else None
+        self.records.put(name, (record,))  # a temporary failure raised above: not kept
+        return record
 
     async def _message(self, check: MessageCheck) -> FilterVerdict:
         text = check.body.in_memory()

@@ -6,7 +6,9 @@ By default nothing is refused (RFC 7208 leaves the action to the receiver; a fai
 a tag until the admin asks for more): on_fail / on_softfail = reject give 550 5.7.23,
 on_permerror = reject 550 5.7.24, on_temperror = tempfail 451 4.7.24 (RFC 7372's codes).
 Mail from logged-in users is not checked. The result found at MAIL is kept for the end of
-the data (a Memo; if it is gone, the check is made again, from the DNS cache).
+the data (a Memo; if it is gone, the check is made again, from the DNS cache), and for the
+next messages of the same sender from the same client and HELO for the Memo's five minutes
+(a mailing list, a notification system: one check, not one per message).
 """
 
 from __future__ import annotations
@@ -83,7 +85,6 @@ class SPFFilter(Filter):
         d = self._check(env.client_ip, env.mail_from, env.helo)
 
         def tell(r: SPFResult) -> FilterVerdict:
-            self.memo.pop((env.client_ip, env.helo.lower(), env.mail_from.lower()))
             check.results["spf"] = r.result
             check.results["spf.domain"] = r.domain
             if env.mail_from:

@@ -646,7 +646,7 @@ def make_service(prepared: Prepared, reactor: Any = None) -> ApplianceService:
         maillog = MailLogService(MailLog(paths.maillog, cfg.appliance.hostname, reactor=reactor))
         maillog.setName("maillog")
         maillog.setServiceParent(root)
-        audit = MailLogService(AuditLog(paths.audit_log))
+        audit = MailLogService(AuditLog(paths.audit_log, reactor))
         audit.setName("audit")
         audit.setServiceParent(root)
         users_service = prepared.mail.users.service

@@ -205,7 +205,6 @@ class StyleResource(Resource):
 
 
 class StatusResource(_Page):
-
     def render_GET(self, request: Request) -> Any:  # noqa: N802
         if request.postpath not in ([], [b""]):
             return refuse(request, 404, "no such page")
@@ -257,7 +256,6 @@ class _LoginAnswers:
 
 
 class LoginResource(_Page):
-
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         if self.admin.session_of(request) is not None:
             return redirect(request, b"/")
@@ -319,7 +317,6 @@ def _checked_session(admin: AdminPages, request: Request) -> Session | bytes:
 
 
 class LogoutResource(_Page):
-
     def render_POST(self, request: Request) -> bytes:  # noqa: N802
         session = _checked_session(self.admin, request)
         if isinstance(session, bytes):
@@ -331,7 +328,6 @@ class LogoutResource(_Page):
 
 
 class QueueResource(_Page):
-
     def render_POST(self, request: Request) -> Any:  # noqa: N802
         admin = self.admin
         session = _checked_session(admin, request)

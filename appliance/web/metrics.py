@@ -217,6 +217,7 @@ class Metrics:
                 self.deliveries.labels(status=status, transport=transport)
                 self.delivery_delay.labels(status=status, transport=transport)
         self._smtp_ids: OrderedDict[str, None] = OrderedDict()
+        self._filter_children: dict[tuple[Any, Any], tuple[Any, Any]] = {}
         self._handlers: dict[str, Callable[[str, dict[str, Any]], None]] = {
             "connect": self._connect,
             "reject": self._reject,
@@ -280,11 +281,18 @@ class Metrics:
             self.tls_handshake(component, tls)
 
     def _filter(self, component: str, event: dict[str, Any]) -> None:
-        name = bounded(event.get("filter"), FILTERS)
-        self.filter_verdicts.labels(filter=name, action=bounded(event.get("action"), ACTIONS)).inc()
+        key = (event.get("filter"), event.get("action"))
+        children = self._filter_children.get(key)  # labels() takes a lock and builds keys
+        if children is None:
+            name = bounded(key[0], FILTERS)
+            verdicts = self.filter_verdicts.labels(filter=name, action=bounded(key[1], ACTIONS))
+            children = (verdicts, self.filter_seconds.labels(filter=name))
+            if len(self._filter_children) < 1000:  # bounded whatever the events say
+                self._filter_children[key] = children
+        children[0].inc()
         elapsed = event.get("elapsed")
         if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed >= 0:
-            self.filter_seconds.labels(filter=name).observe(elapsed)
+            children[1].observe(elapsed)
 
     # ------------------------------------------------------------------ not mail events
 
