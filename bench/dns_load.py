@@ -7,6 +7,22 @@ load against us, and prints queries/second, queries lost and our ratio to BIND.
 
     .venv/bin/python bench/dns_load.py [--reps 3] [--seconds 10] [--no-bind]
 
+Lab mode, the lab's own zones and a mail server's query mix::
+
+    .venv/bin/python bench/dns_load.py --lab [--reps 3] [--seconds 10] [--keep]
+
+Ours: the mail.163.com lab appliance (tests/integration/conftest.py's make_lab: etc/ copied,
+the ports moved to free high ports on 127.0.1.1), which serves etc/163/163.com.zone and the
+reverse zone etc/163/1.0.127.in-addr.arpa.zone. BIND: a private named 9.18 set up as
+../shared/bench/dns_bind.sh sets up its own (its own folder, `named -g`, authoritative only,
+recursion off, no rndc channel) but serving those two zone files, on a free port of 127.0.0.1.
+The queries (LAB_QUERIES, dnsperf cycles through them): 25% MX of 163.com, 35% A of the hosts
+(mail, smtp, pop3, imap, ns), 25% PTR of 127.0.1.1 and 127.0.1.4, 15% NXDOMAIN (a name and an
+address with no record); before the load, dig asks both servers each of them once and the run
+stops unless both give the same status and answer records. Each repetition runs dnsperf for
+--seconds against BIND and against us (alternating which goes first), printing qps, queries
+lost and the load average; then the medians and the ratio ours/BIND (the bar: >= 1.0x, 0 lost).
+
 Needs Debian's dnsperf (and bind9 for the anchor): ../shared/bench/setup.sh installs them.
 """
 
@@ -25,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,9 +128,9 @@ def start_appliance(workdir: Path, port: int) -> subprocess.Popen:
     raise SystemExit("appliance did not become ready in 60 s")
 
 
-def dnsperf(port: int, qfile: Path, seconds: int) -> tuple[float, int]:
+def dnsperf(port: int, qfile: Path, seconds: int, host: str = "127.0.0.1") -> tuple[float, int]:
     out = subprocess.run(
-        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile), "-l", str(seconds)],
+        ["dnsperf", "-s", host, "-p", str(port), "-d", str(qfile), "-l", str(seconds)],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -149,11 +166,199 @@ def bind_anchor(
     return rows
 
 
+# ------------------------------------------------------------------------------ lab mode
+
+LAB_ZONES = {"163.com": "163.com.zone", "1.0.127.in-addr.arpa": "1.0.127.in-addr.arpa.zone"}
+# 20 lines, dnsperf cycles through them: MX 5, A 7, PTR 5, NXDOMAIN 3 (www and .9 have no record)
+LAB_QUERIES = """\
+163.com MX
+mail.163.com A
+1.1.0.127.in-addr.arpa PTR
+163.com MX
+smtp.163.com A
+4.1.0.127.in-addr.arpa PTR
+nosuch.163.com A
+mail.163.com A
+163.com MX
+1.1.0.127.in-addr.arpa PTR
+pop3.163.com A
+9.1.0.127.in-addr.arpa PTR
+163.com MX
+imap.163.com A
+4.1.0.127.in-addr.arpa PTR
+mail.163.com A
+www.163.com A
+163.com MX
+ns.163.com A
+1.1.0.127.in-addr.arpa PTR
+"""
+BIND_LAB_CONF = """\
+// private benchmark instance (as ../shared/bench/dns_bind.sh), serving the lab's zones
+options {{
+    directory "{root}";
+    pid-file "{root}/named.pid";
+    session-keyfile "{root}/session.key";
+    managed-keys-directory "{root}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    allow-query {{ 127.0.0.0/8; }};
+    dnssec-validation no;
+    notify no;
+    querylog no;
+}};
+controls {{ }};
+"""
+
+
+@dataclass
+class DNSRun:
+    rep: int
+    server: str  # "ours" or "bind"
+    load1: str
+    qps: float | None = None
+    lost: int | None = None
+    error: str = ""
+
+
+def dig(host: str, port: int, name: str, qtype: str) -> tuple[str, list[str]]:
+    """(status, sorted answer records without their TTL) of one query, bounded."""
+    out = subprocess.run(
+        ["dig", "+norec", "+time=2", "+tries=1", "-p", str(port), f"@{host}", name, qtype],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    ).stdout
+    m = re.search(r"status: (\w+)", out)
+    answer, rrs = False, []
+    for line in out.splitlines():
+        if line.startswith(";; ANSWER SECTION"):
+            answer = True
+        elif answer and (not line.strip() or line.startswith(";;")):
+            answer = False
+        elif answer:
+            f = line.split()
+            rrs.append(" ".join([f[0].lower(), *f[2:]]))
+    return (m.group(1) if m else "no answer"), sorted(rrs)
+
+
+def start_bind_lab(root: Path, zones: Path, port: int) -> subprocess.Popen:
+    """named -g on 127.0.0.1:port serving the LAB_ZONES files of zones/; ready when it
+    answers the SOA of 163.com (bounded)."""
+    import pop3_load as pl  # stop_proc
+
+    root.mkdir(parents=True, exist_ok=True)
+    conf = BIND_LAB_CONF.format(root=root, port=port)
+    for zone, fname in LAB_ZONES.items():
+        shutil.copy(zones / fname, root / fname)
+        conf += f'zone "{zone}" {{\n    type primary;\n    file "{root / fname}";\n}};\n'
+        r = subprocess.run(
+            ["named-checkzone", "-q", zone, str(root / fname)], capture_output=True, timeout=30
+        )
+        if r.returncode != 0:
+            raise SystemExit(f"named-checkzone {zone} {root / fname} failed")
+    (root / "named.conf").write_text(conf)
+    log = (root / "named.log").open("w")
+    proc = subprocess.Popen(
+        ["named", "-g", "-c", str(root / "named.conf"), "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if dig("127.0.0.1", port, "163.com", "SOA")[0] == "NOERROR":
+            return proc
+        time.sleep(0.2)
+    pl.stop_proc(proc, "named")
+    raise SystemExit(f"named did not serve 163.com:\n{(root / 'named.log').read_text()[-2000:]}")
+
+
+def named_version() -> str:
+    try:
+        out = subprocess.run(["named", "-v"], capture_output=True, text=True, timeout=10).stdout
+        return " ".join(out.split()[:2]) or "BIND"
+    except (OSError, subprocess.SubprocessError):
+        return "BIND"
+
+
+def lab_compare(reps: int, seconds: int, keep: bool = False, sink: list | None = None) -> int:
+    """Lab mode (see the module docstring). Every DNSRun is also appended to sink as it ends
+    (bench/all.py reads them from there). 0 when every run gave a figure."""
+    sys.path[:0] = [p for p in (str(REPO / "bench"), str(REPO)) if p not in sys.path]
+    import pop3_load as pl  # stop_proc
+    import relay_load as rl  # the lab, its start and stop
+
+    work = Path(tempfile.mkdtemp(prefix="dns-lab-bench-"))
+    runs: list[DNSRun] = [] if sink is None else sink
+    lab: dict = {}
+    named: subprocess.Popen | None = None
+    try:
+        lab = rl.lab_appliances(work / "lab")
+        ours = lab["163"]
+        rl.start(ours)
+        host, port = ours.ip, ours.ports[53]
+        bind_port = free_udp_tcp_port("127.0.0.1")
+        named = start_bind_lab(work / "bind", ours.ini.parent / "163", bind_port)
+        say(f"named pid {named.pid} on 127.0.0.1:{bind_port} ({named_version()})")
+        qfile = work / "queries.txt"
+        qfile.write_text(LAB_QUERIES)
+        servers = {"bind": ("127.0.0.1", bind_port), "ours": (host, port)}
+        for line in sorted(set(LAB_QUERIES.splitlines())):
+            name, qtype = line.split()
+            got = {k: dig(h, p, name, qtype) for k, (h, p) in servers.items()}
+            if got["ours"] != got["bind"]:
+                raise SystemExit(f"{name} {qtype}: ours {got['ours']}, BIND {got['bind']}")
+            say(f"  check {name} {qtype}: both {got['ours'][0]} {got['ours'][1]}")
+        print(
+            f"ours: etc/163.ini copied to {ours.ini.parent}, ports moved: dns 53 -> {host}:{port}"
+            f"; BIND: {named_version()}, private named.conf in {work / 'bind'}, the lab's"
+            f" {' and '.join(LAB_ZONES)} zone files, 127.0.0.1:{bind_port};"
+            f" dnsperf -l {seconds}, {len(LAB_QUERIES.splitlines())} queries cycled"
+            " (MX 25%, A 35%, PTR 25%, NXDOMAIN 15%), the same answers checked with dig",
+            flush=True,
+        )
+        for rep in range(1, reps + 1):
+            for name in ("bind", "ours") if rep % 2 else ("ours", "bind"):
+                h, p = servers[name]
+                run = DNSRun(rep, name, " ".join(f"{x:.2f}" for x in os.getloadavg()))
+                say(f"rep {rep}/{reps} {name}: dnsperf -l {seconds} on {h}:{p}")
+                try:
+                    run.qps, run.lost = dnsperf(p, qfile, seconds, h)
+                except (AttributeError, subprocess.SubprocessError) as e:
+                    run.error = f"dnsperf gave no figure: {type(e).__name__}: {e}"[:200]
+                print(
+                    f"  rep {rep} load avg {run.load1}  {name:>4}: "
+                    + (f"{run.qps:,.0f} qps, lost {run.lost}" if run.qps else run.error),
+                    flush=True,
+                )
+                runs.append(run)
+    finally:
+        pl.stop_proc(named, "named")
+        rl.stop_all(lab)
+        if keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    med = {}
+    for name in ("bind", "ours"):
+        qs = [r.qps for r in runs if r.server == name and r.qps]
+        med[name] = statistics.median(qs) if qs else None
+        lost = sum(r.lost or 0 for r in runs if r.server == name)
+        print(f"{name}: median {med[name] or 0:,.0f} qps of {[round(q) for q in qs]}, lost {lost}")
+    if med["bind"] and med["ours"]:
+        print(f"ratio ours/bind: {med['ours'] / med['bind']:.2f}x (bar: 1.00x, 0 lost)")
+    return 0 if all(r.qps for r in runs) and len(runs) == 2 * reps else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions per server (default 3)")
     ap.add_argument("--seconds", type=int, default=10, help="dnsperf run length (default 10)")
     ap.add_argument("--no-bind", action="store_true", help="measure only the appliance")
+    ap.add_argument(
+        "--lab", action="store_true", help="the lab's zones and a query mix (module docstring)"
+    )
+    ap.add_argument("--keep", action="store_true", help="--lab: keep the temporary folder")
     ap.add_argument(
         "--anchor-dir",
         type=Path,
@@ -163,6 +368,15 @@ def main() -> int:
     args = ap.parse_args()
     if not shutil.which("dnsperf"):
         raise SystemExit("dnsperf missing: apt-get install dnsperf")
+    if args.lab:
+        if not shutil.which("named"):
+            raise SystemExit("named missing: apt-get install bind9 (../shared/bench/setup.sh)")
+        sys.path[:0] = [str(REPO / "bench"), str(REPO)]
+        import relay_load as rl  # Ctrl-C and SIGTERM stop what was started
+
+        return rl.run_interruptible(
+            lambda: lab_compare(args.reps, args.seconds, args.keep), "appliance and named stopped"
+        )
     with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
         work = Path(tmp)
         qfile = work / "queries.txt"

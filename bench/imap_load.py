@@ -3,7 +3,8 @@
 Dovecot 2.3.
 
     .venv/bin/python bench/imap_load.py [--messages 2000] [--clients 10] [--ops 200]
-        [--reps 3] [--size 1024] [--timeout 120] [--keep]
+        [--reps 3] [--size 1024] [--timeout 120] [--imaptest SECS] [--imaptest-clients 5]
+        [--keep]
 
 The IMAP twin of bench/pop3_load.py, whose helpers it imports (messages, Maildirs, Dovecot's
 users, ports, stopping): the same two servers over identical copies of the same Maildirs.
@@ -39,6 +40,14 @@ INBOX before the clock; then all start together):
              SEARCH UNSEEN, STORE n -FLAGS (\\Seen), NOOP, UID FETCH 1:* (FLAGS); n moves
              every cycle (37 x cycle mod N + 1); \\Seen is cleared (untimed) before the load,
              so both servers do identical work every repetition: ops/s over all clients.
+  imaptest   with --imaptest SECS: Dovecot's imaptest in its load mode
+             (../shared/peer/imaptest/imaptest.sh stress, built on first use) for SECS seconds,
+             --imaptest-clients clients on one more mailbox, imapstress (empty at the start;
+             imaptest APPENDs, FETCHes, STOREs, EXPUNGEs, and logs out and in again all the
+             time): commands/s = every command in imaptest's Totals / SECS. Logins are inside
+             the clock here, so Dovecot's passwd-file gets the same {BLF-CRYPT} hash as ours for
+             this user (the others are {PLAIN}, logged in before the clock). The errors imaptest
+             reports are counted in the row.
 Rate = units / (first command sent -> last command answered, over all clients). Every answer
 is checked (tagged OK, the bodies and headers byte for byte, the SEARCH and flags expected); a
 failed check stops that client and the row says which command got which answer.
@@ -67,6 +76,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +91,9 @@ import relay_load as rl  # noqa: E402  (CPU sampling, lab start; same style)
 
 BAR = 0.5
 LOADS = ("fetch-all", "fetch-each", "mix")
-UNIT = {"fetch-all": "msgs", "fetch-each": "msgs", "mix": "ops"}
+UNIT = {"fetch-all": "msgs", "fetch-each": "msgs", "mix": "ops", "imaptest": "cmds"}
+IMAPTEST = REPO.parent / "shared" / "peer" / "imaptest" / "imaptest.sh"
+STRESS = ("imapstress", "imapstresspass")  # imaptest's mailbox (user, password)
 MIX = ("header", "body", "seen", "search", "unseen", "noop", "flags")
 say = pl.say
 loadavg = pl.loadavg
@@ -125,8 +137,11 @@ service imap-login {{
 """
 
 
-def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
-    """pop3_load.setup_dovecot with the IMAP config: folders, passwd-file, dovecot.conf."""
+def setup_dovecot(
+    root: Path, port: int, users: list[tuple[str, str]], hashes: dict[str, str] | None = None
+) -> Path:
+    """pop3_load.setup_dovecot with the IMAP config: folders, passwd-file, dovecot.conf.
+    hashes: user -> "{SCHEME}hash" to write instead of {PLAIN}password."""
     for sub in ("run", "state", "mail", "home"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     os.chown(root / "mail", pl.DV_UID, pl.DV_GID)
@@ -135,7 +150,8 @@ def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
         home = root / "home" / u
         home.mkdir(exist_ok=True)
         os.chown(home, pl.DV_UID, pl.DV_GID)
-        lines.append(f"{u}:{{PLAIN}}{pw}:{pl.DV_UID}:{pl.DV_GID}::{home}::\n")
+        secret = (hashes or {}).get(u) or f"{{PLAIN}}{pw}"
+        lines.append(f"{u}:{secret}:{pl.DV_UID}:{pl.DV_GID}::{home}::\n")
     passwd = root / "passwd"
     passwd.write_text("".join(lines))
     shutil.chown(passwd, "root", "dovecot")  # the auth process runs as dovecot
@@ -163,6 +179,20 @@ def add_users(ini: Path, users: list[tuple[str, str, int]]) -> None:
         )
         if r.returncode != 0:
             raise SystemExit(f"user add {u}@{pl.DOMAIN} failed: {r.stderr[-1000:]}")
+
+
+def password_hash(ini: Path, address: str) -> str:
+    """The "{SCHEME}hash" of address in the passwd-file of the appliance config ini."""
+    import configparser
+
+    cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    cp.read(ini)
+    passwd = ini.parent / cp.get("auth", "passwd_file")
+    for line in passwd.read_text().splitlines():
+        user, sep, rest = line.partition(":")
+        if sep and user == address:
+            return rest.split(":", 1)[0]
+    raise SystemExit(f"{address} not in {passwd}")
 
 
 # ------------------------------------------------------------------------- IMAP client
@@ -403,6 +433,7 @@ class Outcome:
     seconds: float | None = None
     cpu: str = ""
     error: str = ""
+    note: str = ""
 
     @property
     def rate(self) -> float | None:
@@ -494,6 +525,65 @@ def one_load(
     return out
 
 
+def imaptest_stress(srv: pl.Server, user: str, password: str, secs: int, clients: int) -> Outcome:
+    """imaptest's load mode (IMAPTEST stress) on srv for secs seconds with `clients` clients
+    on user's mailbox; its lines go to stderr as they come. units = every command counted in
+    its Totals (rate: commands/s over secs); note: the errors it reported."""
+    out = Outcome(srv.label, "imaptest", clients, 0, loadavg())
+    cmd = ["bash", str(IMAPTEST), "stress", srv.host, str(srv.port), user, password]
+    proc = subprocess.Popen(
+        cmd + [f"secs={secs}", f"clients={clients}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own group: stopped as one below
+    )
+    lines: list[str] = []
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            print(f"    {srv.label} imaptest| {lines[-1]}", file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=secs + 60)
+    except subprocess.TimeoutExpired:
+        out.error = f"imaptest still running {secs + 60} s after its start"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        reader.join(timeout=5)
+    counts: list[int] = []
+    if "Totals:" in lines:
+        for line in lines[len(lines) - 1 - lines[::-1].index("Totals:") :]:
+            if line.split() and all(t.isdigit() for t in line.split()):
+                counts = [int(t) for t in line.split()]
+                break
+    errors = [line for line in lines if line.startswith("Error:")]
+    timers = [line.split() for line in lines if line.endswith("ms/cmd avg")]
+    names = next((line.split() for line in lines if line.startswith("Logi ")), [])
+    if timers and names and timers[-1][0].isdigit():
+        out.note = f"login {timers[-1][names.index('Logi')]} ms avg"
+    if errors:
+        out.note += f"; imaptest errors: {len(errors)} (first: {errors[0][:160]})"
+    if not out.error and proc.returncode != 0:
+        out.error = f"imaptest exited {proc.returncode}: {' | '.join(lines[-3:])[:300]}"
+    if not out.error and not sum(counts):
+        out.error = f"no Totals in imaptest's output: {' | '.join(lines[-3:])[:300]}"
+    out.units = out.done = sum(counts)
+    out.seconds = float(secs)
+    return out
+
+
 def warm(srv: pl.Server, boxes: list[tuple[str, str, int]], written: dict[str, list]) -> None:
     """One untimed session per mailbox: SELECT, every body checked against the files written
     (as a multiset: each server numbers them its own way), one header, \\Seen cleared."""
@@ -533,40 +623,54 @@ def describe(o: Outcome) -> str:
         f"{o.server:>8} {o.load:<10} {o.clients:>2} client(s): {o.done}/{o.units}"
         f" {UNIT[o.load]} in {pl.fmt(o.seconds, '.3f')} s = {pl.fmt(o.rate)} {UNIT[o.load]}/s"
         + (f"  {o.cpu}" if o.cpu else "")
+        + (f"  {o.note}" if o.note else "")
         + (f"  ERROR {o.error}" if o.error else "")
     )
 
 
-def run(args: argparse.Namespace) -> int:
+Results = list[tuple[int, dict[tuple[str, str], Outcome]]]
+
+
+def run(args: argparse.Namespace, sink: Results | None = None) -> int:
+    """The whole comparison (see the module docstring); each repetition's (rep, {(server,
+    load): Outcome}) is also appended to sink as it ends (bench/all.py reads them there)."""
     work = Path(tempfile.mkdtemp(prefix="imap-bench-"))
     work.chmod(0o755)  # Dovecot's processes (dovecot, 65534) must reach their folders
     lab: dict = {}
     dv_proc: subprocess.Popen | None = None
-    results: list[tuple[int, dict[tuple[str, str], Outcome]]] = []
+    results: Results = [] if sink is None else sink
+    kinds = LOADS + (("imaptest",) if args.imaptest else ())
+    stress = [(STRESS[0], STRESS[1], 0)] if args.imaptest else []
     per = args.messages // args.clients
     multi = [
         (f"imapbench{i:02d}", f"imapbench{i:02d}pass", per) for i in range(1, args.clients + 1)
     ]
     single = [(pl.SINGLE[0], pl.SINGLE[1], args.messages)]
     try:
+        if args.imaptest:  # built once (minutes), before anything runs
+            r = subprocess.run(["bash", str(IMAPTEST), "build"], timeout=1200, check=False)
+            if r.returncode != 0:
+                raise SystemExit(f"{IMAPTEST} build failed ({r.returncode})")
         # ---- ours: the lab's 163 appliance, ports moved
         lab = rl.lab_appliances(work / "lab")
         ours = lab["163"]
-        add_users(ours.ini, multi)
+        add_users(ours.ini, multi + stress)
+        hashes = {u: password_hash(ours.ini, f"{u}@{pl.DOMAIN}") for u, _pw, _c in stress}
         say(
             f"filling Maildirs: {args.messages} msgs for {pl.SINGLE[0]},"
             f" {per} for each of {multi[0][0]}.."
         )
         written = {u: pl.make_messages(c, args.size, u) for u, _pw, c in single + multi}
-        for u, msgs in written.items():
+        for u, msgs in [*written.items(), *((u, []) for u, _pw, _c in stress)]:
             pl.fill(ours.maildir(f"{u}@{pl.DOMAIN}"), msgs)
         bodies = frozenset(d for msgs in written.values() for _n, d in msgs)
         headers = frozenset().union(*(header_set(m) for m in written.values()))
         # ---- Dovecot: pop3_load's config with IMAP, identical copies of the Maildirs
         dv_root = work / "dovecot"
         dv_port = pl.free_port()
-        conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in single + multi])
-        for u in written:
+        every = single + multi + stress
+        conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in every], hashes)
+        for u, _pw, _c in every:
             dst = dv_root / "mail" / u
             shutil.copytree(ours.maildir(f"{u}@{pl.DOMAIN}"), dst)
             pl.chown_tree(dst, pl.DV_UID, pl.DV_GID)
@@ -601,7 +705,13 @@ def run(args: argparse.Namespace) -> int:
             f" clock; fetch-all and fetch-each: 1 client x {args.messages} msgs ({pl.SINGLE[0]});"
             f" mix: {args.clients} clients x {args.ops} ops on {per} msgs each"
             f" ({multi[0][0]}..{multi[-1][0]}), cycling {', '.join(MIX)}; {args.size} B each,"
-            " identical files (Dovecot's a copy); one warm-up session per mailbox before rep 1",
+            " identical files (Dovecot's a copy); one warm-up session per mailbox before rep 1"
+            + (
+                f"; imaptest: stress {args.imaptest} s, {args.imaptest_clients} clients on"
+                f" {STRESS[0]} (empty at the start; the same BLF-CRYPT hash in both passwd files)"
+                if args.imaptest
+                else ""
+            ),
             flush=True,
         )
         for srv in (s_ours, s_dv):
@@ -629,6 +739,12 @@ def run(args: argparse.Namespace) -> int:
                     )
                     print(f"  rep {rep} load avg {o.load1}  {describe(o)}", flush=True)
                     got[(srv.label, kind)] = o
+                if args.imaptest:
+                    say(f"rep {rep} {srv.label}: imaptest stress, {args.imaptest_clients} clients")
+                    user = srv.user_fmt.format(u=STRESS[0])
+                    o = imaptest_stress(srv, user, STRESS[1], args.imaptest, args.imaptest_clients)
+                    print(f"  rep {rep} load avg {o.load1}  {describe(o)}", flush=True)
+                    got[(srv.label, "imaptest")] = o
             results.append((rep, got))
     finally:
         pl.stop_proc(dv_proc, "dovecot")
@@ -651,10 +767,10 @@ def run(args: argparse.Namespace) -> int:
     print(head)
     print("-" * len(head))
     cols: dict[tuple[str, str], list[float]] = {
-        (s, k): [] for s in ("ours", "dovecot") for k in LOADS
+        (s, k): [] for s in ("ours", "dovecot") for k in kinds
     }
     for rep, got in results:
-        for kind in LOADS:
+        for kind in kinds:
             a, b = got[("ours", kind)], got[("dovecot", kind)]
             for o in (a, b):
                 if o.rate:
@@ -665,7 +781,7 @@ def run(args: argparse.Namespace) -> int:
                 f" | {pl.fmt(b.seconds, '.3f'):>7} | {pl.fmt(b.rate):>8}"
             )
     med = {k: statistics.median(v) if v else None for k, v in cols.items()}
-    for kind in LOADS:
+    for kind in kinds:
         mo, md = med[("ours", kind)], med[("dovecot", kind)]
         ratio = mo / md if mo and md else None
         verdict = "-" if ratio is None else "PASS" if ratio >= BAR else "FAIL"
@@ -679,7 +795,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if complete else 1
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="See the module docstring for details (read the file).",
@@ -697,8 +814,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
     ap.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
     ap.add_argument("--timeout", type=float, default=120, help="deadline of each load, s (120)")
+    ap.add_argument(
+        "--imaptest",
+        type=int,
+        default=0,
+        metavar="SECS",
+        help="also run imaptest's load mode for SECS seconds against each server (0: no)",
+    )
+    ap.add_argument("--imaptest-clients", type=int, default=5, help="imaptest's clients (5)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if min(args.messages, args.clients, args.ops, args.reps, args.size) < 1:
         ap.error("--messages, --clients, --ops, --reps and --size must be >= 1")
     if args.messages % args.clients:
@@ -707,6 +832,13 @@ def main() -> int:
         ap.error("run as root: the private Dovecot runs its users as uid 65534")
     if not shutil.which("dovecot") or not Path("/usr/lib/dovecot/imap").exists():
         ap.error("dovecot missing (apt-get install dovecot-core dovecot-imapd)")
+    if args.imaptest < 0 or args.imaptest_clients < 1:
+        ap.error("--imaptest must be >= 0, --imaptest-clients >= 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     return rl.run_interruptible(lambda: run(args), "both servers stopped")
 
 

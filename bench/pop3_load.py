@@ -484,12 +484,18 @@ def describe(o: Outcome) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+Results = list[tuple[int, Outcome, Outcome, Outcome, Outcome]]
+
+
+def run(args: argparse.Namespace, sink: Results | None = None) -> int:
+    """The whole comparison (see the module docstring); each repetition's (rep, ours 1 client,
+    dovecot 1 client, ours C clients, dovecot C clients) is also appended to sink as it ends
+    (bench/all.py reads them from there)."""
     work = Path(tempfile.mkdtemp(prefix="pop3-bench-"))
     work.chmod(0o755)  # Dovecot's processes (dovecot, 65534) must reach their folders
     ours = None
     dv_proc: subprocess.Popen | None = None
-    results: list[tuple[int, Outcome, Outcome, Outcome, Outcome]] = []
+    results: Results = [] if sink is None else sink
     per = args.messages // args.clients
     multi = [(f"popbench{i:02d}", f"popbench{i:02d}pass", per) for i in range(1, args.clients + 1)]
     single = [(SINGLE[0], SINGLE[1], args.messages)]
@@ -650,7 +656,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="See the module docstring for details (read the file).",
@@ -670,7 +677,7 @@ def main() -> int:
         " same: both on CPU 0; split: server 0, client 1). See the docstring.",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.messages < 1 or args.clients < 1 or args.reps < 1 or args.size < 1:
         ap.error("--messages, --clients, --reps and --size must be >= 1")
     if args.messages % args.clients:
@@ -679,6 +686,11 @@ def main() -> int:
         ap.error("run as root: the private Dovecot runs its users as uid 65534")
     if not shutil.which("dovecot"):
         ap.error("dovecot missing (apt-get install dovecot-core dovecot-pop3d)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     return rl.run_interruptible(lambda: run(args), "both servers stopped")
 
 

@@ -362,10 +362,15 @@ def describe(o: LoadOutcome) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+Results = list[tuple[int, str, LoadOutcome, LoadOutcome]]
+
+
+def run(args: argparse.Namespace, sink: Results | None = None) -> int:
+    """The whole comparison (see the module docstring); each repetition's (rep, load average,
+    A, B) is also appended to sink as it ends (bench/all.py reads them from there)."""
     work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     lab: dict = {}
-    results: list[tuple[int, str, LoadOutcome, LoadOutcome]] = []
+    results: Results = [] if sink is None else sink
     try:
         for attempt in (1, 2):
             lab = lab_appliances(work / f"lab{attempt}")
@@ -501,7 +506,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if complete else 1
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="See the module docstring for details (python -c 'help(...)' or read the file).",
@@ -524,9 +530,14 @@ def main() -> int:
         "do on 587; default: AUTH without TLS, which the lab allows from loopback",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary lab folder")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.messages < 1 or args.connections < 1 or args.size < 0 or args.reps < 1:
         ap.error("--messages, --connections and --reps must be >= 1, --size >= 0")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     # Ctrl-C and SIGTERM unwind as KeyboardInterrupt (asyncio.run cancels the load cleanly),
     # so the finally block stops both appliances; SIGINT even when started with it ignored
     return run_interruptible(lambda: run(args), "both appliances stopped")

@@ -16,6 +16,7 @@ answers repeats with one dict lookup and one sendto.
 from __future__ import annotations
 
 import secrets
+import socket
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -514,6 +515,10 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         self.engine = engine
         # keyed by recursion permission, then the query bytes after the ID
         self._fast: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
+        self._socket: socket.socket | None = None  # the listening port's, once started
+
+    def startProtocol(self) -> None:  # noqa: N802 (Twisted's API)
+        self._socket = getattr(self.transport, "socket", None)
 
     def clear_cache(self) -> None:
         for table in self._fast:
@@ -526,7 +531,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         hit = table.get(key)
         if hit is not None:
             self.engine.answered[hit[1] & 15] += 1
-            self.transport.write(data[:2] + hit, addr)
+            self._send(data[:2] + hit, addr)
             return
         try:
             result = self.engine.handle(data, addr[0], tcp=False)
@@ -543,7 +548,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
                     table.clear()
                 table[key] = result[2:]
             self.engine.answered[result[3] & 15] += 1
-            self.transport.write(result, addr)
+            self._send(result, addr)
             return
         result.addCallback(self._send_later, addr)
         result.addErrback(
@@ -553,7 +558,22 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
     def _send_later(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
             self.engine.answered[data[3] & 15] += 1
+            self._send(data, addr)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """sendto() on the port's socket: addr is what recvfrom() gave, so the checks of
+        Twisted's Port.write (three parses of the address per datagram) are not needed. A
+        full socket buffer drops the answer (the client asks again), as a refused one."""
+        sock = self._socket
+        if sock is None:  # a transport that is not a socket's (tests)
             self.transport.write(data, addr)
+            return
+        try:
+            sock.sendto(data, addr)
+        except InterruptedError:
+            sock.sendto(data, addr)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
 
 
 class DNSTCPProtocol(Int16StringReceiver):
