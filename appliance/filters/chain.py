@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from appliance.deferreds import decision
 from appliance.filters.base import Answer, Filter, MessageCheck
 from appliance.filters.body import SpillBuffer
 from appliance.interfaces import ACCEPT, BodyBuffer, Envelope, FilterVerdict, SessionFacts
@@ -29,6 +28,7 @@ from appliance.interfaces import ACCEPT, BodyBuffer, Envelope, FilterVerdict, Se
 TEMPFAIL = FilterVerdict(451, "4.7.1 Temporary failure in message checks, try again later")
 
 VERDICT = "{queue_id}: filter {filter}: {action}{detail}"
+STAGE_END = "END-OF-MESSAGE"
 
 
 class FilterChain:
@@ -99,13 +99,6 @@ class FilterChain:
         self.log.failure("filter {filter} failed at {stage}", failure, filter=f.name, stage=stage)
         return FilterVerdict(TEMPFAIL.code, TEMPFAIL.text, filter=f.name, reason="internal error")
 
-    async def _asked(self, f: Filter, ask: Callable[[Filter], Answer], stage: str) -> FilterVerdict:
-        try:
-            verdict = await decision(ask, f)
-        except Exception:
-            return self._failed(f, stage, Failure())
-        return self._named(verdict, f)
-
     # ------------------------------------------------------------------ the message
 
     def body_buffer(self, envelope: Envelope) -> BodyBuffer | None:
@@ -116,19 +109,45 @@ class FilterChain:
     def message(
         self, envelope: Envelope, queue_id: str, body: BodyBuffer
     ) -> Deferred[FilterVerdict]:
-        return defer.ensureDeferred(self._message(MessageCheck(envelope, queue_id, body)))
+        answer = self._message(MessageCheck(envelope, queue_id, body), [], 0)
+        return answer if isinstance(answer, Deferred) else defer.succeed(answer)
 
-    async def _message(self, check: MessageCheck) -> FilterVerdict:
-        headers: list[str] = []
-        for f in self.filters:
+    def _message(self, check: MessageCheck, headers: list[str], start: int) -> Answer:
+        """The filters from `start` on that look at this message, in order, as the stages
+        are asked (_first_refusal): in a loop while they answer at once."""
+        filters = self.filters
+        for i in range(start, len(filters)):
+            f = filters[i]
             if not f.wants_body(check.envelope):
                 continue
-            start = time.monotonic()
-            verdict = await self._asked(f, lambda f: f.message(check), "END-OF-MESSAGE")
-            self._log(check.queue_id, verdict, time.monotonic() - start)
+            began = time.monotonic()
+            try:
+                answer = f.message(check)
+            except Exception:
+                verdict = self._failed(f, STAGE_END, Failure())
+            else:
+                if isinstance(answer, Deferred):
+                    return answer.addCallbacks(
+                        self._named, self._failed_later, (f,), errbackArgs=(f, STAGE_END)
+                    ).addCallback(self._message_next, check, headers, i, began)
+                verdict = self._named(answer, f)
+            self._log(check.queue_id, verdict, time.monotonic() - began)
             if not verdict.ok:
                 return verdict
             headers.extend(verdict.headers)
+        return self._with_results(check, headers)
+
+    def _message_next(
+        self, verdict: FilterVerdict, check: MessageCheck, headers: list[str], i: int,
+        began: float,
+    ) -> Answer:  # fmt: skip
+        self._log(check.queue_id, verdict, time.monotonic() - began)
+        if not verdict.ok:
+            return verdict
+        headers.extend(verdict.headers)
+        return self._message(check, headers, i + 1)
+
+    def _with_results(self, check: MessageCheck, headers: list[str]) -> FilterVerdict:
         if check.auth_results:
             results = ";\r\n\t".join(check.auth_results)
             headers.insert(0, f"Authentication-Results: {self.hostname};\r\n\t{results}")

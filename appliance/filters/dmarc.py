@@ -96,8 +96,21 @@ class DMARCFilter(Filter):
     def wants_body(self, envelope: Envelope) -> bool:
         return not envelope.ours
 
-    def message(self, check: MessageCheck) -> Deferred[FilterVerdict]:
-        return defer.ensureDeferred(self._message(check))
+    def message(self, check: MessageCheck) -> FilterVerdict | Deferred[FilterVerdict]:
+        text = check.body.in_memory()
+        if text is None:
+            text = next(iter(check.body.chunks()), b"")  # the headers are in the first MB
+        if len(fields(text, b"from")) > 1:
+            check.auth_results.append('dmarc=permerror reason="several From: fields"')
+            return FilterVerdict(reason="permerror: several From: fields")
+        domain = from_domain(text)
+        if not domain:
+            check.auth_results.append("dmarc=none")
+            return FilterVerdict(reason="none: no From: domain")
+        known = self.records.get(domain)
+        if known is not None and (known[0] is not None or organizational(domain) == domain):
+            return self._verdict(check, domain, known[0], False)  # no lookup to wait for
+        return defer.ensureDeferred(self._message(check, domain))
 
     async def _lookup(self, name: str) -> Record | None:
         known = self.records.get(name)
@@ -112,17 +125,7 @@ class DMARCFilter(Filter):
         self.records.put(name, (record,))  # a temporary failure raised above: not kept
         return record
 
-    async def _message(self, check: MessageCheck) -> FilterVerdict:
-        text = check.body.in_memory()
-        if text is None:
-            text = next(iter(check.body.chunks()), b"")  # the headers are in the first MB
-        if len(fields(text, b"from")) > 1:
-            check.auth_results.append('dmarc=permerror reason="several From: fields"')
-            return FilterVerdict(reason="permerror: several From: fields")
-        domain = from_domain(text)
-        if not domain:
-            check.auth_results.append("dmarc=none")
-            return FilterVerdict(reason="none: no From: domain")
+    async def _message(self, check: MessageCheck, domain: str) -> FilterVerdict:
         org = organizational(domain)
         try:
             record = await self._lookup(domain)
@@ -133,6 +136,11 @@ class DMARCFilter(Filter):
         except LookupFailed as e:
             check.auth_results.append(f"dmarc=temperror header.from={domain}")
             return FilterVerdict(reason=f"temperror: {e}")
+        return self._verdict(check, domain, record, subdomain_policy)
+
+    def _verdict(
+        self, check: MessageCheck, domain: str, record: Record | None, subdomain_policy: bool
+    ) -> FilterVerdict:
         if record is None:
             check.auth_results.append(f"dmarc=none header.from={domain}")
             return FilterVerdict(reason=f"none: {domain} publishes no policy")

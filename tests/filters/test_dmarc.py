@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from appliance.deferreds import decision
 from appliance.filters.base import MessageCheck
 from appliance.filters.body import SpillBuffer
 from appliance.filters.dmarc import DMARCFilter, aligned, parse
-from appliance.interfaces import Envelope, Recipient
+from appliance.interfaces import Envelope, FilterVerdict, Recipient
 from tests.filters.test_spf import TableResolver
 
 TABLE = {
@@ -32,7 +33,7 @@ async def run(text: bytes, results: dict[str, str], sample: float = 0.0):
     body = SpillBuffer(Path(tempfile.gettempdir()))
     body.write(text)
     check = MessageCheck(env, "Q1", body, results=dict(results))
-    v = await DMARCFilter(TableResolver(TABLE), sample=lambda: sample).message(check)
+    v = await decision(DMARCFilter(TableResolver(TABLE), sample=lambda: sample).message, check)
     return v, check
 
 
@@ -88,3 +89,28 @@ async def test_dmarc_pct_sampled_reject_becomes_quarantine() -> None:
 async def test_dmarc_several_from_fields_permerror() -> None:
     v, check = await run(b"From: a@163.test\r\nFrom: b@163.test\r\n\r\nx\r\n", {})
     assert v.ok and check.auth_results == ['dmarc=permerror reason="several From: fields"']
+
+
+def test_dmarc_record_memoised_per_domain_answer_given_at_once() -> None:
+    """The second message from a domain is judged from the memo: no lookup, no Deferred."""
+    asked: list[str] = []
+
+    class Counting(TableResolver):
+        def lookup_txt(self, name: str):
+            asked.append(name)
+            return super().lookup_txt(name)
+
+    f = DMARCFilter(Counting(TABLE), sample=lambda: 0.0)
+
+    def check_of(from_: str, results: dict[str, str]) -> MessageCheck:
+        env = Envelope("x@elsewhere.test", (Recipient("u@sina.test"),), "127.0.0.9", "client.test")
+        body = SpillBuffer(Path(tempfile.gettempdir()))
+        body.write(message(from_))
+        return MessageCheck(env, "Q1", body, results=dict(results))
+
+    first = f.message(check_of("ceo@163.test", {}))
+    assert asked == ["_dmarc.163.test"] and first.called  # the table answers at once
+    second = f.message(check_of("cfo@163.test", {"spf": "pass", "spf.domain": "163.test"}))
+    assert isinstance(second, FilterVerdict) and second.ok and asked == ["_dmarc.163.test"]
+    third = f.message(check_of("ceo@163.test", {}))
+    assert isinstance(third, FilterVerdict) and third.code == 550

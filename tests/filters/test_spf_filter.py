@@ -84,6 +84,11 @@ async def test_spf_filter_end_of_data_headers_and_result_from_mail_time() -> Non
     )
     assert check.auth_results == ["spf=pass smtp.mailfrom=user1@163.com"]
     assert check.results == {"spf": "pass", "spf.domain": "163.com"}
+    # the next message of the same sender from the same client: no lookup at MAIL either
+    v = await at_mail(f, "127.0.1.1", "user1@163.com")
+    assert v.ok and len(resolver.asked) == asked
+    await at_mail(f, "127.0.1.1", "user2@163.com")  # another sender is checked
+    assert len(resolver.asked) > asked
 
 
 @pytest_twisted.ensureDeferred
