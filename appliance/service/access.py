@@ -28,8 +28,15 @@ if TYPE_CHECKING:
     from appliance.service import Prepared
 
 
+# Connections the kernel completes before we accept them. Twisted's default, 50, overflows
+# when a few hundred clients connect at once (each refused SYN is retried after a second);
+# the kernel caps it at net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 1024
+
+
 def tcp_endpoint(hp: HostPort) -> str:
-    return f"tcp:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
+    host = hp.host.replace(":", chr(92) + ":")
+    return f"tcp:{hp.port}:interface={host}:backlog={LISTEN_BACKLOG}"
 
 
 def _limits(section: Any) -> SessionLimits:

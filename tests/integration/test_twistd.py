@@ -93,6 +93,14 @@ def test_twistd_first_start_issues_certificate(tmp_path: Path) -> None:
             timeout=30,
         )
         assert out.returncode == 0, out.stderr
+        # every TCP listener takes a burst of connections (Send-Q of a listening socket is
+        # its backlog: Twisted's default of 50 overflowed with a few hundred clients at once)
+        for std in (25, 465, 587, 110, 995, 143, 993, 53, 8443):
+            port = a.ports[std]
+            ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                                text=True, timeout=10)  # fmt: skip
+            (listener,) = ss.stdout.splitlines()
+            assert listener.split()[2] == "1024", (std, listener)
     finally:
         a.stop()
     # a second start finds the certificate valid and issues nothing
