@@ -2,6 +2,8 @@
 # make lab   - both lab appliances (163 and sina) in the foreground, output prefixed 163| sina|
 # make test  - create .venv, install test deps and the Debian tools the tests use, run the suite
 # make compliance - Dovecot's imaptest suite against the appliance's IMAP
+# make bench - every speed comparison beside Postfix, Dovecot and BIND in one go (bench/all.py);
+#              BENCH_ARGS=--quick for a smoke test of the harness; see bench/all.py --help
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +12,7 @@ CONFIG ?= etc/163.ini
 DEBIAN_PKGS := bind9-dnsutils bind9 openssl dnsperf procps iproute2 slapd ldap-utils swaks libnet-ssleay-perl postfix fetchmail mpop curl clamav-daemon spamassassin spamd spamc chromium chromium-driver
 STAMP := $(VENV)/.installed
 
-.PHONY: run lab test compliance venv debs lint typecheck clean
+.PHONY: run lab test compliance bench venv debs lint typecheck clean
 
 $(STAMP): setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +56,22 @@ test: debs venv
 # no advertised extension fails
 compliance: debs venv
 	$(BIN)/python bench/imap_compliance.py
+
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+ANCHOR_TOOLS := smtp-source postfix dovecot doveconf named named-checkzone dnsperf dig
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $(BENCH_STAMP)
+
+# the anchors (private Postfix, Dovecot, BIND on loopback) come from ../shared/bench/setup.sh
+bench: debs $(BENCH_STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench starts private Postfix, Dovecot and BIND instances: run it as root" >&2; exit 1; fi
+	@missing=""; for t in $(ANCHOR_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	[ -e /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
+	if [ -n "$$missing" ]; then echo "anchors missing:$$missing; running ../shared/bench/setup.sh" >&2; ../shared/bench/setup.sh || exit 1; fi
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
 typecheck: venv
 	$(BIN)/lint-imports
