@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
@@ -52,9 +53,14 @@ class RecordingEngine(DNSEngine):
 @pytest.fixture
 def upstream():
     engine = RecordingEngine(Authority([upstream_zone()]))
-    udp = reactor.listenUDP(0, DNSUDPProtocol(engine), interface="127.0.0.1")
-    port = udp.getHost().port
-    tcp = reactor.listenTCP(port, DNSTCPFactory(engine), interface="127.0.0.1")
+    for _ in range(20):  # the UDP port's number may be taken for TCP: try another
+        udp = reactor.listenUDP(0, DNSUDPProtocol(engine), interface="127.0.0.1")
+        port = udp.getHost().port
+        try:
+            tcp = reactor.listenTCP(port, DNSTCPFactory(engine), interface="127.0.0.1")
+            break
+        except CannotListenError:
+            udp.stopListening()
     engine.port = port
     yield engine
     udp.stopListening()
