@@ -65,6 +65,8 @@ class Transport(Protocol):
 
     def registerProducer(self, producer: object, streaming: bool) -> None: ...  # noqa: N802
 
+    def unregisterProducer(self) -> None: ...  # noqa: N802
+
     def getPeer(self) -> object: ...  # noqa: N802
 
     def pauseProducing(self) -> None: ...  # noqa: N802
@@ -133,6 +135,7 @@ class LineConnection(protocol.Protocol):
         self.errors = 0
         self.peer_ip = "unknown"  # the client's address, once connected
         self.link: Transport | None = None  # the transport, once connected
+        self.producing = False  # registered as the transport's producer
         self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
         self.drain_waiters: list[defer.Deferred[None]] = []  # drained() callers
         self.stall_call: IDelayedCall | None = None  # cuts off a client that stopped reading
@@ -146,6 +149,7 @@ class LineConnection(protocol.Protocol):
         # self.transport, typed as what we use of it; kept once rather than cast on each use
         self.link = cast(Transport, transport)
         self.link.registerProducer(self, True)
+        self.producing = True  # registered on the transport (until close_connection)
         super().makeConnection(transport)
 
     def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
@@ -346,6 +350,12 @@ class LineConnection(protocol.Protocol):
         self.closing = True
         link = self.link
         if link is not None:
+            # a producer still registered on a TLS transport holds its close_notify (and so
+            # the close) until it is unregistered: after STARTTLS, with a peer that waits for
+            # us to close, the connection would stay open until a timeout
+            if self.producing:
+                self.producing = False
+                link.unregisterProducer()
             link.loseConnection()
 
     def abort_if_stuck(self) -> None:

@@ -276,6 +276,9 @@ class SMTPClientProtocol(LineReceiver):
 
     def close(self) -> None:
         if self.transport is not None:
+            # unregistered first: TLS holds its close_notify (and the close) while a producer
+            # is registered, and a server that waits for our close would keep the connection
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
 
     def abort(self) -> None:

@@ -414,6 +414,25 @@ def test_relay_next_message_within_cache_time_same_connection(lab) -> None:
     assert connects() - before <= 1, maillog(sina)[-2000:]
 
 
+def test_relay_session_over_starttls_really_closes_after_quit(lab) -> None:
+    """After the cache time the relay's QUIT ends the connection on both sides (over
+    STARTTLS a producer left registered held TLS's close: every relay session stayed open
+    at sina until its idle timeout, and after 50 of them sina refused 163 with 421)."""
+    a, sina = lab["163"], lab["sina"]
+    tok = token()
+    submit(a, "user1@163.com", ["user3@sina.com"], tok)
+    wait_message(sina, "user3@sina.com", tok)
+    port = sina.ports[25]
+
+    def open_from_163() -> list[str]:
+        ss = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"],
+                            capture_output=True, text=True, timeout=10)  # fmt: skip
+        return [line for line in ss.stdout.splitlines() if "127.0.1.1:" in line]
+
+    wait_for(lambda: not open_from_163(), timeout=15, what="the relay's connection to close")
+    assert "disconnect from mail.163.com[127.0.1.1]" in maillog(sina)
+
+
 def test_relay_8bit_body_and_leading_dots_kept_byte_for_byte(lab) -> None:
     """BODY=8BITMIME UTF-8 text and dot-led lines: sina's copy has the very bytes 163 was given."""
     a, sina = lab["163"], lab["sina"]
