@@ -83,3 +83,12 @@ def test_data_reader_disk_full_reported_first() -> None:
     r.disk_full = True
     r.feed(b"bare\nlf\r\n.\r\n")
     assert r.problem() == (452, "4.3.1", "Insufficient system storage")
+
+
+def test_data_reader_line_limit_boundary_inside_a_big_chunk() -> None:
+    """1000 octets with the CRLF is allowed (RFC 5321 4.5.3.1.6), 1001 is not, wherever the
+    line is in a chunk of many lines."""
+    for length, refused in ((998, False), (999, True), (5000, True)):
+        r = DataReader(max_size=10**7, max_line=1000)
+        r.take(b"a" * 10 + b"\r\n" + b"x" * length + b"\r\n" + b"b" * 600 + b"\r\n")
+        assert r.line_too_long is refused, length
