@@ -10,7 +10,8 @@ from twisted.internet.testing import FakeDatagramTransport
 from twisted.names import dns
 
 from appliance.dns.authority import Answer, Authority, Zone
-from appliance.dns.server import DNSEngine, DNSUDPProtocol, ForwardCache, encode_response
+from appliance.dns.cache import ForwardCache
+from appliance.dns.server import DNSEngine, DNSUDPProtocol, encode_response
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
