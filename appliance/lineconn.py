@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appliance.limits import Deadlines
+from appliance.limits import ConnectionSlots, Deadlines
 from appliance.log import printable
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ class LineConnection(protocol.Protocol):
         self.tls_info: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
         self.drain_waiters: list[defer.Deferred[None]] = []  # drained() callers
         self.stall_call: IDelayedCall | None = None  # cuts off a client that stopped reading
+        self.slots: ConnectionSlots | None = None  # the slots this connection holds one of
 
     @property
     def reading_stopped(self) -> bool:
@@ -345,9 +346,33 @@ class LineConnection(protocol.Protocol):
             self.flush()
             self.out = None
 
+    def admit_to(self, slots: ConnectionSlots) -> bool:
+        """Take one of slots for this client (False: none for it). The slot is given back
+        when the close begins, not when it ends: a client that got its last reply may
+        connect again before this side's close is done, and under load hundreds of such
+        closes would otherwise count against it (500 clients were refused at 505 slots)."""
+        if not slots.admit(self.peer_ip, self):
+            return False
+        self.slots = slots
+        return True
+
+    def release_slot(self) -> None:
+        """Give the slot back (again, or none held: nothing)."""
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.release(self)
+
+    # a Slot (appliance.limits) for admit_to; sessions that may be evicted say when they idle
+    def idle_since(self) -> float | None:
+        return None
+
+    def evict(self) -> None:
+        self.close_connection()
+
     def close_connection(self) -> None:
         self.flush()  # the last reply before the FIN
         self.closing = True
+        self.release_slot()
         link = self.link
         if link is not None:
             # a producer still registered on a TLS transport holds its close_notify (and so

@@ -100,7 +100,6 @@ class IMAPSession(LineConnection):
         self.idle_tag: str | None = None
         self.idle_poll: IDelayedCall | None = None
         self.stop_watch: Callable[[], None] | None = None
-        self.counted = False
         self.lost = False
         self.logout_reason = "Connection closed"
         self.logged_out = False
@@ -127,12 +126,11 @@ class IMAPSession(LineConnection):
         self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"
-        if not f.slots.admit(self.peer_ip, self):
+        if not self.admit_to(f.slots):
             self.events.reject("too many connections")
             self.send_line("* BYE [UNAVAILABLE] Too many connections, try again later")
             self.close_connection()
             return
-        self.counted = True
         slots = f.slots
         self.deadlines = Deadlines(
             f.reactor, s.limits, self.timed_out, stressed=lambda: slots.stressed
@@ -146,9 +144,7 @@ class IMAPSession(LineConnection):
         self.end_idle()
         if self.deadlines is not None:
             self.deadlines.stop()
-        if self.counted:
-            self.factory.slots.release(self)
-            self.counted = False
+        self.release_slot()
         self.release_drain_waiters()
         self.log_logout()
 
@@ -188,7 +184,6 @@ class IMAPSession(LineConnection):
         return deadlines.request_start if deadlines is not None else None
 
     def evict(self) -> None:
-        self.counted = False
         self.events.reject("closing idle session")
         self.send_line("* BYE [UNAVAILABLE] Closing idle session")
         self.close_connection()

@@ -74,7 +74,6 @@ class POP3Session(LineConnection):
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.counts = Counts()
-        self.counted = False  # holds one of the factory's connection slots
         self.lost = False
         self.updating = False  # UPDATE runs: its end releases the lock
         self.logout_reason = "Connection closed"
@@ -93,12 +92,11 @@ class POP3Session(LineConnection):
         self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
-        if not f.slots.admit(self.peer_ip, self):
+        if not self.admit_to(f.slots):
             self.events.reject("too many connections")
             self.send_line("-ERR [SYS/TEMP] Too many connections, try again later")
             self.close_connection()
             return
-        self.counted = True
         slots = f.slots
         self.deadlines = Deadlines(
             f.reactor, s.limits, self.timed_out, stressed=lambda: slots.stressed
@@ -110,9 +108,7 @@ class POP3Session(LineConnection):
         self.auth.exchange = None
         if self.deadlines is not None:
             self.deadlines.stop()
-        if self.counted:
-            self.factory.slots.release(self)
-            self.counted = False
+        self.release_slot()
         self.release_drain_waiters()
         if self.readahead is not None:
             self.readahead.clear()
@@ -141,7 +137,6 @@ class POP3Session(LineConnection):
         return deadlines.request_start if deadlines is not None else None
 
     def evict(self) -> None:
-        self.counted = False  # the slot is already given to the newcomer
         self.events.reject("closing idle session")
         self.send_line("-ERR [SYS/TEMP] closing idle session")
         self.close_connection()

@@ -55,7 +55,7 @@ class SMTPSession(SMTPConnection):
         self.counts: dict[str, int] = {}  # commands by verb, for the disconnect line
         self.rejected_at_connect: Verdict | None = None
         self.connect_verdict = Verdict()
-        self.counted = False  # holds one of the factory's connection slots
+        self.counted = False  # admitted, its disconnect not logged yet
         self.last_verb = "CONNECT"  # for the timeout line
 
     # ------------------------------------------------------------------ connection
@@ -69,7 +69,7 @@ class SMTPSession(SMTPConnection):
         self.events = SessionEvents(f.events, self.session_id, self.peer_ip)
         if f.mode.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
-        if not f.slots.admit(self.peer_ip, self):
+        if not self.admit_to(f.slots):
             self.events.connect(self.client_label(), code=421, reason="too many connections")
             self.reply(421, "4.7.0", f"{s.hostname} Error: too many connections", close=True)
             return
@@ -140,8 +140,8 @@ class SMTPSession(SMTPConnection):
             self.deadlines.stop()
         if self.incoming is not None:
             self.incoming.abort()
+        self.release_slot()
         if self.counted:
-            self.factory.slots.release(self)
             self.counted = False
             self.events.disconnect(self.client_label(), self.counts)
 
@@ -163,7 +163,7 @@ class SMTPSession(SMTPConnection):
         return deadlines.request_start if deadlines is not None else None
 
     def evict(self) -> None:
-        self.counted = False  # the slot is already given to the newcomer
+        self.counted = False  # its slot is the newcomer's; the disconnect is logged here
         self.events.timeout(self.client_label(), self.last_verb)
         self.events.disconnect(self.client_label(), self.counts)
         self.reply(

@@ -173,6 +173,19 @@ def test_connection_slots_per_ip_and_total(imap) -> None:
     assert other.greeting.startswith("* OK")
 
 
+def test_closing_session_gives_its_slot_back_at_once(imap) -> None:
+    """After LOGOUT's BYE the close is under way, not done: the same client is served."""
+    imap.settings = replace(imap.settings, max_connections_per_ip=1)
+    imap.slots = ConnectionSlots.for_service(imap.settings)
+    first = imap.connect("192.0.2.1")
+    first.cmd("LOGOUT")
+    assert first.closed
+    again = imap.connect("192.0.2.1")
+    assert again.greeting.startswith("* OK") and not again.closed
+    first.session.connectionLost(None)
+    assert imap.slots.connections_of("192.0.2.1") == 1
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_random_bytes_never_reach_a_traceback(imap, seed) -> None:
     """Garbage, half commands, stray literals and CR/LF in odd places: answers, never a

@@ -712,6 +712,20 @@ def test_connection_slots_per_ip(pop: Harness) -> None:
     assert c2.closed
 
 
+def test_closing_session_gives_its_slot_back_at_once(pop: Harness) -> None:
+    """After QUIT's +OK the close is under way, not done: the same client is served again."""
+    from appliance.limits import ConnectionSlots
+
+    pop.slots = ConnectionSlots(10, 1)
+    c1 = pop.connect()
+    c1.cmd("QUIT")
+    assert c1.closed
+    c2 = pop.connect()
+    assert c2.greeting.startswith(b"+OK") and not c2.closed
+    c1.drop()
+    assert pop.slots.connections_of("192.0.2.7") == 1
+
+
 def test_slot_eviction_closes_idle_session(pop: Harness) -> None:
     """With every slot taken, the idle unauthenticated session makes room."""
     from appliance.limits import ConnectionSlots

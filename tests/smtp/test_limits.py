@@ -218,16 +218,21 @@ def test_fresh_client_served_when_slow_clients_hold_every_slot(smtp) -> None:
 
 
 def test_stress_shrinks_deadlines_of_existing_sessions(smtp) -> None:
-    """At 80% of the slots every session's limits become stress_timeout (10 s)."""
-    first = smtp(max_connections=5, limits=SessionLimits(stress_timeout=10)).ready()
-    others = [more(first).ready() for _ in range(2)]
+    """At 80% of the slots every session's limits become stress_timeout (10 s): idle ones
+    are closed after 10 s until the count is below 80% (a closing session gives its slot
+    back at once), and the rest have the normal limits again."""
+    first = smtp(max_connections=10, limits=SessionLimits(stress_timeout=10)).ready()
+    others = [more(first).ready() for _ in range(6)]
     smtp.clock.advance(30)
-    assert first.read() == []  # 3 of 5: not stressed, the 300 s limits hold
-    others.append(more(first).ready())  # 4 of 5: stressed
+    assert first.read() == []  # 7 of 10: not stressed, the 300 s limits hold
+    others += [more(first).ready() for _ in range(2)]  # 9 of 10: stressed
     assert first.factory.slots.stressed
     smtp.clock.advance(11)
-    assert first.read() == [TIMEOUT]
-    assert all(s.read() == [TIMEOUT] for s in others)
+    closed = [s for s in [first, *others] if s.read() == [TIMEOUT]]
+    assert closed[:1] == [first] and len(closed) == 2  # 9 -> 7, below the 8 of 80%
+    assert not first.factory.slots.stressed
+    smtp.clock.advance(260)  # 301 s: the normal idle limit of those idle since t=0
+    assert sum(s.read() == [TIMEOUT] for s in others) == 5
 
 
 def test_per_ip_share_counts_across_ports(smtp) -> None:

@@ -349,6 +349,22 @@ def test_connection_limits_per_ip_and_total(smtp) -> None:
     assert len(first.factory.slots) == 1
 
 
+def test_closing_connection_gives_its_slot_back_at_once(smtp) -> None:
+    """After QUIT's 221 the close is under way but not done (the transport has not said
+    lost yet): the same client connecting again meanwhile is served, not given 421, and the
+    old session's end still logs its disconnect once."""
+    from tests.smtp.conftest import Session
+
+    first = smtp(max_connections_per_ip=1).ready()
+    assert first.cmd("QUIT").startswith("221")
+    assert first.transport.disconnecting
+    again = Session(first.factory, first.clock, "127.0.0.1")
+    assert again.read() == ["220 mail.example.test ESMTP mailappliance"]
+    first.proto.connectionLost(None)
+    assert first.factory.slots.connections_of("127.0.0.1") == 1  # the newcomer's
+    assert sum(line.startswith("disconnect from") for line in smtp.logs) == 1
+
+
 def test_too_many_errors_disconnects(smtp) -> None:
     """After max_errors bad commands: 421 4.7.0 and close."""
     s = smtp(max_errors=3).ready()
