@@ -9,7 +9,7 @@ wildcards, and referrals below delegation points.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from twisted.names import dns
@@ -90,10 +90,18 @@ class Authority:
 
     def __init__(self, zones: Iterable[Zone] = ()) -> None:
         self.zones: dict[bytes, Zone] = {z.origin: z for z in zones}
+        self._on_replace: list[Callable[[], object]] = []
+
+    def on_replace(self, call: Callable[[], object]) -> None:
+        """call() after every replace(): whoever keeps answers made from the zones (the UDP
+        answer table) forgets them."""
+        self._on_replace.append(call)
 
     def replace(self, zones: Iterable[Zone]) -> None:
         """Serve these zones from now on (a reload: one swap, no half-updated state)."""
         self.zones = {z.origin: z for z in zones}
+        for call in self._on_replace:
+            call()
 
     def find_zone(self, name: bytes) -> Zone | None:
         """The closest enclosing zone we serve for a lower-cased name, or None."""

@@ -8,15 +8,12 @@ per zone. Answers too large for the client's UDP size are sent with TC set and t
 Malformed queries (section counts that do not match, QDCOUNT other than 1, names over 255
 octets, more than one OPT) get FORMERR, which Twisted's lenient parser alone would not give.
 
-Speed: authoritative answers depend only on the query bytes after the ID and on whether the
-client may recurse, so the UDP protocol keeps the encoded answer keyed on exactly those and
-answers repeats with one dict lookup and one sendto.
+UDP, with its table of answers already encoded once, is in appliance/dns/udp.py.
 """
 
 from __future__ import annotations
 
 import secrets
-import socket
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -40,7 +37,6 @@ AXFR = dns.AXFR
 IXFR = dns.IXFR
 _EDNS_VERSION = 0
 _BADVERS = 16
-_MAX_FAST_ENTRIES = 50_000
 _MAX_NAME_WIRE = 255  # octets, labels and root included (RFC 1035 2.3.4)
 _HEADER_COUNTS = struct.Struct("!4H")
 
@@ -449,76 +445,6 @@ class DNSEngine:
         opcode = flags & 0x7800
         keep = flags & 0x0110 if opcode == 0 else 0  # RD 0x0100, CD 0x0010
         return data[:2] + struct.pack("!HHHHH", 0x8000 | opcode | keep | rcode, 0, 0, 0, 0)
-
-
-class DNSUDPProtocol(protocol.DatagramProtocol):
-    """UDP server with a fast path for authoritative answers already encoded once."""
-
-    log = Logger()
-
-    def __init__(self, engine: DNSEngine) -> None:
-        self.engine = engine
-        # keyed by recursion permission, then the query bytes after the ID
-        self._fast: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
-        self._socket: socket.socket | None = None  # the listening port's, once started
-
-    def startProtocol(self) -> None:  # noqa: N802 (Twisted's API)
-        self._socket = getattr(self.transport, "socket", None)
-
-    def clear_cache(self) -> None:
-        for table in self._fast:
-            table.clear()
-
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        allowed = self.engine.recursion_allowed(addr[0])
-        table = self._fast[allowed]
-        key = data[2:]
-        hit = table.get(key)
-        if hit is not None:
-            self.engine.answered[hit[1] & 15] += 1
-            self._send(data[:2] + hit, addr)
-            return
-        try:
-            result = self.engine.handle(data, addr[0], tcp=False)
-        except Exception:
-            self.log.failure("DNS query from {peer} failed", peer=addr[0])
-            result = DNSEngine._header_only(data, dns.ESERVER) if len(data) >= 12 else None
-        if result is None:
-            return
-        if isinstance(result, bytes):
-            # a synchronous answer with AA set came from our zones: the same bytes answer
-            # the same question until the zones are reloaded
-            if result[2] & 0x04 and len(data) <= 512:
-                if len(table) >= _MAX_FAST_ENTRIES:
-                    table.clear()
-                table[key] = result[2:]
-            self.engine.answered[result[3] & 15] += 1
-            self._send(result, addr)
-            return
-        result.addCallback(self._send_later, addr)
-        result.addErrback(
-            lambda f: self.log.failure("DNS forwarding for {peer} failed", f, peer=addr[0])
-        )
-
-    def _send_later(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.engine.answered[data[3] & 15] += 1
-            self._send(data, addr)
-
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        """sendto() on the port's socket: addr is what recvfrom() gave, so the checks of
-        Twisted's Port.write (three parses of the address per datagram) are not needed. A
-        full socket buffer drops the answer (the client asks again), as a refused one."""
-        sock = self._socket
-        if sock is None:  # a transport that is not a socket's (tests)
-            self.transport.write(data, addr)
-            return
-        try:
-            sock.sendto(data, addr)
-        except InterruptedError:
-            sock.sendto(data, addr)
-        except (BlockingIOError, ConnectionRefusedError):
-            pass
 
 
 class DNSTCPProtocol(Int16StringReceiver):

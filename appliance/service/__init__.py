@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from twisted.application import internet, service, strports
+from twisted.application import service, strports
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -55,7 +55,8 @@ from appliance.dkim.keys import DKIMError
 from appliance.dns.authority import Authority, Zone
 from appliance.dns.refresh import ZoneRefresher
 from appliance.dns.resolver import LocalResolver
-from appliance.dns.server import DNSEngine, DNSTCPFactory, DNSUDPProtocol, Forwarder
+from appliance.dns.server import DNSEngine, DNSTCPFactory, Forwarder
+from appliance.dns.udp import DNSUDPProtocol, DNSUDPServer
 from appliance.durable import DirSync
 from appliance.errors import ApplianceError, ConfigError, ZoneError
 from appliance.filters.dkim_sign import DKIMSigner
@@ -358,7 +359,7 @@ def make_dns_service(prepared: Prepared, reactor: Any) -> tuple[service.MultiSer
     # one set of TCP slots for every listen address: the limits are the service's
     tcp_slots = ConnectionSlots(dns_cfg.max_tcp_connections, dns_cfg.max_tcp_connections_per_ip)
     for hp in dns_cfg.listen or ():
-        udp = internet.UDPServer(
+        udp = DNSUDPServer(
             hp.port, DNSUDPProtocol(engine), interface=hp.host, maxPacketSize=65535, reactor=reactor
         )
         udp.setName(f"udp {hp}")

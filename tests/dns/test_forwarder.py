@@ -16,9 +16,9 @@ from appliance.dns.authority import Authority, Zone
 from appliance.dns.server import (
     DNSEngine,
     DNSTCPFactory,
-    DNSUDPProtocol,
     Forwarder,
 )
+from appliance.dns.udp import DNSUDPProtocol
 from tests.dns.test_server import LOOPBACK, example_zone, parse, query, rr
 
 

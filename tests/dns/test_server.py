@@ -11,7 +11,8 @@ from twisted.names import dns
 
 from appliance.dns.authority import Answer, Authority, Zone
 from appliance.dns.cache import ForwardCache
-from appliance.dns.server import DNSEngine, DNSUDPProtocol, encode_response
+from appliance.dns.server import DNSEngine, encode_response
+from appliance.dns.udp import DNSUDPProtocol
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 

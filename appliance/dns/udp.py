@@ -1,0 +1,167 @@
+"""DNS over UDP: the protocol with its answer table, and the port that reads it in one loop.
+
+Authoritative answers depend only on the query bytes after the ID and on whether the client
+may recurse, so `DNSUDPProtocol` keeps each encoded answer keyed on exactly those (cleared when
+the zones are reloaded) and answers a repeat with one dict lookup and one sendto.
+
+`DNSUDPPort` is Twisted's UDP port with that lookup inside its read loop: a datagram whose
+answer is in the table costs recvfrom, a slice, two dict lookups and sendto, without the
+per-datagram method calls of Port.doRead -> datagramReceived -> _send; anything else goes to
+datagramReceived as before. `DNSUDPServer` is internet.UDPServer listening with that port.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.application import internet
+from twisted.internet import protocol, udp
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
+from twisted.names import dns
+
+from appliance.dns.server import DNSEngine
+
+_MAX_FAST_ENTRIES = 50_000
+# datagrams read per wake-up before the reactor serves others (Twisted reads up to 256 KB)
+_READS_PER_WAKE = 1000
+_READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+# an ICMP port unreachable for an earlier answer surfaces on the next recvfrom (Linux)
+_REFUSED = (errno.ECONNREFUSED,)
+
+
+class DNSUDPProtocol(protocol.DatagramProtocol):
+    """UDP server with a fast path for authoritative answers already encoded once."""
+
+    log = Logger()
+
+    def __init__(self, engine: DNSEngine) -> None:
+        self.engine = engine
+        # keyed by recursion permission, then the query bytes after the ID
+        self._fast: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
+        self._socket: socket.socket | None = None  # the listening port's, once started
+        engine.authority.on_replace(self.clear_cache)
+
+    def startProtocol(self) -> None:  # noqa: N802 (Twisted's API)
+        self._socket = getattr(self.transport, "socket", None)
+
+    def clear_cache(self) -> None:
+        for table in self._fast:
+            table.clear()
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        allowed = self.engine.recursion_allowed(addr[0])
+        table = self._fast[allowed]
+        key = data[2:]
+        hit = table.get(key)
+        if hit is not None:
+            self.engine.answered[hit[1] & 15] += 1
+            self._send(data[:2] + hit, addr)
+            return
+        try:
+            result = self.engine.handle(data, addr[0], tcp=False)
+        except Exception:
+            self.log.failure("DNS query from {peer} failed", peer=addr[0])
+            result = DNSEngine._header_only(data, dns.ESERVER) if len(data) >= 12 else None
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            # a synchronous answer with AA set came from our zones: the same bytes answer
+            # the same question until the zones are reloaded
+            if result[2] & 0x04 and len(data) <= 512:
+                if len(table) >= _MAX_FAST_ENTRIES:
+                    table.clear()
+                table[key] = result[2:]
+            self.engine.answered[result[3] & 15] += 1
+            self._send(result, addr)
+            return
+        result.addCallback(self._send_later, addr)
+        result.addErrback(
+            lambda f: self.log.failure("DNS forwarding for {peer} failed", f, peer=addr[0])
+        )
+
+    def _send_later(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.engine.answered[data[3] & 15] += 1
+            self._send(data, addr)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """sendto() on the port's socket: addr is what recvfrom() gave, so the checks of
+        Twisted's Port.write (three parses of the address per datagram) are not needed. A
+        full socket buffer drops the answer (the client asks again), as a refused one."""
+        sock = self._socket
+        if sock is None:  # a transport that is not a socket's (tests)
+            self.transport.write(data, addr)
+            return
+        try:
+            sock.sendto(data, addr)
+        except InterruptedError:
+            sock.sendto(data, addr)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+
+
+class DNSUDPPort(udp.Port):
+    """udp.Port whose read loop answers from the protocol's table itself (see the module)."""
+
+    protocol: DNSUDPProtocol
+
+    def doRead(self) -> None:  # noqa: N802 (Twisted's API)
+        proto = self.protocol
+        engine = proto.engine
+        acl = engine._acl_cache
+        allowed_of = engine.recursion_allowed
+        tables = proto._fast
+        answered = engine.answered
+        sock = self.socket
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        size = self.maxPacketSize
+        v6 = self.addressFamily == socket.AF_INET6
+        for _ in range(_READS_PER_WAKE):
+            try:
+                data, addr = recvfrom(size)
+            except OSError as e:
+                if e.errno in _READ_AGAIN or e.errno in _REFUSED:
+                    return
+                raise
+            if v6:
+                addr = addr[:2]  # as Twisted's Port: no flow and scope ID
+            allowed = acl.get(addr[0])
+            if allowed is None:
+                allowed = allowed_of(addr[0])
+            hit = tables[allowed].get(data[2:])
+            if hit is None:
+                try:
+                    proto.datagramReceived(data, addr)
+                except Exception:
+                    proto.log.failure("DNS datagram from {peer} failed", peer=addr[0])
+                continue
+            answered[hit[1] & 15] += 1
+            try:
+                sendto(data[:2] + hit, addr)
+            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+                pass  # a full socket buffer drops the answer: the client asks again
+
+
+class DNSUDPServer(internet.UDPServer):
+    """internet.UDPServer(port, protocol, interface=..., maxPacketSize=..., reactor=...) that
+    listens with DNSUDPPort on a POSIX reactor (any other reactor: its own listenUDP)."""
+
+    def _getPort(self) -> Any:  # noqa: N802 (Twisted's API)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # as UDPServer does
+        if not isinstance(reactor, PosixReactorBase):
+            return super()._getPort()
+        port, proto = self.args
+        p = DNSUDPPort(
+            port,
+            proto,
+            self.kwargs.get("interface", ""),
+            self.kwargs.get("maxPacketSize", 8192),
+            reactor,
+        )
+        p.startListening()
+        return p

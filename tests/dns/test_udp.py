@@ -1,0 +1,105 @@
+"""DNSUDPServer on a real loopback socket: the read loop's answer table, its misses, reloads."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.names import dns
+
+from appliance.dns.authority import Authority, Zone
+from appliance.dns.server import DNSEngine
+from appliance.dns.udp import DNSUDPPort, DNSUDPProtocol, DNSUDPServer
+from tests.dns.test_server import LOOPBACK, example_zone, parse, query, rr
+
+
+class Client(protocol.DatagramProtocol):
+    """Sends datagrams to the server and collects the answers until `expected` arrived."""
+
+    def __init__(self, port: int, expected: int) -> None:
+        self.port = port
+        self.expected = expected
+        self.answers: list[bytes] = []
+        self.done: defer.Deferred[list[bytes]] = defer.Deferred()
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data, ("127.0.0.1", self.port))
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802
+        self.answers.append(data)
+        if len(self.answers) == self.expected and not self.done.called:
+            self.done.callback(self.answers)
+
+
+def with_txt(text: bytes) -> Zone:
+    zone = example_zone()
+    return Zone(zone.origin.decode(), [*zone.records, rr("key.example.test", dns.Record_TXT(text))])
+
+
+@pytest_twisted.inlineCallbacks
+def ask(port: int, datagrams: list[bytes], expected: int | None = None):
+    client = Client(port, len(datagrams) if expected is None else expected)
+    listening = reactor.listenUDP(0, client, interface="127.0.0.1")
+    try:
+        for data in datagrams:
+            client.send(data)
+        timeout = reactor.callLater(5, client.done.cancel)
+        answers = yield client.done
+        timeout.cancel()
+    finally:
+        yield listening.stopListening()
+    return answers
+
+
+def serving(engine: DNSEngine) -> DNSUDPServer:
+    server = DNSUDPServer(
+        0, DNSUDPProtocol(engine), interface="127.0.0.1", maxPacketSize=65535, reactor=reactor
+    )
+    server.startService()
+    assert isinstance(server._port, DNSUDPPort)
+    return server
+
+
+@pytest_twisted.inlineCallbacks
+def test_read_loop_answers_repeats_from_the_table_with_their_own_ids() -> None:
+    """The first question goes through the engine, the next 49 are answered from the table
+    inside the read loop, each with its own ID and the same bytes otherwise; a malformed copy
+    still gets FORMERR and a question not ours is REFUSED, both outside the table."""
+    engine = DNSEngine(Authority([example_zone()]), recursion_networks=LOOPBACK)
+    server = serving(engine)
+    port = server._port.getHost().port
+    proto, missed = server._port.protocol, []
+    slow_path = proto.datagramReceived
+    proto.datagramReceived = lambda data, addr: (missed.append(data), slow_path(data, addr))
+    try:
+        first = yield ask(port, [query("example.test", dns.MX, qid=1)])
+        good = [query("example.test", dns.MX, qid=100 + i) for i in range(49)]
+        twin = query("example.test", dns.MX, qid=99)
+        bad = twin[:4] + b"\xff\xff" + twin[6:]
+        answers = yield ask(port, [*good, bad, query("example.org", dns.A, qid=7)])
+    finally:
+        yield server.stopService()
+    by_id = {parse(a).id: a for a in answers}
+    assert sorted(by_id) == [7, 99, *range(100, 149)]
+    for i in range(100, 149):
+        assert by_id[i][2:] == first[0][2:]
+    rcodes = sorted(parse(a).rCode for a in answers)
+    assert rcodes.count(dns.OK) == 49 and dns.EFORMAT in rcodes and dns.EREFUSED in rcodes
+    assert engine.answered[dns.OK] == 50
+    assert len(missed) == 3  # the first question, the malformed copy, the one not ours
+
+
+@pytest_twisted.inlineCallbacks
+def test_reloaded_zones_are_answered_at_once_not_from_the_table() -> None:
+    """After Authority.replace (dkim rotate's reload) the table is empty: the next answer is
+    the new zone's, over the same socket."""
+    engine = DNSEngine(Authority([with_txt(b"old key")]), recursion_networks=LOOPBACK)
+    server = serving(engine)
+    port = server._port.getHost().port
+    try:
+        before = yield ask(port, [query("key.example.test", dns.TXT, qid=i) for i in (1, 2)])
+        engine.authority.replace([with_txt(b"new key")])
+        after = yield ask(port, [query("key.example.test", dns.TXT, qid=3)])
+    finally:
+        yield server.stopService()
+    assert [parse(a).answers[0].payload.data for a in before] == [[b"old key"]] * 2
+    assert parse(after[0]).answers[0].payload.data == [b"new key"]
