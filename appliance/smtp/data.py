@@ -91,8 +91,7 @@ class DataReader:
         if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
             self.bare_newline = True
         if len(chunk) > self.max_line and not self.line_too_long:
-            if max(map(len, chunk.split(CRLF))) + 2 > self.max_line:
-                self.line_too_long = True
+            self.line_too_long = self._has_long_line(chunk)
         if b"\r\n." in chunk or chunk.startswith(b"."):
             chunk = (CRLF + chunk).replace(b"\r\n.", b"\r\n")[2:]
         self.size += len(chunk)
@@ -100,6 +99,21 @@ class DataReader:
             self.too_big = True
         if not self.failed:
             self.pending += chunk
+
+    def _has_long_line(self, chunk: bytes) -> bool:
+        """Whether a line of chunk (complete lines) is longer than max_line with its CRLF.
+
+        The last CRLF within max_line octets of a line start ends every line that starts in
+        that window, all short enough; none there means the line at the start is too long.
+        So the scan moves about max_line octets per step (in C), not one line.
+        """
+        window, pos, end = self.max_line, 0, len(chunk)
+        while pos < end:
+            last = chunk.rfind(CRLF, pos, pos + window)
+            if last < 0:
+                return True
+            pos = last + 2
+        return False
 
     def take_output(self) -> bytes:
         """The message bytes checked so far and not yet taken (empty once it has failed)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from appliance.smtp.data import DataReader
 
 BARE = (550, "5.5.2", "Message contains bare <CR> or <LF>, refused")
@@ -92,3 +94,21 @@ def test_data_reader_line_limit_boundary_inside_a_big_chunk() -> None:
         r = DataReader(max_size=10**7, max_line=1000)
         r.take(b"a" * 10 + b"\r\n" + b"x" * length + b"\r\n" + b"b" * 600 + b"\r\n")
         assert r.line_too_long is refused, length
+
+
+def test_data_reader_line_limit_agrees_with_splitting_the_lines() -> None:
+    """The windowed scan gives the answer of measuring every line, for chunks of random
+    lines around the limit (short ones, empty ones, max_line - 2 and - 1 octets, far over)."""
+    rng = random.Random(1321)
+    lengths = (0, 1, 5, 7, 8, 9, 20)
+    for _ in range(2000):
+        max_line = rng.choice((10, 11, 1000))
+        lines = [
+            b"y" * rng.choice(lengths + (max_line - 2, max_line - 1))
+            for _ in range(rng.randint(1, 30))
+        ]
+        chunk = b"".join(line + b"\r\n" for line in lines)
+        expected = max(map(len, chunk.split(b"\r\n"))) + 2 > max_line
+        r = DataReader(max_size=10**7, max_line=max_line)
+        r.take(chunk)
+        assert r.line_too_long is expected, (max_line, lines)
