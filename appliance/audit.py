@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ FIELDS = (
     "command", "target", "count", "actor",
 )  # fmt: skip
 MODE = 0o640
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per record
 
 
 @implementer(ILogObserver)
@@ -67,6 +69,8 @@ class AuditLog:
         self.reactor = reactor
         self._pending: list[str] = []
         self._flush_call: IDelayedCall | None = None
+        self._second = -1  # the second _second_text says
+        self._second_text = ""
 
     def open(self) -> None:
         if self.fd is None:
@@ -95,22 +99,36 @@ class AuditLog:
                 self.close()
 
     def write(self, kind: str, component: str, when: float | None, fields: dict[str, Any]) -> None:
-        t = datetime.fromtimestamp(when, UTC) if when else datetime.now(UTC)
-        record: dict[str, Any] = {"time": t.isoformat(timespec="milliseconds"), "kind": kind}
+        record: dict[str, Any] = {"time": self._time_text(when), "kind": kind}
         record["component"] = component
         if "event" in fields:
             record["event"] = fields["event"]
+        get = fields.get
         for name in FIELDS:
-            value = fields.get(name)
+            value = get(name)
             if value is not None and value != "":
                 record[name] = value if isinstance(value, (int, float, bool)) else str(value)
         if self.fd is None:
             return
-        self._pending.append(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n")
+        self._pending.append(_encode(record) + "\n")
         if self.reactor is None:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def _time_text(self, when: float | None) -> str:
+        """when (now if None) as ISO 8601 UTC with milliseconds, as datetime.isoformat gives
+        it; the part up to the second is made once per second (several records a message)."""
+        if not when:
+            when = time.time()
+        second = int(when)
+        micro = round((when - second) * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, 0
+        if second != self._second:
+            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+            self._second, self._second_text = second, text[: -len("+00:00")]
+        return f"{self._second_text}.{micro // 1000:03d}+00:00"
 
     def flush(self) -> None:
         """Write the lines gathered so far, in one append."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)  # addresses are immutable; clients come back
 def client_ip(text: str) -> IPAddress | None:
     """The address in text, or None; without an IPv6 zone id, IPv4-mapped IPv6 unwrapped
     (dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d)."""

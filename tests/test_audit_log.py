@@ -41,3 +41,21 @@ def test_without_a_reactor_each_line_at_once(tmp_path) -> None:
     log.record("admin", command="queue flush", target="ALL", count=2)
     (line,) = (tmp_path / "audit.log").read_text().splitlines()
     assert json.loads(line)["command"] == "queue flush" and json.loads(line)["component"] == "cli"
+
+
+def test_record_time_is_iso_8601_utc_with_milliseconds(tmp_path) -> None:
+    """The time text, made once a second and completed per record, is what
+    datetime.isoformat(timespec="milliseconds") says, at the edges of a second too."""
+    from datetime import UTC, datetime
+
+    log = AuditLog(tmp_path / "audit.log")
+    log.open()
+    stamps = [1764633600.0, 1764633600.0004, 1764633600.9994, 1764633600.9999996, 1764633601.5]
+    for when in stamps:
+        log.write("login", "smtpd", when, {"event": "auth", "peer": "127.0.0.1"})
+    log.close()
+    times = [json.loads(line)["time"] for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert times == [
+        datetime.fromtimestamp(w, UTC).isoformat(timespec="milliseconds") for w in stamps
+    ]
+    assert times[0] == "2025-12-02T00:00:00.000+00:00"

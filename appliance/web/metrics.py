@@ -217,7 +217,7 @@ class Metrics:
                 self.deliveries.labels(status=status, transport=transport)
                 self.delivery_delay.labels(status=status, transport=transport)
         self._smtp_ids: OrderedDict[str, None] = OrderedDict()
-        self._filter_children: dict[tuple[Any, Any], tuple[Any, Any]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._handlers: dict[str, Callable[[str, dict[str, Any]], None]] = {
             "connect": self._connect,
             "reject": self._reject,
@@ -238,14 +238,13 @@ class Metrics:
 
     def _connect(self, component: str, event: dict[str, Any]) -> None:
         if component in SERVICES:
-            self.connections.labels(service=component).inc()
+            self._child(self.connections, component).inc()
 
     def _reject(self, component: str, event: dict[str, Any]) -> None:
         # POP3 and IMAP "reject" is a connection turned away, not a message: not counted
         if component == "smtpd":
-            self.rejected.labels(
-                stage=bounded(event.get("stage"), STAGES), code=smtp_code(event.get("code"))
-            ).inc()
+            stage = bounded(event.get("stage"), STAGES)
+            self._child(self.rejected, stage, smtp_code(event.get("code"))).inc()
 
     def _client(self, component: str, event: dict[str, Any]) -> None:
         queue_id = event.get("queue_id")
@@ -260,20 +259,20 @@ class Metrics:
         if isinstance(queue_id, str) and queue_id in self._smtp_ids:
             del self._smtp_ids[queue_id]
             by_smtp = True
-        self.accepted.labels(service="smtpd" if by_smtp else OTHER).inc()
+        self._child(self.accepted, "smtpd" if by_smtp else OTHER).inc()
 
     def _status(self, component: str, event: dict[str, Any]) -> None:
         status = bounded(event.get("status"), STATUSES)
         transport = transport_of(event.get("relay"))
-        self.deliveries.labels(status=status, transport=transport).inc()
+        self._child(self.deliveries, status, transport).inc()
         delay = event.get("delay")
         if isinstance(delay, (int, float)) and not isinstance(delay, bool) and delay >= 0:
-            self.delivery_delay.labels(status=status, transport=transport).observe(delay)
+            self._child(self.delivery_delay, status, transport).observe(delay)
 
     def _login(self, component: str, event: dict[str, Any]) -> None:
         if component in LOGIN_SERVICES:  # not the throttle's or anyone else's "auth..." ones
             result = _LOGIN_EVENTS[event["event"]]
-            self.logins.labels(service=component, result=result).inc()
+            self._child(self.logins, component, result).inc()
 
     def _tls(self, component: str, event: dict[str, Any]) -> None:
         tls = event.get("tls")
@@ -281,18 +280,21 @@ class Metrics:
             self.tls_handshake(component, tls)
 
     def _filter(self, component: str, event: dict[str, Any]) -> None:
-        key = (event.get("filter"), event.get("action"))
-        children = self._filter_children.get(key)  # labels() takes a lock and builds keys
-        if children is None:
-            name = bounded(key[0], FILTERS)
-            verdicts = self.filter_verdicts.labels(filter=name, action=bounded(key[1], ACTIONS))
-            children = (verdicts, self.filter_seconds.labels(filter=name))
-            if len(self._filter_children) < 1000:  # bounded whatever the events say
-                self._filter_children[key] = children
-        children[0].inc()
+        name = bounded(event.get("filter"), FILTERS)
+        self._child(self.filter_verdicts, name, bounded(event.get("action"), ACTIONS)).inc()
         elapsed = event.get("elapsed")
         if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed >= 0:
-            children[1].observe(elapsed)
+            self._child(self.filter_seconds, name).observe(elapsed)
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values) (in its label order), kept: labels() takes a lock and
+        builds its key on every call, several times a message. The values are bounded()
+        ones, so the table is small."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # ------------------------------------------------------------------ not mail events
 
@@ -310,14 +312,12 @@ class Metrics:
         name = rcode.strip().upper()
         if name.isdigit() and int(name) < len(RCODES):
             name = RCODES[int(name)]
-        self.dns_queries.labels(rcode=bounded(name, RCODES)).inc(count)
+        self._child(self.dns_queries, bounded(name, RCODES)).inc(count)
 
     def tls_handshake(self, service: str, version: str) -> None:
         """A TLS handshake completed ("TLSv1.3", or "TLSv1.3 TLS_AES_256_GCM_SHA384")."""
-        self.tls_handshakes.labels(
-            service=bounded(service, TLS_SERVICES),
-            version=bounded(version.partition(" ")[0], TLS_VERSIONS),
-        ).inc()
+        version = bounded(version.partition(" ")[0], TLS_VERSIONS)
+        self._child(self.tls_handshakes, bounded(service, TLS_SERVICES), version).inc()
 
     # ------------------------------------------------------------------ exposition
 
