@@ -9,9 +9,10 @@ lives here, once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar, cast
+from typing import Literal, ParamSpec, TypeVar, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -22,3 +23,14 @@ def decision(
 ) -> defer.Deferred[T]:
     """f(*args) as a Deferred, whether it answered at once or later (or raised)."""
     return cast("defer.Deferred[T]", defer.maybeDeferred(f, *args, **kw))
+
+
+def value_now(d: defer.Deferred[T]) -> tuple[Literal[True], T] | tuple[Literal[False], None]:
+    """(True, its result) if d has already succeeded with a plain value, else (False, None)
+    and d is untouched: a caller with many such answers (a user check per mailbox) skips
+    gatherResults' machinery when all came at once, as they do from a file."""
+    if d.called and not d.paused:
+        result = d.result
+        if not isinstance(result, (Failure, defer.Deferred)):
+            return True, cast(T, result)
+    return False, None

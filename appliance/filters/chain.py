@@ -11,7 +11,6 @@ verdict on a message is an event on the mail stream (`filter`), for the maillog 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ TEMPFAIL = FilterVerdict(451, "4.7.1 Temporary failure in message checks, try ag
 
 VERDICT = "{queue_id}: filter {filter}: {action}{detail}"
 STAGE_END = "END-OF-MESSAGE"
+_NAMED_ACCEPT: dict[str, FilterVerdict] = {}  # ACCEPT with each filter's name
 
 
 class FilterChain:
@@ -90,7 +90,17 @@ class FilterChain:
 
     @staticmethod
     def _named(verdict: FilterVerdict, f: Filter) -> FilterVerdict:
-        return verdict if verdict.filter else dataclasses.replace(verdict, filter=f.name)
+        """verdict with the filter's name (a plain ACCEPT: one kept per name, as it is asked
+        several times a message per filter; dataclasses.replace was 3% of the reactor)."""
+        if verdict.filter:
+            return verdict
+        if verdict is ACCEPT:
+            named = _NAMED_ACCEPT.get(f.name)
+            if named is None:
+                named = _NAMED_ACCEPT[f.name] = FilterVerdict(filter=f.name)
+            return named
+        v = verdict
+        return FilterVerdict(v.code, v.text, v.headers, f.name, v.reason)
 
     def _failed_later(self, failure: Failure, f: Filter, stage: str) -> FilterVerdict:
         return self._failed(f, stage, failure)

@@ -23,15 +23,35 @@ def header_block(message: bytes) -> list[bytes]:
     return fields
 
 
+# The last message's fields as (lower-cased name, raw value): DKIM and DMARC both look at
+# the same message's header, several times, one after the other. Keyed by the message
+# object itself (bytes are immutable, and the entry holds it so its id cannot be reused).
+_last: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None
+
+
+def _named_fields(message: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    global _last
+    last = _last
+    if last is not None and last[0] is message:
+        return last[1]
+    named = []
+    for f in header_block(message):
+        key, sep, value = f.partition(b":")
+        if sep:
+            named.append((key.strip().lower(), value))
+    result = tuple(named)
+    _last = (message, result)
+    return result
+
+
 def fields(message: bytes, name: bytes) -> list[str]:
     """The values of every field called name (case-insensitive), in order."""
     want = name.lower()
-    out = []
-    for f in header_block(message):
-        key, sep, value = f.partition(b":")
-        if sep and key.strip().lower() == want:
-            out.append(value.strip().decode("utf-8", "replace"))
-    return out
+    return [
+        value.strip().decode("utf-8", "replace")
+        for key, value in _named_fields(message)
+        if key == want
+    ]
 
 
 def from_domain(message: bytes) -> str:

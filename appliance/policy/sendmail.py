@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from appliance.deferreds import value_now
 from appliance.errors import ConfigError
 from appliance.interfaces import Mailbox, Resolution, UserDirectory, Verdict
 from appliance.policy.access import AccessMap, AccessRule, parse_access
@@ -294,8 +295,6 @@ class SendmailPolicy:
             return _refuse(550, f"5.7.1 <{original}>: Relay access denied")
         expansion = self._expand(f"{local}@{domain}", original)
         boxes = list(dict.fromkeys(expansion.mailboxes))
-        checks = [defer.maybeDeferred(self.users.exists, box.address) for box in boxes]
-        d = defer.gatherResults(checks, consumeErrors=True)
 
         def decide(found: list[bool]) -> Resolution:
             good = [box for box, ok in zip(boxes, found, strict=True) if ok]
@@ -327,6 +326,15 @@ class SendmailPolicy:
                 )
             )
 
+        checks: list[Deferred[bool]]
+        try:
+            checks = [self.users.exists(box.address) for box in boxes]
+        except Exception:
+            checks = [defer.fail()]
+        values = [value_now(check) for check in checks]
+        if all(ready for ready, _ in values):  # a user file answers at once: no Deferreds
+            return defer.succeed(decide([bool(found) for _, found in values]))
+        d = defer.gatherResults(checks, consumeErrors=True)
         return d.addCallbacks(decide, lookup_failed)
 
     def _expand(self, address: str, original: str) -> Expansion:

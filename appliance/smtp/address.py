@@ -21,6 +21,7 @@ _UTF8_ADDRESS = re.compile(
     rf"^(?:{_UTF8_ATOM}(?:\.{_UTF8_ATOM})*|{QUOTED})@(?:[^\x00-\x20\x7f()<>\[\]:;@\\,\"]+|{ADDR_LITERAL})$"
 )
 _SOURCE_ROUTE = re.compile(r"^@[^:]+:")
+_KEYWORD = {k: re.compile(rf"^{k}:\s*", re.IGNORECASE) for k in ("FROM", "TO")}
 _PARAM_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _XTEXT = re.compile(r"^(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*$")
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3
@@ -44,7 +45,7 @@ class Path:
 
 def parse_path(arg: str, keyword: str, *, allow_null: bool) -> Path:
     """Parse 'FROM:<a@b> SIZE=10' (keyword 'FROM') into the address and its parameters."""
-    m = re.match(rf"^{keyword}:\s*", arg, re.IGNORECASE)
+    m = _KEYWORD[keyword].match(arg)
     if not m:
         raise ReplyError(
             501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>"
@@ -63,7 +64,8 @@ def parse_path(arg: str, keyword: str, *, allow_null: bool) -> Path:
         address, tail = rest[1:end], rest[end + 1 :]
         if tail and not tail.startswith(" "):
             raise ReplyError(501, "5.5.4", "Syntax error in parameters")
-    address = _SOURCE_ROUTE.sub("", address)
+    if address.startswith("@"):
+        address = _SOURCE_ROUTE.sub("", address)
     if len(address) > MAX_PATH:
         raise ReplyError(501, "5.1.7" if keyword == "FROM" else "5.1.3", "Address too long")
     if address == "" and not allow_null:

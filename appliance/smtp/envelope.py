@@ -6,6 +6,7 @@ reads like Postfix's, with the TLS version and cipher and the authenticated send
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -71,6 +72,17 @@ def envelope_of(
     )
 
 
+_date: tuple[int, str] = (-1, "")  # the last second's RFC 5322 date (formatdate is slow)
+
+
+def _now_date() -> str:
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, formatdate(second, localtime=False))
+    return _date[1]
+
+
 def received_header(env: Envelope, queue_id: str, hostname: str) -> bytes:
     """Our Received: header for the message: CRLF line ends, continuation lines tab-indented."""
     lines = [
@@ -83,7 +95,7 @@ def received_header(env: Envelope, queue_id: str, hostname: str) -> bytes:
     if env.auth_user:
         lines.append(f"\t(Authenticated sender: {env.auth_user})")
     if len(env.recipients) == 1:
-        lines.append(f"\tfor <{env.recipients[0].address}>; {formatdate(localtime=False)}")
+        lines.append(f"\tfor <{env.recipients[0].address}>; {_now_date()}")
     else:
-        lines[-1] += f"; {formatdate(localtime=False)}"
+        lines[-1] += f"; {_now_date()}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
