@@ -99,7 +99,11 @@ def test_twistd_first_start_issues_certificate(tmp_path: Path) -> None:
             port = a.ports[std]
             ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
                                 text=True, timeout=10)  # fmt: skip
-            (listener,) = ss.stdout.splitlines()
+            # another appliance (the other lab host, another test) may listen on the same
+            # port number on its own address
+            (listener,) = [
+                line for line in ss.stdout.splitlines() if line.split()[3] == f"{a.ip}:{port}"
+            ]
             assert listener.split()[2] == "1024", (std, listener)
     finally:
         a.stop()
