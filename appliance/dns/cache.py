@@ -9,7 +9,7 @@ from twisted.names import dns
 
 from appliance.dns.authority import Answer
 
-OPT = 41  # the EDNS pseudo-record: never aged
+OPT = dns.OPT  # the EDNS pseudo-record: never aged
 
 
 class ForwardCache:

@@ -32,7 +32,7 @@ from appliance.ip import in_networks
 from appliance.limits import ConnectionSlots, Deadlines, SessionLimits
 from appliance.log import printable
 
-OPT = 41
+OPT = dns.OPT
 AXFR = dns.AXFR
 IXFR = dns.IXFR
 _EDNS_VERSION = 0
