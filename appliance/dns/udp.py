@@ -52,14 +52,20 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
             table.clear()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        allowed = self.engine.recursion_allowed(addr[0])
-        table = self._fast[allowed]
+        table = self._fast[self.engine.recursion_allowed(addr[0])]
         key = data[2:]
         hit = table.get(key)
         if hit is not None:
             self.engine.answered[hit[1] & 15] += 1
             self._send(data[:2] + hit, addr)
             return
+        self.answer(data, addr, table, key)
+
+    def answer(
+        self, data: bytes, addr: tuple[str, int], table: dict[bytes, bytes], key: bytes
+    ) -> None:
+        """A question not in table (this client's, key = data[2:]): the engine's answer,
+        kept in table if it may answer the same question again."""
         try:
             result = self.engine.handle(data, addr[0], tcp=False)
         except Exception:
@@ -131,10 +137,12 @@ class DNSUDPPort(udp.Port):
             allowed = acl.get(addr[0])
             if allowed is None:
                 allowed = allowed_of(addr[0])
-            hit = tables[allowed].get(data[2:])
+            table = tables[allowed]
+            key = data[2:]
+            hit = table.get(key)
             if hit is None:
                 try:
-                    proto.datagramReceived(data, addr)
+                    proto.answer(data, addr, table, key)
                 except Exception:
                     proto.log.failure("DNS datagram from {peer} failed", peer=addr[0])
                 continue

@@ -68,8 +68,8 @@ def test_read_loop_answers_repeats_from_the_table_with_their_own_ids() -> None:
     server = serving(engine)
     port = server._port.getHost().port
     proto, missed = server._port.protocol, []
-    slow_path = proto.datagramReceived
-    proto.datagramReceived = lambda data, addr: (missed.append(data), slow_path(data, addr))
+    slow_path = proto.answer
+    proto.answer = lambda data, *rest: (missed.append(data), slow_path(data, *rest))
     try:
         first = yield ask(port, [query("example.test", dns.MX, qid=1)])
         good = [query("example.test", dns.MX, qid=100 + i) for i in range(49)]
