@@ -25,6 +25,7 @@ from twisted.logger import ILogObserver
 from zope.interface import implementer
 
 from appliance.log import component_of
+from appliance.units import SecondText
 
 KINDS: dict[tuple[str, str], str] = {
     ("smtpd", "auth"): "login",
@@ -56,6 +57,11 @@ MODE = 0o640
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per record
 
 
+def _second_text(second: int) -> str:
+    """ISO 8601 UTC up to the second, without the offset: 2026-12-02T00:28:16."""
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[: -len("+00:00")]
+
+
 @implementer(ILogObserver)
 class AuditLog:
     """Appends audit records to path; an observer of the mail event stream."""
@@ -69,8 +75,7 @@ class AuditLog:
         self.reactor = reactor
         self._pending: list[str] = []
         self._flush_call: IDelayedCall | None = None
-        self._second = -1  # the second _second_text says
-        self._second_text = ""
+        self._second_text = SecondText(_second_text)
 
     def open(self) -> None:
         if self.fd is None:
@@ -125,10 +130,7 @@ class AuditLog:
         micro = round((when - second) * 1e6)
         if micro >= 1_000_000:
             second, micro = second + 1, 0
-        if second != self._second:
-            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
-            self._second, self._second_text = second, text[: -len("+00:00")]
-        return f"{self._second_text}.{micro // 1000:03d}+00:00"
+        return f"{self._second_text(second)}.{micro // 1000:03d}+00:00"
 
     def flush(self) -> None:
         """Write the lines gathered so far, in one append."""

@@ -23,6 +23,7 @@ from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from appliance.log import component_of, printable
+from appliance.units import SecondText
 
 _LINE_LIMIT = 1000  # per field; peer data is already cut shorter by the components
 
@@ -75,8 +76,9 @@ class MailLog:
         self._pending: list[str] = []
         self._flush_call: Any = None
         self.also_log = path is None if also_log is None else also_log
-        self._stamp_second = -1
-        self._stamp = ""
+        self._stamp = SecondText(
+            lambda second: time.strftime("%b %e %H:%M:%S", time.localtime(second))
+        )
         self._fd: int | None = None
         self.pid = os.getpid()
 
@@ -98,11 +100,9 @@ class MailLog:
     def line(self, text: str, component: str = "smtpd") -> None:
         """Append one rendered line (text must be one line already)."""
         if self._fd is not None:
-            now = int(time.time())
-            if now != self._stamp_second:  # strftime once a second, not once a line
-                self._stamp_second, self._stamp = now, time.strftime("%b %e %H:%M:%S")
+            stamp = self._stamp(int(time.time()))
             self._pending.append(
-                f"{self._stamp} {self.hostname} mailappliance/{component}[{self.pid}]: {text}\n"
+                f"{stamp} {self.hostname} mailappliance/{component}[{self.pid}]: {text}\n"
             )
             if self.reactor is None:
                 self.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 _TIME_RE = re.compile(r"[0-9]+|(?:[0-9]+[wdhms])+", re.IGNORECASE)
 _TIME_PART_RE = re.compile(r"([0-9]+)([wdhms])", re.IGNORECASE)
@@ -35,3 +36,19 @@ def size_text(octets: int) -> str:
         if octets >= factor:
             return f"{octets / factor:.1f}{unit}"
     return f"{octets}B"
+
+
+class SecondText:
+    """render(second) for a whole second (a time.time() cut to int), made once per second:
+    log stamps and header dates come several times a message, and strftime and formatdate
+    are slow. One (second, text) pair, swapped whole, so a worker thread reads either."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self.render = render
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, second: int) -> str:
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, self.render(second))
+        return last[1]

@@ -12,6 +12,7 @@ from email.utils import formatdate
 
 from appliance.interfaces import Envelope, Recipient
 from appliance.smtp.params import MailParams
+from appliance.units import SecondText
 
 
 @dataclass
@@ -72,15 +73,11 @@ def envelope_of(
     )
 
 
-_date: tuple[int, str] = (-1, "")  # the last second's RFC 5322 date (formatdate is slow)
+_DATE = SecondText(lambda second: formatdate(second, localtime=False))  # RFC 5322, UTC
 
 
 def _now_date() -> str:
-    global _date
-    second = int(time.time())
-    if _date[0] != second:
-        _date = (second, formatdate(second, localtime=False))
-    return _date[1]
+    return _DATE(int(time.time()))
 
 
 def received_header(env: Envelope, queue_id: str, hostname: str) -> bytes:
