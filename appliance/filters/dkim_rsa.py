@@ -20,11 +20,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 _original = dkim.RSASSA_PKCS1_v1_5_sign
 _keys: dict[int, rsa.RSAPrivateKey] = {}
+_registered: set[bytes] = set()  # the PEMs loaded (a domain has one or two keys at a time)
+MAX_KEYS = 256  # beyond this many (rotation after rotation), start again
 
 
 def register(pem: bytes) -> None:
-    """Make pem's key sign through OpenSSL from now on."""
+    """Make pem's key sign through OpenSSL from now on. Cheap when pem was registered before:
+    loading a 2048-bit key checks it (about 40 ms of CPU here), so each key is loaded once,
+    not once per message signed."""
+    if pem in _registered:
+        return
     key = serialization.load_pem_private_key(pem, None)
+    if len(_registered) >= MAX_KEYS:
+        _registered.clear()
+        _keys.clear()
+    _registered.add(pem)
     if isinstance(key, rsa.RSAPrivateKey):
         _keys[key.private_numbers().public_numbers.n] = key
 

@@ -42,6 +42,28 @@ def test_dkim_rsa_openssl_signature_identical_to_dkimpys(tmp_path) -> None:
     assert dkim_rsa._sign(h.copy(), pk) == dkim_rsa.original(h.copy(), pk)
 
 
+def test_each_rsa_key_is_loaded_once_not_per_message(tmp_path, monkeypatch) -> None:
+    """Loading a 2048-bit key checks it (tens of ms of CPU): signing message after message
+    with one key loads it once; a new key (a rotation) is loaded when it is first used."""
+    _store, signing = keys(tmp_path)
+    other_store, other = keys(tmp_path / "rotated")
+    loads: list[bytes] = []
+    real = dkim_rsa.serialization.load_pem_private_key
+
+    def counting(pem, password):
+        loads.append(pem)
+        return real(pem, password)
+
+    monkeypatch.setattr(dkim_rsa.serialization, "load_pem_private_key", counting)
+    monkeypatch.setattr(dkim_rsa, "_registered", set())
+    first = [sign(MSG, signing) for _ in range(5)]
+    assert loads == [signing[0].private]
+    assert len(set(first)) == 1  # (deterministic RSA, deterministic Ed25519)
+    sign(MSG, other)
+    assert loads == [signing[0].private, other[0].private]
+    assert signing[0].private != other[0].private
+
+
 def resolver_for(store: DKIMKeyStore) -> TableResolver:
     table = {("TXT", owner): [text.encode()] for owner, text in store.records()["163.test"]}
     return TableResolver(table)
