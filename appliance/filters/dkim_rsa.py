@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 _original = dkim.RSASSA_PKCS1_v1_5_sign
+_original_parse = dkim.parse_pem_private_key
 _keys: dict[int, rsa.RSAPrivateKey] = {}
-_registered: set[bytes] = set()  # the PEMs loaded (a domain has one or two keys at a time)
+_registered: dict[bytes, dict[str, int]] = {}  # PEM -> dkimpy's form of it (a domain has a key
+# or two at a time)
 MAX_KEYS = 256  # beyond this many (rotation after rotation), start again
 
 
@@ -34,7 +36,7 @@ def register(pem: bytes) -> None:
     if len(_registered) >= MAX_KEYS:
         _registered.clear()
         _keys.clear()
-    _registered.add(pem)
+    _registered[pem] = _original_parse(pem)
     if isinstance(key, rsa.RSAPrivateKey):
         _keys[key.private_numbers().public_numbers.n] = key
 
@@ -46,9 +48,18 @@ def _sign(h: Any, private_key: dict[str, int]) -> bytes:
     return key.sign(h.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
 
 
+def _parse(pem: bytes) -> dict[str, int]:
+    """dkimpy's parse_pem_private_key, once per registered key: its Python ASN.1 parse took
+    0.3 ms of every 0.8 ms signature (dkimpy only reads the result)."""
+    parsed = _registered.get(pem)
+    return parsed if parsed is not None else _original_parse(pem)
+
+
 def install() -> None:
-    """Idempotent: dkimpy's signer uses _sign from now on."""
+    """Idempotent: dkimpy's signer uses _sign (and the registered keys' parsed forms) from
+    now on."""
     dkim.RSASSA_PKCS1_v1_5_sign = _sign
+    dkim.parse_pem_private_key = _parse
 
 
 def original(h: Any, private_key: dict[str, int]) -> bytes:

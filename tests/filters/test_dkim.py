@@ -43,8 +43,9 @@ def test_dkim_rsa_openssl_signature_identical_to_dkimpys(tmp_path) -> None:
 
 
 def test_each_rsa_key_is_loaded_once_not_per_message(tmp_path, monkeypatch) -> None:
-    """Loading a 2048-bit key checks it (tens of ms of CPU): signing message after message
-    with one key loads it once; a new key (a rotation) is loaded when it is first used."""
+    """Loading a 2048-bit key checks it (tens of ms of CPU, holding the GIL): signing message
+    after message with one key loads it (and dkimpy parses it) once; a new key (a rotation)
+    is loaded when it is first used."""
     _store, signing = keys(tmp_path)
     other_store, other = keys(tmp_path / "rotated")
     loads: list[bytes] = []
@@ -54,10 +55,20 @@ def test_each_rsa_key_is_loaded_once_not_per_message(tmp_path, monkeypatch) -> N
         loads.append(pem)
         return real(pem, password)
 
+    parses: list[bytes] = []
+    real_parse = dkim_rsa._original_parse
+
+    def counting_parse(pem):
+        parses.append(pem)
+        return real_parse(pem)
+
     monkeypatch.setattr(dkim_rsa.serialization, "load_pem_private_key", counting)
-    monkeypatch.setattr(dkim_rsa, "_registered", set())
+    monkeypatch.setattr(dkim_rsa, "_original_parse", counting_parse)
+    monkeypatch.setattr(dkim_rsa, "_registered", {})
+    dkim_rsa.install()
     first = [sign(MSG, signing) for _ in range(5)]
     assert loads == [signing[0].private]
+    assert parses == [signing[0].private]  # dkimpy's own parse of the PEM: once too
     assert len(set(first)) == 1  # (deterministic RSA, deterministic Ed25519)
     sign(MSG, other)
     assert loads == [signing[0].private, other[0].private]
