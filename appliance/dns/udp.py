@@ -6,7 +6,8 @@ the zones are reloaded) and answers a repeat with one dict lookup and one sendto
 
 `DNSUDPPort` is Twisted's UDP port with that lookup inside its read loop: a datagram whose
 answer is in the table costs recvfrom, a slice, two dict lookups and sendto, without the
-per-datagram method calls of Port.doRead -> datagramReceived -> _send; anything else goes to
+per-datagram method calls of Port.doRead -> datagramReceived -> _send (both send with
+send_datagram); anything else goes to
 datagramReceived as before. `DNSUDPServer` is internet.UDPServer listening with that port.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet
@@ -30,6 +32,21 @@ _READS_PER_WAKE = 1000
 _READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 # an ICMP port unreachable for an earlier answer surfaces on the next recvfrom (Linux)
 _REFUSED = (errno.ECONNREFUSED,)
+
+
+def send_datagram(sendto: Callable[[bytes, Any], int], data: bytes, addr: Any) -> None:
+    """One answer with sendto (the socket's): tried again once if a signal interrupted it; a
+    full socket buffer or an ICMP refusal for an earlier answer drops it (the client asks
+    again). The one way both the protocol and the read loop send."""
+    try:
+        sendto(data, addr)
+    except InterruptedError:
+        try:
+            sendto(data, addr)
+        except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+            pass
+    except (BlockingIOError, ConnectionRefusedError):
+        pass
 
 
 class DNSUDPProtocol(protocol.DatagramProtocol):
@@ -101,12 +118,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         if sock is None:  # a transport that is not a socket's (tests)
             self.transport.write(data, addr)
             return
-        try:
-            sock.sendto(data, addr)
-        except InterruptedError:
-            sock.sendto(data, addr)
-        except (BlockingIOError, ConnectionRefusedError):
-            pass
+        send_datagram(sock.sendto, data, addr)
 
 
 class DNSUDPPort(udp.Port):
@@ -117,7 +129,6 @@ class DNSUDPPort(udp.Port):
     def doRead(self) -> None:  # noqa: N802 (Twisted's API)
         proto = self.protocol
         engine = proto.engine
-        acl = engine._acl_cache
         allowed_of = engine.recursion_allowed
         tables = proto._fast
         answered = engine.answered
@@ -134,10 +145,7 @@ class DNSUDPPort(udp.Port):
                 raise
             if v6:
                 addr = addr[:2]  # as Twisted's Port: no flow and scope ID
-            allowed = acl.get(addr[0])
-            if allowed is None:
-                allowed = allowed_of(addr[0])
-            table = tables[allowed]
+            table = tables[allowed_of(addr[0])]
             key = data[2:]
             hit = table.get(key)
             if hit is None:
@@ -147,10 +155,7 @@ class DNSUDPPort(udp.Port):
                     proto.log.failure("DNS datagram from {peer} failed", peer=addr[0])
                 continue
             answered[hit[1] & 15] += 1
-            try:
-                sendto(data[:2] + hit, addr)
-            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                pass  # a full socket buffer drops the answer: the client asks again
+            send_datagram(sendto, data[:2] + hit, addr)
 
 
 class DNSUDPServer(internet.UDPServer):

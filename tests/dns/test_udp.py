@@ -8,7 +8,7 @@ from twisted.names import dns
 
 from appliance.dns.authority import Authority, Zone
 from appliance.dns.server import DNSEngine
-from appliance.dns.udp import DNSUDPPort, DNSUDPProtocol, DNSUDPServer
+from appliance.dns.udp import DNSUDPPort, DNSUDPProtocol, DNSUDPServer, send_datagram
 from tests.dns.test_server import LOOPBACK, example_zone, parse, query, rr
 
 
@@ -103,3 +103,32 @@ def test_reloaded_zones_are_answered_at_once_not_from_the_table() -> None:
         yield server.stopService()
     assert [parse(a).answers[0].payload.data for a in before] == [[b"old key"]] * 2
     assert parse(after[0]).answers[0].payload.data == [b"new key"]
+
+
+def test_send_datagram_tries_an_interrupted_send_again_and_drops_a_full_buffer() -> None:
+    """The one send of both paths: EINTR once -> sent on the second try; a full socket
+    buffer, a refusal or a second interruption drop the answer without raising."""
+    calls: list[tuple[bytes, object]] = []
+
+    def sendto_failing(*errors: type[OSError]):
+        left = list(errors)
+
+        def sendto(data: bytes, addr) -> int:
+            calls.append((data, addr))
+            if left:
+                raise left.pop(0)()
+            return len(data)
+
+        return sendto
+
+    send_datagram(sendto_failing(InterruptedError), b"answer", ("127.0.0.1", 5353))
+    assert calls == [(b"answer", ("127.0.0.1", 5353))] * 2
+    for errors, tries in [
+        ((BlockingIOError,), 1),
+        ((ConnectionRefusedError,), 1),
+        ((InterruptedError, InterruptedError), 2),
+        ((InterruptedError, BlockingIOError), 2),
+    ]:
+        calls.clear()
+        send_datagram(sendto_failing(*errors), b"answer", ("127.0.0.1", 5353))
+        assert len(calls) == tries
