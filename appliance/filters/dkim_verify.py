@@ -19,6 +19,7 @@ import dkim
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from appliance.filters import dkim_rsa
 from appliance.filters.base import Filter, MessageCheck
 from appliance.filters.headers import fields
 from appliance.interfaces import Envelope, FilterVerdict, LookupFailed, NoSuchDomain, Resolver
@@ -65,6 +66,7 @@ class DKIMVerifyFilter(Filter):
         self.resolver = resolver
         self.run = run
         self.max_size = max_size
+        dkim_rsa.install()
 
     def wants_body(self, envelope: Envelope) -> bool:
         return not envelope.ours

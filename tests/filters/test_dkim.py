@@ -42,6 +42,41 @@ def test_dkim_rsa_openssl_signature_identical_to_dkimpys(tmp_path) -> None:
     assert dkim_rsa._sign(h.copy(), pk) == dkim_rsa.original(h.copy(), pk)
 
 
+def test_dkim_rsa_openssl_verification_agrees_with_dkimpys(tmp_path) -> None:
+    """OpenSSL's PKCS#1 v1.5 check gives dkimpy's verdict: a good signature (SHA-256 and
+    SHA-1, and one whose leading zero octets are left out) passes, an altered digest, another
+    key's signature, random octets and an over-long signature fail."""
+    _store, (rsa_key, _ed) = keys(tmp_path)
+    _other_store, (other_key, _ed2) = keys(tmp_path / "other")
+    private = dkim.crypto.parse_pem_private_key(rsa_key.private)
+    public = {"modulus": private["modulus"], "publicExponent": private["publicExponent"]}
+    other = dkim.crypto.parse_pem_private_key(other_key.private)
+    size = (public["modulus"].bit_length() + 7) // 8
+    cases = []
+    for algorithm in (hashlib.sha256, hashlib.sha1):
+        h = algorithm(b"header hash input")
+        good = dkim_rsa.original(h.copy(), private)
+        cases += [
+            (h, good, True),
+            (algorithm(b"another input"), good, False),
+            (h, dkim_rsa.original(h.copy(), other), False),
+            (h, bytes(size), False),
+            (h, b"\x01" + good, False),
+        ]
+    dkim_rsa.register(rsa_key.private)  # OpenSSL signs the same bytes, 30x faster
+    for i in range(4000):  # one signature in 256 starts with a zero octet
+        h = hashlib.sha256(b"input %d" % i)
+        sig = dkim_rsa._sign(h.copy(), private)
+        if sig[0] == 0:
+            cases.append((h, sig.lstrip(b"\0"), True))
+            break
+    else:
+        raise AssertionError("no signature with a leading zero octet in 4000")
+    for h, sig, expected in cases:
+        assert dkim_rsa.original_verify(h.copy(), sig, public) is expected
+        assert dkim_rsa._verify(h.copy(), sig, public) is expected
+
+
 def test_each_rsa_key_is_loaded_once_not_per_message(tmp_path, monkeypatch) -> None:
     """Loading a 2048-bit key checks it (tens of ms of CPU, holding the GIL): signing message
     after message with one key loads it (and dkimpy parses it) once; a new key (a rotation)
