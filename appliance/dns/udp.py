@@ -7,8 +7,8 @@ the zones are reloaded) and answers a repeat with one dict lookup and one sendto
 `DNSUDPPort` is Twisted's UDP port with that lookup inside its read loop: a datagram whose
 answer is in the table costs recvfrom, a slice, two dict lookups and sendto, without the
 per-datagram method calls of Port.doRead -> datagramReceived -> _send (both send with
-send_datagram); anything else goes to
-datagramReceived as before. `DNSUDPServer` is internet.UDPServer listening with that port.
+send_datagram); anything else goes to datagramReceived as before. `DNSUDPServer` is
+internet.UDPServer listening with that port.
 """
 
 from __future__ import annotations
