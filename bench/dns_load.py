@@ -335,10 +335,7 @@ def lab_compare(reps: int, seconds: int, keep: bool = False, sink: list | None =
     finally:
         pl.stop_proc(named, "named")
         rl.stop_all(lab)
-        if keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        rl.remove_work(work, keep)
     med = {}
     for name in ("bind", "ours"):
         qs = [r.qps for r in runs if r.server == name and r.qps]

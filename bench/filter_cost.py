@@ -569,20 +569,14 @@ def run(args: argparse.Namespace) -> int:
         tsv = write_tsv(rows)
         if tsv is not None:
             say(f"raw rows: {tsv}")
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        sl.remove_work(work, args.keep)
     print_table(rows, configs, args)
     print(f"load average at end: {sl.loadavg()}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details.",
-    )
+    ap = sl.arg_parser(__doc__, "See the module docstring for details.")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
     ap.add_argument("--messages", type=int, default=1000, help="messages per load, A/B (1000)")
     ap.add_argument(

@@ -30,9 +30,7 @@ Ctrl-C/SIGTERM (TERM, bounded wait, KILL). Loopback only.
 
 from __future__ import annotations
 
-import argparse
 import math
-import shutil
 import socket
 import statistics
 import sys
@@ -225,10 +223,7 @@ def measure(
             say(f"idle RSS rep {rep}/{reps}: levels {levels}")
             one_rep(rep, levels, settle, work, rows)
     finally:
-        if keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        rl.remove_work(work, keep)
     return rows
 
 
@@ -256,10 +251,7 @@ def report(rows: list[Level], levels: list[int]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details (read the file).",
-    )
+    ap = rl.arg_parser(__doc__)
     ap.add_argument("--levels", default="0,250,500,1000", help="idle connections (0,250,500,1000)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions, a fresh appliance each (1)")
     ap.add_argument("--settle", type=float, default=2.0, help="wait before reading RSS, s (2)")

@@ -66,9 +66,7 @@ wait, KILL). Every load stops at --timeout, each server's start at 60 s.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -86,6 +84,7 @@ for p in (str(REPO / "bench"), str(REPO)):
 
 import pop3_load as pl  # noqa: E402  (messages, Maildirs, Dovecot's users, ports, stopping)
 import relay_load as rl  # noqa: E402  (CPU sampling, lab start; same style)
+from client_procs import ClientSync, run_client, run_clients  # noqa: E402
 from imap_client import (  # noqa: E402
     FETCH,
     MIX,
@@ -108,85 +107,6 @@ loadavg = pl.loadavg
 
 # ------------------------------------------------------------------------------ Dovecot
 
-DOVECOT_CONF = """\
-# private benchmark instance (as pop3_load's, IMAP instead of POP3): nothing from /etc/dovecot
-instance_name = imap-load-dovecot
-base_dir = {root}/run
-state_dir = {root}/state
-log_path = {root}/dovecot.log
-info_log_path = {root}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = 100
-mail_location = maildir:{root}/mail/%n
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n {root}/passwd
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%n {root}/passwd
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-"""
-
-
-def setup_dovecot(
-    root: Path, port: int, users: list[tuple[str, str]], hashes: dict[str, str] | None = None
-) -> Path:
-    """pop3_load.setup_dovecot with the IMAP config: folders, passwd-file, dovecot.conf.
-    hashes: user -> "{SCHEME}hash" to write instead of {PLAIN}password."""
-    for sub in ("run", "state", "mail", "home"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    os.chown(root / "mail", pl.DV_UID, pl.DV_GID)
-    lines = []
-    for u, pw in users:
-        home = root / "home" / u
-        home.mkdir(exist_ok=True)
-        os.chown(home, pl.DV_UID, pl.DV_GID)
-        secret = (hashes or {}).get(u) or f"{{PLAIN}}{pw}"
-        lines.append(f"{u}:{secret}:{pl.DV_UID}:{pl.DV_GID}::{home}::\n")
-    passwd = root / "passwd"
-    passwd.write_text("".join(lines))
-    shutil.chown(passwd, "root", "dovecot")  # the auth process runs as dovecot
-    passwd.chmod(0o640)
-    conf = root / "dovecot.conf"
-    conf.write_text(DOVECOT_CONF.format(root=root, port=port))
-    r = subprocess.run(
-        ["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True, timeout=30
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"doveconf rejected {conf}:\n{r.stderr[-2000:]}")
-    return conf
-
-
-def add_users(ini: Path, users: list[tuple[str, str, int]]) -> None:
-    """pop3_load's run(): `mailappliance --config INI user add U@163.com --password-stdin`."""
-    cli = str(Path(sys.executable).parent / "mailappliance")
-    for u, pw, _c in users:
-        r = subprocess.run(
-            [cli, "--config", str(ini), "user", "add", f"{u}@{pl.DOMAIN}", "--password-stdin"],
-            input=pw + "\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if r.returncode != 0:
-            raise SystemExit(f"user add {u}@{pl.DOMAIN} failed: {r.stderr[-1000:]}")
-
 
 def password_hash(ini: Path, address: str) -> str:
     """The "{SCHEME}hash" of address in the passwd-file of the appliance config ini."""
@@ -204,6 +124,7 @@ def password_hash(ini: Path, address: str) -> str:
 
 def client(
     idx: int,
+    sync: ClientSync,
     kind: str,
     host: str,
     port: int,
@@ -213,42 +134,32 @@ def client(
     ops: int,
     bodies: frozenset[bytes],
     headers: frozenset[bytes],
-    login_lock,
-    ready,
-    go,
-    progress,
-    results,
-    timeout: float,
 ) -> None:
     """One IMAP client (a process): LOGIN + SELECT, then on `go` its load; results[idx]."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (TERM)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        with login_lock:
-            conn = Conn(host, port, timeout)
+
+    def session() -> tuple[int, float, float]:
+        with sync.login_lock:
+            conn = Conn(host, port, sync.timeout)
             conn.login(user, password)
         got = conn.select()
         if got != count:
             raise IMAPError(f"SELECT INBOX: {got} EXISTS, expected {count}")
         if kind == "mix":
             conn.command(b"STORE 1:* -FLAGS.SILENT (\\Seen)")
-        ready.release()
-        if not go.wait(timeout):
-            raise TimeoutError("no start signal")
+        sync.start()
         t0 = time.monotonic()
         if kind == "fetch-all":
             done = fetch_all(conn, count, bodies)
-            progress[idx] = done
+            sync.progress[idx] = done
         elif kind == "fetch-each":
-            done = fetch_each(conn, count, bodies, progress, idx)
+            done = fetch_each(conn, count, bodies, sync.progress, idx)
         else:
-            done = mix(conn, count, ops, bodies, headers, progress, idx)
+            done = mix(conn, count, ops, bodies, headers, sync.progress, idx)
         t1 = time.monotonic()
         conn.logout()
-        results.put((idx, done, t0, t1, ""))
-    except Exception as e:  # reported by the parent
-        results.put((idx, 0, 0.0, 0.0, f"{type(e).__name__}: {e}"[:600]))
-        ready.release()
+        return done, t0, t1
+
+    run_client(idx, sync, session, error_chars=600)
 
 
 # ---------------------------------------------------------------------------- one load
@@ -285,75 +196,24 @@ def one_load(
     cpu: rl.CPU | None,
 ) -> Outcome:
     """One client process per mailbox (user, password, messages in it)."""
-    ctx = mp.get_context("fork")
-    n = len(boxes)
-    units = n * ops if kind == "mix" else sum(b[2] for b in boxes)
-    out = Outcome(srv.label, kind, n, units, loadavg())
-    lock, ready, go = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
-    progress = ctx.Array("i", n, lock=False)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=client,
-            args=(i, kind, srv.host, srv.port, srv.user_fmt.format(u=u), pw, c, ops)
-            + (bodies, headers, lock, ready, go, progress, results, timeout),
-            daemon=True,
-        )
-        for i, (u, pw, c) in enumerate(boxes)
+    units = len(boxes) * ops if kind == "mix" else sum(b[2] for b in boxes)
+    out = Outcome(srv.label, kind, len(boxes), units, loadavg())
+    clients = [
+        (kind, srv.host, srv.port, srv.user_fmt.format(u=u), pw, c, ops, bodies, headers)
+        for u, pw, c in boxes
     ]
-    rows: dict[int, tuple] = {}
-    finished = False
-    try:
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + 60
-        for _ in procs:
-            if not ready.acquire(timeout=max(deadline - time.monotonic(), 0.01)):
-                raise SystemExit(f"{srv.label}: clients not logged in within 60 s")
-        start = cpu.sample() if cpu else None
-        if cpu:
-            cpu.mark()
-        t_go = time.monotonic()
-        go.set()
-        next_tick = t_go + 1.0
-        deadline = t_go + timeout
-        while len(rows) < n:
-            try:
-                r = results.get(timeout=0.05)
-                rows[r[0]] = r
-            except Exception:  # queue.Empty
-                pass
-            now = time.monotonic()
-            if now >= deadline:
-                out.error = f"load deadline ({timeout:g} s) reached"
-                break
-            if now >= next_tick:
-                next_tick += 1.0
-                extra = f"  {pl.fmt_cpu(cpu.since())}" if cpu else ""
-                print(
-                    f"    {srv.label} {kind} {n} client(s) {now - t_go:5.1f}s"
-                    f" {UNIT[kind]} {sum(progress):>6}/{units}{extra}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if cpu and start:
-            out.cpu = pl.fmt_cpu(cpu.since(start))
-        finished = not out.error
-    finally:
-        for p in procs:  # after an error or Ctrl-C, no waiting: TERM at once
-            p.join(timeout=5 if finished else 0)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    errs = [r[4] for r in rows.values() if r[4]]
-    if errs and not out.error:
-        out.error = f"{len(errs)} client(s) failed: {errs[0]}"
-    good = [r for r in rows.values() if not r[4]]
-    out.done = sum(r[1] for r in good)
-    if good:
-        out.seconds = max(r[3] for r in good) - min(r[2] for r in good)
-    if out.done != units and not out.error:
-        out.error = f"done {out.done}, expected {units}"
+    got = run_clients(
+        client,
+        clients,
+        units,
+        timeout,
+        cpu,
+        label=srv.label,
+        unit=UNIT[kind],
+        verb="done",
+        what=f"{srv.label} {kind}",
+    )
+    out.done, out.seconds, out.cpu, out.error = got.done, got.seconds, got.cpu, got.error
     return out
 
 
@@ -486,7 +346,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         # ---- ours: the lab's 163 appliance, ports moved
         lab = rl.lab_appliances(work / "lab")
         ours = lab["163"]
-        add_users(ours.ini, multi + stress)
+        pl.add_users(ours.ini, multi + stress)
         hashes = {u: password_hash(ours.ini, f"{u}@{pl.DOMAIN}") for u, _pw, _c in stress}
         say(
             f"filling Maildirs: {args.messages} msgs for {pl.SINGLE[0]},"
@@ -501,22 +361,13 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         dv_root = work / "dovecot"
         dv_port = pl.free_port()
         every = single + multi + stress
-        conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in every], hashes)
-        for u, _pw, _c in every:
-            dst = dv_root / "mail" / u
-            shutil.copytree(ours.maildir(f"{u}@{pl.DOMAIN}"), dst)
-            pl.chown_tree(dst, pl.DV_UID, pl.DV_GID)
+        users = [(u, pw) for u, pw, _c in every]
+        conf = pl.setup_dovecot(dv_root, dv_port, users, hashes, "imap")
+        pl.copy_maildirs(ours, dv_root, [u for u, _pw in users])
         rl.start(ours)
         port = ours.ports[143]
         s_ours = pl.Server("ours", ours.ip, port, "{u}@" + pl.DOMAIN, ours.proc.pid)
-        out_f = (dv_root / "dovecot.out").open("w")
-        dv_proc = subprocess.Popen(
-            ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
-        )
-        if not pl.wait_port("127.0.0.1", dv_port, 20, dv_proc):
-            log = dv_root / "dovecot.log"
-            text = log.read_text() if log.exists() else ""
-            raise SystemExit(f"dovecot did not start:\n{text[-2000:]}")
+        dv_proc = pl.start_dovecot(dv_root, conf, dv_port)
         say(f"dovecot pid {dv_proc.pid}, IMAP 127.0.0.1:{dv_port}")
         s_dv = pl.Server("dovecot", "127.0.0.1", dv_port, "{u}", None, dv_proc.pid)
         print(
@@ -581,10 +432,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
     finally:
         pl.stop_proc(dv_proc, "dovecot")
         rl.stop_all(lab)
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        rl.remove_work(work, args.keep)
 
     print()
     print(
@@ -629,10 +477,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details (read the file).",
-    )
+    ap = rl.arg_parser(__doc__)
     ap.add_argument(
         "--messages", type=int, default=2000, help="messages of the 1-client loads (2000)"
     )
@@ -658,12 +503,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.messages, args.clients, args.ops, args.reps, args.size) < 1:
         ap.error("--messages, --clients, --ops, --reps and --size must be >= 1")
-    if args.messages % args.clients:
-        ap.error("--messages must be a multiple of --clients")
-    if os.geteuid() != 0:
-        ap.error("run as root: the private Dovecot runs its users as uid 65534")
-    if not shutil.which("dovecot") or not Path("/usr/lib/dovecot/imap").exists():
-        ap.error("dovecot missing (apt-get install dovecot-core dovecot-imapd)")
+    pl.check_dovecot_args(ap, args, "dovecot-imapd", Path("/usr/lib/dovecot/imap"))
     if args.imaptest < 0 or args.imaptest_clients < 1:
         ap.error("--imaptest must be >= 0, --imaptest-clients >= 1")
     return args

@@ -61,7 +61,7 @@ start at 60 s.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import functools
 import os
 import poplib
 import shutil
@@ -81,6 +81,7 @@ for p in (str(REPO / "bench"), str(REPO)):
         sys.path.insert(0, p)
 
 import relay_load as rl  # noqa: E402  (CPU sampling, lab start; same style)
+from client_procs import ClientSync, run_client, run_clients  # noqa: E402
 
 DOMAIN = "163.com"
 SINGLE = ("user1", "user1pass")  # lab user (README: password = user + "pass")
@@ -225,13 +226,13 @@ def stop_proc(proc: subprocess.Popen | None, name: str) -> None:
 
 
 DOVECOT_CONF = """\
-# private benchmark instance (as ../shared/bench/pop3_dovecot.sh): nothing from /etc/dovecot
-instance_name = pop3-load-dovecot
+# private benchmark instance ({origin}): nothing from /etc/dovecot
+instance_name = {proto}-load-dovecot
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = pop3
+protocols = {proto}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -240,8 +241,7 @@ default_internal_user = dovecot
 default_login_user = dovenull
 first_valid_uid = 100
 mail_location = maildir:{root}/mail/%n
-pop3_uidl_format = %08Xu%08Xv
-passdb {{
+{settings}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%n {root}/passwd
 }}
@@ -249,19 +249,33 @@ userdb {{
   driver = passwd-file
   args = username_format=%n {root}/passwd
 }}
-service pop3-login {{
-  inet_listener pop3 {{
+service {proto}-login {{
+  inet_listener {proto} {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener pop3s {{
+  inet_listener {proto}s {{
     port = 0
   }}
 }}
 """
+# per protocol (pop3_load's, imap_load's): where the config comes from, settings of its own
+DOVECOT_PROTOCOLS = {
+    "pop3": ("as ../shared/bench/pop3_dovecot.sh", "pop3_uidl_format = %08Xu%08Xv\n"),
+    "imap": ("as pop3_load's, IMAP instead of POP3", ""),
+}
 
 
-def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
+def setup_dovecot(
+    root: Path,
+    port: int,
+    users: list[tuple[str, str]],
+    hashes: dict[str, str] | None = None,
+    protocol: str = "pop3",
+) -> Path:
+    """A private Dovecot's folders, passwd-file and dovecot.conf (DOVECOT_CONF for protocol,
+    pop3 or imap, on port) under root, checked by doveconf; users: (user, password), {PLAIN}
+    unless hashes gives the user a "{SCHEME}hash" to write instead."""
     for sub in ("run", "state", "mail", "home"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     os.chown(root / "mail", DV_UID, DV_GID)
@@ -270,19 +284,62 @@ def setup_dovecot(root: Path, port: int, users: list[tuple[str, str]]) -> Path:
         home = root / "home" / u
         home.mkdir(exist_ok=True)
         os.chown(home, DV_UID, DV_GID)
-        lines.append(f"{u}:{{PLAIN}}{pw}:{DV_UID}:{DV_GID}::{home}::\n")
+        secret = (hashes or {}).get(u) or f"{{PLAIN}}{pw}"
+        lines.append(f"{u}:{secret}:{DV_UID}:{DV_GID}::{home}::\n")
     passwd = root / "passwd"
     passwd.write_text("".join(lines))
     shutil.chown(passwd, "root", "dovecot")  # the auth process runs as dovecot
     passwd.chmod(0o640)
     conf = root / "dovecot.conf"
-    conf.write_text(DOVECOT_CONF.format(root=root, port=port))
+    origin, settings = DOVECOT_PROTOCOLS[protocol]
+    conf.write_text(
+        DOVECOT_CONF.format(root=root, port=port, proto=protocol, origin=origin, settings=settings)
+    )
     r = subprocess.run(
         ["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True, timeout=30
     )
     if r.returncode != 0:
         raise SystemExit(f"doveconf rejected {conf}:\n{r.stderr[-2000:]}")
     return conf
+
+
+def start_dovecot(root: Path, conf: Path, port: int) -> subprocess.Popen:
+    """`dovecot -F -c conf` (its output in root/dovecot.out), once it answers on port of
+    127.0.0.1 (20 s at most; else it is stopped and its log's tail raised)."""
+    out_f = (root / "dovecot.out").open("w")
+    proc = subprocess.Popen(
+        ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
+    )
+    if not wait_port("127.0.0.1", port, 20, proc):
+        stop_proc(proc, "dovecot")
+        log = root / "dovecot.log"
+        text = log.read_text() if log.exists() else ""
+        raise SystemExit(f"dovecot did not start:\n{text[-2000:]}")
+    return proc
+
+
+def copy_maildirs(ours, root: Path, users: list[str]) -> None:
+    """Identical copies of our Maildirs of users (@DOMAIN) in Dovecot's root/mail, its own."""
+    for u in users:
+        dst = root / "mail" / u
+        shutil.copytree(ours.maildir(f"{u}@{DOMAIN}"), dst)
+        chown_tree(dst, DV_UID, DV_GID)
+
+
+def add_users(ini: Path, users: list[tuple[str, str, int]]) -> None:
+    """`mailappliance --config INI user add U@163.com --password-stdin` for each (user,
+    password, _) of users, before the appliance starts."""
+    cli = str(Path(sys.executable).parent / "mailappliance")
+    for u, pw, _c in users:
+        r = subprocess.run(
+            [cli, "--config", str(ini), "user", "add", f"{u}@{DOMAIN}", "--password-stdin"],
+            input=pw + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0:
+            raise SystemExit(f"user add {u}@{DOMAIN} failed: {r.stderr[-1000:]}")
 
 
 def dovecot_version() -> str:
@@ -299,44 +356,31 @@ def dovecot_version() -> str:
 
 def client(
     idx: int,
+    sync: ClientSync,
     host: str,
     port: int,
     user: str,
     password: str,
-    login_lock,
-    ready,
-    go,
-    progress,
-    results,
-    timeout: float,
     cpus: set[int] | None,
 ) -> None:
     """One POP3 client (a process): login + STAT, then on `go` RETR 1..n; results[idx]."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (TERM)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
-    try:
-        with login_lock:
-            pop = poplib.POP3(host, port, timeout=timeout)
+
+    def session() -> tuple[int, float, float]:
+        with sync.login_lock:
+            pop = poplib.POP3(host, port, timeout=sync.timeout)
             pop.user(user)
             pop.pass_(password)
         count, _size = pop.stat()
-        ready.release()
-        if not go.wait(timeout):
-            raise TimeoutError("no start signal")
-        octets = 0
+        sync.start()
         t0 = time.monotonic()
         for i in range(1, count + 1):
-            _resp, lines, n = pop.retr(i)
-            octets += n
-            progress[idx] = i
+            pop.retr(i)
+            sync.progress[idx] = i
         t1 = time.monotonic()
         pop.quit()
-        results.put((idx, count, octets, t0, t1, ""))
-    except Exception as e:  # reported by the parent
-        results.put((idx, 0, 0, 0.0, 0.0, f"{type(e).__name__}: {e}"[:200]))
-        ready.release()
+        return count, t0, t1
+
+    run_client(idx, sync, session, cpus)
 
 
 @dataclass
@@ -357,6 +401,12 @@ class Outcome:
         return None
 
 
+def pin_server(label: str, root: int, cpus: set[int], client_cpus: set[int] | None) -> None:
+    """Put every thread of the server's tree (root) on cpus, and say so."""
+    pinned = pin_tree(root, cpus)
+    say(f"  {label}: {pinned} server threads on CPU {cpus}, client on {client_cpus}")
+
+
 def one_load(
     srv: Server,
     boxes: list[tuple[str, str, int]],
@@ -368,87 +418,32 @@ def one_load(
     placement of server and client (PIN_CPUS) while the load runs."""
     server_cpus, client_cpus = PIN_CPUS[pin]
     all_cpus = os.sched_getaffinity(0)
-    ctx = mp.get_context("fork")
-    n = len(boxes)
     expected = sum(b[2] for b in boxes)
-    out = Outcome(srv.label, n, expected, loadavg())
-    lock, ready, go = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
-    progress = ctx.Array("i", n, lock=False)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=client,
-            args=(i, srv.host, srv.port, srv.user_fmt.format(u=u), pw, lock, ready, go)
-            + (progress, results, timeout, client_cpus),
-            daemon=True,
-        )
-        for i, (u, pw, _c) in enumerate(boxes)
+    out = Outcome(srv.label, len(boxes), expected, loadavg())
+    root = srv.root_pid if server_cpus is not None else None
+    after_login = None
+    if root is not None and server_cpus is not None:
+        after_login = functools.partial(pin_server, srv.label, root, server_cpus, client_cpus)
+    clients = [
+        (srv.host, srv.port, srv.user_fmt.format(u=u), pw, client_cpus) for u, pw, _c in boxes
     ]
-    rows: dict[int, tuple] = {}
-    finished = False
     try:
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + 60
-        for _ in procs:
-            if not ready.acquire(timeout=max(deadline - time.monotonic(), 0.01)):
-                raise SystemExit(f"{srv.label}: clients not logged in within 60 s")
-        if server_cpus is not None and srv.root_pid is not None:
-            pinned = pin_tree(srv.root_pid, server_cpus)
-            say(
-                f"  {srv.label}: {pinned} server threads on CPU {server_cpus}, client on {client_cpus}"
-            )
-        start = cpu.sample() if cpu else None
-        if cpu:
-            cpu.mark()
-        t_go = time.monotonic()
-        go.set()
-        next_tick = t_go + 1.0
-        deadline = t_go + timeout
-        while len(rows) < n:
-            try:
-                r = results.get(timeout=0.05)
-                rows[r[0]] = r
-            except Exception:  # queue.Empty
-                pass
-            now = time.monotonic()
-            if now >= deadline:
-                out.error = f"load deadline ({timeout:g} s) reached"
-                break
-            if now >= next_tick:
-                next_tick += 1.0
-                extra = f"  {fmt_cpu(cpu.since())}" if cpu else ""
-                print(
-                    f"    {srv.label} {n} client(s) {now - t_go:5.1f}s"
-                    f" retrieved {sum(progress):>6}/{expected}{extra}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if cpu and start:
-            out.cpu = fmt_cpu(cpu.since(start))
-        finished = not out.error
+        got = run_clients(
+            client,
+            clients,
+            expected,
+            timeout,
+            cpu,
+            label=srv.label,
+            unit="retrieved",
+            verb="retrieved",
+            after_login=after_login,
+        )
     finally:
-        if server_cpus is not None and srv.root_pid is not None:
-            pin_tree(srv.root_pid, all_cpus)
-        for p in procs:  # after an error or Ctrl-C, no waiting: TERM at once
-            p.join(timeout=5 if finished else 0)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    errs = [r[5] for r in rows.values() if r[5]]
-    if errs and not out.error:
-        out.error = f"{len(errs)} client(s) failed: {errs[0]}"
-    good = [r for r in rows.values() if not r[5]]
-    out.done = sum(r[1] for r in good)
-    if good:
-        out.seconds = max(r[4] for r in good) - min(r[3] for r in good)
-    if out.done != expected and not out.error:
-        out.error = f"retrieved {out.done}, expected {expected}"
+        if root is not None:
+            pin_tree(root, all_cpus)
+    out.done, out.seconds, out.cpu, out.error = got.done, got.seconds, got.cpu, got.error
     return out
-
-
-def fmt_cpu(c: dict[str, float]) -> str:
-    return f"ours cpu {c['ours']:3.0f}% (main thread {c['ours main']:3.0f}%)"
 
 
 def warm(srv: Server, boxes: list[tuple[str, str, int]]) -> None:
@@ -503,18 +498,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         # ---- ours: the lab's 163 appliance, ports moved
         lab = rl.lab_appliances(work / "lab")
         ours = lab["163"]
-        cli = str(Path(sys.executable).parent / "mailappliance")
-        for u, pw, _c in multi:
-            r = subprocess.run(
-                [cli, "--config", str(ours.ini), "user", "add", f"{u}@{DOMAIN}"]
-                + ["--password-stdin"],
-                input=pw + "\n",
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if r.returncode != 0:
-                raise SystemExit(f"user add {u}@{DOMAIN} failed: {r.stderr[-1000:]}")
+        add_users(ours.ini, multi)
         say(
             f"filling Maildirs: {args.messages} msgs for {SINGLE[0]}, {per} for each of {multi[0][0]}.."
         )
@@ -525,22 +509,11 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         dv_root = work / "dovecot"
         dv_port = free_port()
         conf = setup_dovecot(dv_root, dv_port, [(u, pw) for u, pw, _c in single + multi])
-        for u in boxes:
-            dst = dv_root / "mail" / u
-            shutil.copytree(ours.maildir(f"{u}@{DOMAIN}"), dst)
-            chown_tree(dst, DV_UID, DV_GID)
+        copy_maildirs(ours, dv_root, list(boxes))
         rl.start(ours)
         port = ours.ports[110]
         s_ours = Server("ours", ours.ip, port, "{u}@" + DOMAIN, ours.proc.pid, ours.proc.pid)
-        out_f = (dv_root / "dovecot.out").open("w")
-        dv_proc = subprocess.Popen(
-            ["dovecot", "-F", "-c", str(conf)], stdout=out_f, stderr=subprocess.STDOUT
-        )
-        if not wait_port("127.0.0.1", dv_port, 20, dv_proc):
-            log = (
-                (dv_root / "dovecot.log").read_text() if (dv_root / "dovecot.log").exists() else ""
-            )
-            raise SystemExit(f"dovecot did not start:\n{log[-2000:]}")
+        dv_proc = start_dovecot(dv_root, conf, dv_port)
         say(f"dovecot pid {dv_proc.pid}, POP3 127.0.0.1:{dv_port}")
         s_dv = Server("dovecot", "127.0.0.1", dv_port, "{u}", None, dv_proc.pid)
         print(
@@ -601,10 +574,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
                 ours.stop()
             except Exception as e:
                 say(f"stopping ours: {e}")
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        rl.remove_work(work, args.keep)
 
     c = args.clients
     print()
@@ -658,10 +628,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details (read the file).",
-    )
+    ap = rl.arg_parser(__doc__)
     ap.add_argument("--messages", type=int, default=2000, help="messages in all per load (2000)")
     ap.add_argument(
         "--clients", type=int, default=10, help="clients/mailboxes of the multi load (10)"
@@ -680,13 +647,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.messages < 1 or args.clients < 1 or args.reps < 1 or args.size < 1:
         ap.error("--messages, --clients, --reps and --size must be >= 1")
+    check_dovecot_args(ap, args, "dovecot-pop3d")
+    return args
+
+
+def check_dovecot_args(
+    ap: argparse.ArgumentParser, args: argparse.Namespace, package: str, binary: Path | None = None
+) -> None:
+    """What pop3_load's and imap_load's command lines both need: --messages a multiple of
+    --clients, root, Dovecot installed (and binary, where given; else apt-get install
+    package); ap.error otherwise."""
     if args.messages % args.clients:
         ap.error("--messages must be a multiple of --clients")
     if os.geteuid() != 0:
         ap.error("run as root: the private Dovecot runs its users as uid 65534")
-    if not shutil.which("dovecot"):
-        ap.error("dovecot missing (apt-get install dovecot-core dovecot-pop3d)")
-    return args
+    if not shutil.which("dovecot") or (binary is not None and not binary.exists()):
+        ap.error(f"dovecot missing (apt-get install dovecot-core {package})")
 
 
 def main() -> int:

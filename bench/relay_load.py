@@ -47,7 +47,6 @@ import asyncio
 import collections
 import os
 import re
-import shutil
 import signal
 import ssl
 import statistics
@@ -75,6 +74,10 @@ RCPT = "user3@sina.com"
 
 def say(msg: str) -> None:
     sl.say(msg)
+
+
+arg_parser = sl.arg_parser  # a bench's command line (description and epilog from its docstring)
+remove_work = sl.remove_work  # a bench's temporary folder at its end (--keep)
 
 
 def run_interruptible(run: Callable[[], int], stopped: str) -> int:
@@ -468,10 +471,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
             results.append((rep, la, pair[0], pair[1]))
     finally:
         stop_all(lab)
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        sl.remove_work(work, args.keep)
 
     print()
     print(
@@ -508,9 +508,8 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (argv, default sys.argv[1:]), checked; exits with a usage error."""
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details (python -c 'help(...)' or read the file).",
+    ap = arg_parser(
+        __doc__, "See the module docstring for details (python -c 'help(...)' or read the file)."
     )
     ap.add_argument("--messages", type=int, default=2000, help="messages per load (2000)")
     ap.add_argument("--connections", type=int, default=20, help="concurrent connections (20)")

@@ -40,7 +40,6 @@ at --source-timeout, every delivery wait at --deliver-timeout, an appliance's st
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import os
@@ -365,10 +364,7 @@ def measure(
                 w.writeheader()
                 w.writerows(res.raw)
             say(f"raw rows: {keep_tsv}")
-        if keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        sl.remove_work(work, keep)
     return res
 
 
@@ -412,10 +408,7 @@ def report(res: Results) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details (read the file).",
-    )
+    ap = sl.arg_parser(__doc__)
     ap.add_argument("--reps", type=int, default=3, help="repetitions (3)")
     ap.add_argument(
         "--points",

@@ -85,6 +85,22 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def arg_parser(
+    doc: str | None, epilog: str = "See the module docstring for details (read the file)."
+) -> argparse.ArgumentParser:
+    """A bench's command line: the first paragraph of its docstring doc as the description,
+    epilog after the options."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0], epilog=epilog)
+
+
+def remove_work(work: Path, keep: bool) -> None:
+    """A bench's temporary folder at its end: kept (and said so) with --keep, else removed."""
+    if keep:
+        say(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -725,10 +741,7 @@ def compare(args: argparse.Namespace) -> int:
             keep = RESULTS_DIR / f"smtp_load-{time.strftime('%Y%m%d-%H%M%S')}.tsv"
             shutil.copy(tsv, keep)
             say(f"raw rows: {keep}")
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, args.keep)
 
     pf_name = next((r["system"] for r in rows if r["system"].startswith("postfix")), "postfix")
     print()
@@ -782,10 +795,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring for details.",
-    )
+    ap = arg_parser(__doc__, "See the module docstring for details.")
     ap.add_argument("target", nargs="?", help="HOST:PORT (loopback only)")
     ap.add_argument("--messages", type=int, default=2000, help="messages in all (default 2000)")
     ap.add_argument("--size", type=int, default=1024, help="message bytes (default 1024)")
