@@ -67,16 +67,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="imaptest-"))
     lab = rl.lab_appliances(work / "lab")
     ours = lab["163"]
-    cli = str(Path(sys.executable).parent / "mailappliance")
-    r = subprocess.run(
-        [cli, "--config", str(ours.ini), "user", "add", USER, "--password-stdin"],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"user add {USER} failed: {r.stderr[-1000:]}")
+    rl.add_user(ours.ini, USER, PASSWORD)
     say("building imaptest if needed ...")
     subprocess.run([str(IMAPTEST), "build"], check=True, timeout=1800)
     rl.start(ours)

@@ -327,19 +327,9 @@ def copy_maildirs(ours, root: Path, users: list[str]) -> None:
 
 
 def add_users(ini: Path, users: list[tuple[str, str, int]]) -> None:
-    """`mailappliance --config INI user add U@163.com --password-stdin` for each (user,
-    password, _) of users, before the appliance starts."""
-    cli = str(Path(sys.executable).parent / "mailappliance")
+    """rl.add_user for each (user, password, _) of users, as user@DOMAIN."""
     for u, pw, _c in users:
-        r = subprocess.run(
-            [cli, "--config", str(ini), "user", "add", f"{u}@{DOMAIN}", "--password-stdin"],
-            input=pw + "\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if r.returncode != 0:
-            raise SystemExit(f"user add {u}@{DOMAIN} failed: {r.stderr[-1000:]}")
+        rl.add_user(ini, f"{u}@{DOMAIN}", pw)
 
 
 def dovecot_version() -> str:

@@ -50,6 +50,7 @@ import re
 import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -175,6 +176,21 @@ def lab_appliances(work: Path):
             f"cannot import tests.integration.conftest ({e}): run with .venv/bin/python"
         ) from None
     return make_lab(work)
+
+
+def add_user(ini: Path, address: str, password: str) -> None:
+    """`mailappliance --config INI user add ADDRESS --password-stdin` (bcrypt, as the lab's
+    users), before the appliance starts; exits with the command's error if it fails."""
+    cli = str(Path(sys.executable).parent / "mailappliance")
+    r = subprocess.run(
+        [cli, "--config", str(ini), "user", "add", address, "--password-stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"user add {address} failed: {r.stderr[-1000:]}")
 
 
 READY = re.compile(r"mailappliance \S+ ready")
