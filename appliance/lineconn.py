@@ -109,6 +109,21 @@ def write_now(transport: object, data: bytes) -> None:
     cast(Transport, t).write(data)
 
 
+def set_no_delay(transport: object) -> None:
+    """TCP_NODELAY on transport: each write goes out at once. A request-reply protocol whose
+    second small write (a reply or command written a reactor turn after the first: after a
+    lookup or a worker job) would otherwise wait for the ACK of the first, which the peer
+    delays (40 ms on Linux) while it waits for that second write. Through
+    TLSMemoryBIOProtocol the call reaches the TCP transport; anything else (a UNIX socket,
+    a test transport) is left as it is."""
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except OSError:
+            pass  # not a TCP socket
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class LineConnection(protocol.Protocol):
     """CRLF framing with bounded lines, batched replies, waiting on Deferreds, deadlines.
@@ -181,15 +196,8 @@ class LineConnection(protocol.Protocol):
         return self.peer_ip, local if isinstance(local, str) else ""
 
     def no_delay(self) -> None:
-        """Replies go out at once (TCP_NODELAY): a request-reply protocol whose second small
-        write would otherwise wait for the ACK of the first, which the client delays (40 ms
-        on Linux). Through TLSMemoryBIOProtocol the call reaches the TCP transport."""
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass  # not a TCP socket (a UNIX socket, a test transport)
+        """Replies go out at once: set_no_delay(transport)."""
+        set_no_delay(self.transport)
 
     # ------------------------------------------------------------------ IPushProducer
 

@@ -31,6 +31,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from appliance.lineconn import set_no_delay
+
 MAX_REPLY_LINE = 2048  # RFC 5321 says 512; be generous, but bounded
 MAX_REPLY_LINES = 100
 
@@ -140,6 +142,9 @@ class SMTPClientProtocol(LineReceiver):
     # -- connection events
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        # each command (and the body after 354) is written when the reply before it came in:
+        # without this a write can wait for the server's delayed ACK of the previous one
+        set_no_delay(self.transport)
         # the transport tells us when its send buffer is full: a big body waits for it
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.connected_d.callback(self)

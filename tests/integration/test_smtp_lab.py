@@ -161,6 +161,38 @@ def test_submission_requires_auth(lab) -> None:
         assert (code, text) == (530, b"5.7.0 Authentication required")
 
 
+def test_pipelined_transactions_answer_without_delayed_ack_stall(lab) -> None:
+    """A PIPELINING client sending messages back to back (the body's end, then the next
+    MAIL, RCPT and DATA, in one write) gets the 250 for the message and the next 354 in
+    milliseconds: the 250 comes after the commit and MAIL's after a lookup, each a reactor
+    turn later than the reply before it, and with Nagle on that write waits for the
+    client's delayed ACK (40 ms), which a client waiting for 354 sends no data to carry."""
+    a = lab["163"]
+    t = Telnet(a.ip, a.ports[587])
+    envelope = b"MAIL FROM:<user1@163.com>\r\nRCPT TO:<user2@163.com>\r\nDATA\r\n"
+    try:
+        assert t.reply()[0].startswith("220")
+        assert t.send("EHLO client.test")[-1].startswith("250")
+        auth = t.send("AUTH PLAIN " + b64("\0user1@163.com\0user1pass"))
+        assert auth[0].startswith("235"), auth
+        t.sock.sendall(envelope)
+        got = [t.reply()[0][:3] for _ in range(3)]
+        assert got == ["250", "250", "354"], got
+        rounds = []
+        for i in range(9):
+            t0 = time.perf_counter()
+            t.sock.sendall(f"Subject: pipelined {i}\r\n\r\nbody {i}\r\n.\r\n".encode() + envelope)
+            got = [t.reply()[0][:3] for _ in range(4)]
+            rounds.append((time.perf_counter() - t0) * 1000)
+            assert got == ["250", "250", "250", "354"], got
+        assert t.send(".")[0].startswith("250")  # an empty last message
+        assert t.send("QUIT")[0].startswith("221")
+    finally:
+        t.close()
+    median = sorted(rounds)[len(rounds) // 2]
+    assert median < 20, f"median ms from a body's end to the next 354 {median:.1f}; all {rounds}"
+
+
 def test_relay_denied_and_unknown_user(lab) -> None:
     """Port 25 without AUTH: remote recipient 550 5.7.1, unknown local user 550 5.1.1."""
     a = lab["sina"]
