@@ -83,7 +83,8 @@ for p in (str(REPO / "bench"), str(REPO)):
         sys.path.insert(0, p)
 
 import relay_load as rl  # noqa: E402  (run_interruptible)
-import smtp_load as sl  # noqa: E402  (load client, appliance start, helpers)
+import smtp_compare as sc  # noqa: E402  (appliance start, fmt)
+import smtp_load as sl  # noqa: E402  (load client, helpers)
 
 SENDER_DOMAIN = "sender.test"
 SELECTOR = "bench"
@@ -308,12 +309,12 @@ def filter_sections(name: str, dns_port: int, zone: Path, daemons: Daemons) -> s
     return text
 
 
-class FilterAppliance(sl.Appliance):
-    """smtp_load's bench appliance, with the filter sections of one configuration added."""
+class FilterAppliance(sc.Appliance):
+    """smtp_compare's bench appliance, with the filter sections of one configuration added."""
 
     def __init__(self, name: str, work: Path, zone: Path, daemons: Daemons) -> None:
         work.mkdir(exist_ok=True)
-        super().__init__(work, sl.free_port())
+        super().__init__(work, sc.free_port())
         self.name = name
         self.dns_port = daemons.dns_port  # one port for the run: spamd is pointed at it
         base = self.ini.read_text()
@@ -513,9 +514,9 @@ def print_table(rows: list[dict[str, str]], configs: list[str], args: argparse.N
         each = [r["deliver_rate"] or r["status"] for r in rows if r["config"] == name]
         print(
             f"{name + ' ' + LABELS[name]:<20} | {messages_for(name, args):>5}"
-            f" | {f'{len(dlv)}/{total}':>5} | {sl.fmt(ma, ',.1f'):>10} | {sl.fmt(md, ',.1f'):>11}"
-            f" | {sl.fmt(ra, '.2f') + 'x' if ra else '-':>6}"
-            f" | {sl.fmt(rd, '.2f') + 'x' if rd else '-':>7} | {' '.join(each)}"
+            f" | {f'{len(dlv)}/{total}':>5} | {sc.fmt(ma, ',.1f'):>10} | {sc.fmt(md, ',.1f'):>11}"
+            f" | {sc.fmt(ra, '.2f') + 'x' if ra else '-':>6}"
+            f" | {sc.fmt(rd, '.2f') + 'x' if rd else '-':>7} | {' '.join(each)}"
         )
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smtp_load import Appliance, free_port, loadavg, say  # noqa: E402
+from smtp_compare import Appliance, free_port  # noqa: E402
+from smtp_load import loadavg, say  # noqa: E402
 
 RCPT = b"RCPT TO:<user1@example.test>\r\n"
 

@@ -57,7 +57,8 @@ for p in (str(REPO / "bench"), str(REPO)):
         sys.path.insert(0, p)
 
 import relay_load as rl  # noqa: E402  (the lab, CPU sampling, one_load with logins first)
-import smtp_load as sl  # noqa: E402  (run_bounded, read_rows, LoadConfig)
+import smtp_compare as sc  # noqa: E402  (run_bounded, read_rows)
+import smtp_load as sl  # noqa: E402  (LoadConfig, run_load, helpers)
 
 ANCHOR_DIR = REPO.parent / "shared" / "bench"
 SENDER = "a@sina.com"
@@ -242,10 +243,10 @@ def run_batch(
         cmd.append(str(lab.maildir))
     runs = len(batch.sizes) * len(batch.concs)
     budget = runs * (source_timeout + deliver_timeout + 10) + 120
-    rc = sl.run_bounded(cmd, env, budget, Path(cmd[1]).name)
+    rc = sc.run_bounded(cmd, env, budget, Path(cmd[1]).name)
     if rc != 0:
         say(f"{Path(cmd[1]).name} exited with {rc}")
-    rows = sl.read_rows(tsv)
+    rows = sc.read_rows(tsv)
     points = []
     for r in rows:
         ok = r["status"] == "ok"
