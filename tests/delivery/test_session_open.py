@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,17 @@ async def test_source_address_bound(servers: Servers) -> None:
     await quit_(session, f)
     session = await open_(dest(hop(f)))
     assert f.connections[1].peer == "127.0.0.1"
+    await quit_(session, f)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_connection_sends_without_nagle(servers: Servers) -> None:
+    """TCP_NODELAY on the relay's connection: each command (and the body after 354) goes out
+    when it is written, not after the server's delayed ACK of the write before it."""
+    f = servers.listen()
+    session = await open_(dest(hop(f)))
+    sock = session.protocol.transport.getHandle()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     await quit_(session, f)
 
 
