@@ -281,9 +281,12 @@ def named_version() -> str:
         return "BIND"
 
 
-def lab_compare(reps: int, seconds: int, keep: bool = False, sink: list | None = None) -> int:
+def lab_compare(
+    reps: int, seconds: int, keep: bool = False, sink: list | None = None, bind: bool = True
+) -> int:
     """Lab mode (see the module docstring). Every DNSRun is also appended to sink as it ends
-    (bench/all.py reads them from there). 0 when every run gave a figure."""
+    (bench/all.py reads them from there). 0 when every run gave a figure. bind=False
+    (--no-bind): ours alone, no named started, dig only checks that ours answers."""
     sys.path[:0] = [p for p in (str(REPO / "bench"), str(REPO)) if p not in sys.path]
     import pop3_load as pl  # stop_proc
     import relay_load as rl  # the lab, its start and stop
@@ -292,33 +295,45 @@ def lab_compare(reps: int, seconds: int, keep: bool = False, sink: list | None =
     runs: list[DNSRun] = [] if sink is None else sink
     lab: dict = {}
     named: subprocess.Popen | None = None
+    servers: dict[str, tuple[str, int]] = {}
     try:
         lab = rl.lab_appliances(work / "lab")
         ours = lab["163"]
         rl.start(ours)
         host, port = ours.ip, ours.ports[53]
-        bind_port = free_udp_tcp_port("127.0.0.1")
-        named = start_bind_lab(work / "bind", ours.ini.parent / "163", bind_port)
-        say(f"named pid {named.pid} on 127.0.0.1:{bind_port} ({named_version()})")
+        servers["ours"] = (host, port)
+        anchor = "no BIND (--no-bind)"
+        if bind:
+            bind_port = free_udp_tcp_port("127.0.0.1")
+            named = start_bind_lab(work / "bind", ours.ini.parent / "163", bind_port)
+            say(f"named pid {named.pid} on 127.0.0.1:{bind_port} ({named_version()})")
+            servers["bind"] = ("127.0.0.1", bind_port)
+            anchor = (
+                f"BIND: {named_version()}, private named.conf in {work / 'bind'}, the lab's"
+                f" {' and '.join(LAB_ZONES)} zone files, 127.0.0.1:{bind_port}"
+            )
         qfile = work / "queries.txt"
         qfile.write_text(LAB_QUERIES)
-        servers = {"bind": ("127.0.0.1", bind_port), "ours": (host, port)}
         for line in sorted(set(LAB_QUERIES.splitlines())):
             name, qtype = line.split()
             got = {k: dig(h, p, name, qtype) for k, (h, p) in servers.items()}
-            if got["ours"] != got["bind"]:
+            if bind and got["ours"] != got["bind"]:
                 raise SystemExit(f"{name} {qtype}: ours {got['ours']}, BIND {got['bind']}")
-            say(f"  check {name} {qtype}: both {got['ours'][0]} {got['ours'][1]}")
+            if got["ours"][0] not in ("NOERROR", "NXDOMAIN"):
+                raise SystemExit(f"{name} {qtype}: ours answered {got['ours']}")
+            say(
+                f"  check {name} {qtype}: {'both ' if bind else ''}{got['ours'][0]} {got['ours'][1]}"
+            )
         print(
             f"ours: etc/163.ini copied to {ours.ini.parent}, ports moved: dns 53 -> {host}:{port}"
-            f"; BIND: {named_version()}, private named.conf in {work / 'bind'}, the lab's"
-            f" {' and '.join(LAB_ZONES)} zone files, 127.0.0.1:{bind_port};"
-            f" dnsperf -l {seconds}, {len(LAB_QUERIES.splitlines())} queries cycled"
-            " (MX 25%, A 35%, PTR 25%, NXDOMAIN 15%), the same answers checked with dig",
+            f"; {anchor}; dnsperf -l {seconds}, {len(LAB_QUERIES.splitlines())} queries cycled"
+            " (MX 25%, A 35%, PTR 25%, NXDOMAIN 15%)"
+            + (", the same answers checked with dig" if bind else ", answers checked with dig"),
             flush=True,
         )
         for rep in range(1, reps + 1):
-            for name in ("bind", "ours") if rep % 2 else ("ours", "bind"):
+            order = ("bind", "ours") if rep % 2 else ("ours", "bind")
+            for name in [n for n in order if n in servers]:
                 h, p = servers[name]
                 run = DNSRun(rep, name, " ".join(f"{x:.2f}" for x in os.getloadavg()))
                 say(f"rep {rep}/{reps} {name}: dnsperf -l {seconds} on {h}:{p}")
@@ -337,14 +352,14 @@ def lab_compare(reps: int, seconds: int, keep: bool = False, sink: list | None =
         rl.stop_all(lab)
         rl.remove_work(work, keep)
     med = {}
-    for name in ("bind", "ours"):
+    for name in ("bind", "ours") if bind else ("ours",):
         qs = [r.qps for r in runs if r.server == name and r.qps]
         med[name] = statistics.median(qs) if qs else None
         lost = sum(r.lost or 0 for r in runs if r.server == name)
         print(f"{name}: median {med[name] or 0:,.0f} qps of {[round(q) for q in qs]}, lost {lost}")
-    if med["bind"] and med["ours"]:
+    if med.get("bind") and med["ours"]:
         print(f"ratio ours/bind: {med['ours'] / med['bind']:.2f}x (bar: 1.00x, 0 lost)")
-    return 0 if all(r.qps for r in runs) and len(runs) == 2 * reps else 1
+    return 0 if all(r.qps for r in runs) and len(runs) == len(servers) * reps else 1
 
 
 def main() -> int:
@@ -366,13 +381,14 @@ def main() -> int:
     if not shutil.which("dnsperf"):
         raise SystemExit("dnsperf missing: apt-get install dnsperf")
     if args.lab:
-        if not shutil.which("named"):
+        if not args.no_bind and not shutil.which("named"):
             raise SystemExit("named missing: apt-get install bind9 (../shared/bench/setup.sh)")
         sys.path[:0] = [str(REPO / "bench"), str(REPO)]
         import relay_load as rl  # Ctrl-C and SIGTERM stop what was started
 
         return rl.run_interruptible(
-            lambda: lab_compare(args.reps, args.seconds, args.keep), "appliance and named stopped"
+            lambda: lab_compare(args.reps, args.seconds, args.keep, bind=not args.no_bind),
+            "appliance and named stopped",
         )
     with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
         work = Path(tmp)
