@@ -164,6 +164,9 @@ class LineConnection(protocol.Protocol):
     def makeConnection(self, transport: ITransport) -> None:  # noqa: N802 (Twisted's API)
         # self.transport, typed as what we use of it; kept once rather than cast on each use
         self.link = cast(Transport, transport)
+        # a request-reply protocol: a reply written a reactor turn after the one before it
+        # (after a lookup, a commit, a worker's read) must not wait for the client's ACK
+        set_no_delay(transport)
         self.link.registerProducer(self, True)
         self.producing = True  # registered on the transport (until close_connection)
         super().makeConnection(transport)
@@ -194,10 +197,6 @@ class LineConnection(protocol.Protocol):
         get_host = getattr(transport, "getHost", None)
         local = getattr(get_host(), "host", None) if get_host is not None else None
         return self.peer_ip, local if isinstance(local, str) else ""
-
-    def no_delay(self) -> None:
-        """Replies go out at once: set_no_delay(transport)."""
-        set_no_delay(self.transport)
 
     # ------------------------------------------------------------------ IPushProducer
 

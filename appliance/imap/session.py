@@ -123,7 +123,6 @@ class IMAPSession(LineConnection):
             events=self.events,
             answers=self,
         )
-        self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"
         if not self.admit_to(f.slots):

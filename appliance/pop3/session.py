@@ -88,8 +88,6 @@ class POP3Session(LineConnection):
         peer, local = self.addresses()
         self.events = POP3Events(f.events, self.session_id, peer, local)
         self.events.connect()
-        # RETR and TOP write the +OK, then the message a worker-thread round trip later
-        self.no_delay()
         if f.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
         if not self.admit_to(f.slots):

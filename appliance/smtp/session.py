@@ -67,9 +67,6 @@ class SMTPSession(SMTPConnection):
         host = getattr(link.getPeer() if link is not None else None, "host", None)
         self.peer_ip = host if isinstance(host, str) else "unknown"
         self.events = SessionEvents(f.events, self.session_id, self.peer_ip)
-        # a reply after a lookup (MAIL FROM's, RCPT's, the 250 after the fsync) is written a
-        # reactor turn after the one before it: without this it waits for the client's ACK
-        self.no_delay()
         if f.mode.implicit_tls:
             self.tls_info = "TLS"  # refined once the handshake completes
         if not self.admit_to(f.slots):
