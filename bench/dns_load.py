@@ -352,7 +352,7 @@ def lab_compare(
         rl.stop_all(lab)
         rl.remove_work(work, keep)
     med = {}
-    for name in ("bind", "ours") if bind else ("ours",):
+    for name in sorted(servers):  # bind, then ours
         qs = [r.qps for r in runs if r.server == name and r.qps]
         med[name] = statistics.median(qs) if qs else None
         lost = sum(r.lost or 0 for r in runs if r.server == name)

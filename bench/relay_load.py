@@ -34,7 +34,8 @@ load starts only once both queues are empty. Before each repetition the load ave
 printed; while a load runs, a line a second gives the messages accepted and in the Maildir,
 the CPU of each appliance (all threads, and its main thread, the reactor) and of this client
 (/proc/<pid>/stat, /proc/<pid>/task/<pid>/stat; 100% = one core), and the machine's iowait.
-At the end: each load's raw numbers, the medians and the ratio A/B (the goal, as in bench/all.py: >= 0.8x).
+At the end: each load's raw numbers, the medians and the ratio A/B (the goal, as in
+bench/all.py: >= 0.8x).
 Progress goes to stderr, results to stdout. Both appliances are stopped at the end, on error
 and on Ctrl-C/SIGTERM (TERM, bounded wait, KILL). Each load stops at --timeout, its delivery
 wait at --deliver-timeout after the load, an appliance's start at 60 s, whatever happens.
