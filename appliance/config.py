@@ -29,6 +29,7 @@ from appliance.config_values import (
     daemon_address,
     duration,
     duration_at_least,
+    duration_at_most,
     durations,
     existing_file,
     existing_files,
@@ -99,6 +100,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             networks, "127.0.0.0/8 ::1", "clients allowed to use forwarding and the cache"
         ),
         "cache_size": Key(integer(0, 10_000_000), "10000", "forwarded answers kept in memory"),
+        "servfail_ttl": Key(
+            duration_at_most(300, "RFC 2308 7.1"),
+            "1s",
+            "a question no forwarder could answer fails at once for this long, without asking "
+            "again (BIND's servfail-ttl; 0: ask every time)",
+        ),
         "edns_udp_size": Key(integer(512, 4096), "1232", "largest UDP answer we send with EDNS"),
         "tcp_idle_timeout": Key(duration, "10s", "close idle DNS TCP connections"),
         "max_tcp_connections": Key(integer(1, 100_000), "200", "concurrent DNS TCP connections"),

@@ -120,6 +120,18 @@ def duration_at_least(minimum: int, why: str) -> Callable[[str, _Ctx], int]:
     return convert
 
 
+def duration_at_most(maximum: int, why: str) -> Callable[[str, _Ctx], int]:
+    """A duration from 0 up to maximum seconds (why: the rule that says so)."""
+
+    def convert(raw: str, ctx: _Ctx) -> int:
+        value = parse_duration(raw)
+        if value > maximum:
+            raise ValueError(f"must be at most {maximum}s ({why}), got {raw!r}")
+        return value
+
+    return convert
+
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.I)
 
 

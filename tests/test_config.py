@@ -302,6 +302,19 @@ def test_imap_section_defaults_and_rfc_minimum(tmp_path: Path) -> None:
     ]
 
 
+def test_dns_servfail_ttl_default_and_rfc_maximum(tmp_path: Path) -> None:
+    """[dns] servfail_ttl: 1s by default (BIND's servfail-ttl), 0 allowed, at most RFC 2308's
+    five minutes."""
+    cfg = config.load(write(tmp_path, "[appliance]\nhostname = mail.example.test\n"))
+    assert cfg.dns.servfail_ttl == 1
+    dns = "[appliance]\nhostname = mail.example.test\n[dns]\nlisten = 127.0.0.1:53\n"
+    assert config.load(write(tmp_path, dns + "servfail_ttl = 0\n")).dns.servfail_ttl == 0
+    p = write(tmp_path, dns + "servfail_ttl = 10m\n")
+    assert problems_of(p) == [
+        "lab.ini: [dns] servfail_ttl: must be at most 300s (RFC 2308 7.1), got '10m'",
+    ]
+
+
 def test_web_metrics_token_file_must_exist_and_hold_a_token(tmp_path: Path) -> None:
     p = write(tmp_path, """\
         [appliance]

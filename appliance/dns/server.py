@@ -28,6 +28,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from appliance.config import HostPort, Network
 from appliance.dns.authority import Answer, Authority
 from appliance.dns.cache import ForwardCache
+from appliance.dns.health import ServerHealth
 from appliance.ip import in_networks
 from appliance.limits import ConnectionSlots, Deadlines, SessionLimits
 from appliance.log import printable
@@ -215,7 +216,14 @@ class _UpstreamTCPFactory(protocol.ClientFactory):
 
 
 class Forwarder:
-    """Asks the configured forwarders, in order, and caches what they say."""
+    """Asks the configured forwarders, in order, and caches what they say.
+
+    A question none of them could answer (all down, silent or refusing) fails at once for
+    failure_ttl seconds without being asked again (RFC 2308 section 7.1; BIND's servfail-ttl):
+    while a forwarder is down, each message's SPF and DMARC lookups would otherwise each open a
+    port and wait for the refusal or the timeout, and log the failure once more. A forwarder
+    that let a query time out is held back for a while for every question (ServerHealth).
+    """
 
     log = Logger()
 
@@ -228,6 +236,7 @@ class Forwarder:
         cache_size: int,
         reactor: Any,
         source_ip: str = "",
+        failure_ttl: float = 1.0,
     ) -> None:
         self.servers = [(s.host, s.port) for s in servers]
         self.recursion_desired = recursion_desired
@@ -235,6 +244,10 @@ class Forwarder:
         self.reactor = reactor
         self.source_ip = source_ip
         self.cache = ForwardCache(cache_size, reactor)
+        self.health = ServerHealth(reactor)  # forwarders that timed out are held back
+        self.failure_ttl = failure_ttl
+        # question -> (until when it fails at once, why it failed); at most cache_size kept
+        self._failed: dict[tuple[bytes, int, int], tuple[float, str]] = {}
         self._inflight: dict[tuple[bytes, int, int], list[defer.Deferred[Answer]]] = {}
 
     def resolve(self, name: bytes, qtype: int, qclass: int) -> defer.Deferred[Answer]:
@@ -242,6 +255,11 @@ class Forwarder:
         cached = self.cache.get(key)
         if cached is not None:
             return defer.succeed(cached)
+        failed = self._failed.get(key)
+        if failed is not None:
+            if self.reactor.seconds() < failed[0]:
+                return defer.fail(LookupError(failed[1]))
+            del self._failed[key]
         d: defer.Deferred[Answer] = defer.Deferred()
         waiters = self._inflight.get(key)
         if waiters is not None:  # the same question is already on its way: share the answer
@@ -255,11 +273,20 @@ class Forwarder:
         waiters = self._inflight.pop(key, [])
         if isinstance(result, Answer):
             self.cache.put(key, result)
+        elif self.failure_ttl > 0 and result.check(LookupError):
+            self._remember_failure(key, str(result.value))
         for d in waiters:
             if isinstance(result, Answer):
                 d.callback(result)
             else:
                 d.errback(result)
+
+    def _remember_failure(self, key: tuple[bytes, int, int], reason: str) -> None:
+        if self.cache.max_entries <= 0:
+            return
+        while len(self._failed) >= self.cache.max_entries:
+            del self._failed[next(iter(self._failed))]  # the oldest
+        self._failed[key] = (self.reactor.seconds() + self.failure_ttl, reason)
 
     @defer.inlineCallbacks
     def _ask(self, name: bytes, qtype: int, qclass: int):
@@ -269,6 +296,10 @@ class Forwarder:
             m = dns.Message(id=qid, recDes=self.recursion_desired)
             m.queries = [dns.Query(name, qtype, qclass)]
             query = m.toStr()
+            held = self.health.skip(server)
+            if held is not None:
+                last_error = held
+                continue
             try:
                 raw = yield self._udp(server, query, qid)
                 response = dns.Message()
@@ -278,8 +309,13 @@ class Forwarder:
                     response = dns.Message()
                     response.fromStr(raw)
             except Exception as e:  # timeouts, refused ports, garbage answers: try the next one
+                if isinstance(e, TxTimeoutError):
+                    self.health.timed_out(server)
+                else:
+                    self.health.answered(server)
                 last_error = f"{type(e).__name__}: {e}"
                 continue
+            self.health.answered(server)
             if not response.answer or [(q.name.name.lower(), q.type) for q in response.queries] != [
                 (name.lower(), qtype)
             ]:

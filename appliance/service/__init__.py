@@ -340,6 +340,7 @@ def make_dns_engine(prepared: Prepared, reactor: Any) -> DNSEngine:
             recursion_desired=dns_cfg.forward_recursion,
             timeout=dns_cfg.forward_timeout,
             cache_size=dns_cfg.cache_size,
+            failure_ttl=dns_cfg.servfail_ttl,
             reactor=reactor,
             source_ip=dns_cfg.listen[0].host if dns_cfg.listen else "",
         )

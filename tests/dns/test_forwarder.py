@@ -67,13 +67,16 @@ def upstream():
     tcp.stopListening()
 
 
-def forwarder(port: int, rd: bool = False, timeout: float = 2) -> Forwarder:
+def forwarder(
+    port: int, rd: bool = False, timeout: float = 2, failure_ttl: float = 1.0
+) -> Forwarder:
     return Forwarder(
         [HostPort("127.0.0.1", port)],
         recursion_desired=rd,
         timeout=timeout,
         cache_size=100,
         reactor=reactor,
+        failure_ttl=failure_ttl,
     )
 
 
@@ -121,6 +124,129 @@ def test_forwarder_refused_upstream_fails(upstream) -> None:
     """An upstream REFUSED (a peer that does not serve the name) is a failure, not an answer."""
     with pytest.raises(LookupError, match="rcode 5"):
         yield forwarder(upstream.port).resolve(b"www.example.net", dns.A, dns.IN)
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_failure_remembered_for_failure_ttl(upstream) -> None:
+    """A question the forwarder refused fails at once, with the same reason, until
+    failure_ttl has passed (RFC 2308 7.1, BIND's servfail-ttl); then it is asked again."""
+    from twisted.internet.task import deferLater
+
+    fwd = forwarder(upstream.port, failure_ttl=0.3)
+    for _ in range(3):
+        with pytest.raises(LookupError, match="rcode 5"):
+            yield fwd.resolve(b"www.example.net", dns.A, dns.IN)
+    assert len(upstream.seen) == 1
+    yield deferLater(reactor, 0.4, lambda: None)
+    with pytest.raises(LookupError, match="rcode 5"):
+        yield fwd.resolve(b"WWW.example.net", dns.A, dns.IN)  # the same question
+    assert len(upstream.seen) == 2
+    answer = yield fwd.resolve(b"www.example.org", dns.A, dns.IN)  # others still asked
+    assert answer.rcode == dns.OK and len(upstream.seen) == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_failure_ttl_zero_asks_every_time(upstream) -> None:
+    fwd = forwarder(upstream.port, failure_ttl=0)
+    for _ in range(2):
+        with pytest.raises(LookupError, match="rcode 5"):
+            yield fwd.resolve(b"www.example.net", dns.A, dns.IN)
+    assert len(upstream.seen) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_silent_server_waited_for_once_per_failure_ttl(silent) -> None:
+    """A forwarder that never answers (a black hole): the first lookup waits forward_timeout,
+    the next ones for the same name fail at once without a datagram sent (each message's SPF
+    and DMARC lookups used to wait it out again)."""
+    fwd = forwarder(silent.port, timeout=0.3, failure_ttl=30)
+    start = reactor.seconds()
+    with pytest.raises(LookupError, match="TimeoutError"):
+        yield fwd.resolve(b"x.example.org", dns.TXT, dns.IN)
+    assert reactor.seconds() - start >= 0.3
+    start = reactor.seconds()
+    for _ in range(5):
+        with pytest.raises(LookupError, match="TimeoutError"):
+            yield fwd.resolve(b"x.example.org", dns.TXT, dns.IN)
+    assert reactor.seconds() - start < 0.1
+    assert silent.received() == [b"x.example.org"]
+
+
+class SilentServer:
+    """A loopback UDP port that reads and never answers (a forwarder that drops queries)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    def received(self) -> list[bytes]:
+        """The questions (names) of the datagrams that arrived since the last call."""
+        names = []
+        while True:
+            try:
+                names.append(parse(self.sock.recv(512)).queries[0].name.name)
+            except BlockingIOError:
+                return names
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_that_timed_out_held_back_for_every_question(silent) -> None:
+    """After one timeout the silent forwarder is not asked again during its hold, whatever
+    the question (each new name would wait forward_timeout again); when the hold is over one
+    question goes as the probe, and a question asked meanwhile fails at once."""
+    from twisted.internet.task import deferLater
+
+    from appliance.dns.health import ServerHealth
+
+    fwd = forwarder(silent.port, timeout=0.3, failure_ttl=0)
+    fwd.health = ServerHealth(reactor, first_hold=0.5)
+    with pytest.raises(LookupError, match="TimeoutError"):
+        yield fwd.resolve(b"a.example.org", dns.A, dns.IN)
+    start = reactor.seconds()
+    with pytest.raises(LookupError, match="held back"):
+        yield fwd.resolve(b"b.example.org", dns.A, dns.IN)
+    assert reactor.seconds() - start < 0.1
+    assert silent.received() == [b"a.example.org"]
+    yield deferLater(reactor, 0.6, lambda: None)
+    probe = fwd.resolve(b"c.example.org", dns.A, dns.IN)
+    with pytest.raises(LookupError, match="probe is on its way"):
+        yield fwd.resolve(b"d.example.org", dns.A, dns.IN)
+    with pytest.raises(LookupError, match="TimeoutError"):
+        yield probe
+    assert silent.received() == [b"c.example.org"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarder_silent_first_server_skipped_for_the_second(upstream, silent) -> None:
+    """A dead first forwarder costs one timeout; after that the next one answers at once."""
+    fwd = Forwarder(
+        [HostPort("127.0.0.1", silent.port), HostPort("127.0.0.1", upstream.port)],
+        recursion_desired=False,
+        timeout=0.3,
+        cache_size=100,
+        reactor=reactor,
+    )
+    start = reactor.seconds()
+    answer = yield fwd.resolve(b"www.example.org", dns.A, dns.IN)
+    assert answer.rcode == dns.OK and reactor.seconds() - start >= 0.3
+    start = reactor.seconds()
+    answer = yield fwd.resolve(b"none.example.org", dns.A, dns.IN)
+    assert answer.rcode == dns.ENAME and reactor.seconds() - start < 0.1
+    assert silent.received() == [b"www.example.org"]
 
 
 @pytest_twisted.inlineCallbacks

@@ -33,7 +33,7 @@ def test_twistd_bad_config_exits_1_listing_every_problem(tmp_path: Path) -> None
         "  bad.ini: [appliance] hostname: expected a host name like mail.example.com, got 'mail_163'",
         "  bad.ini: [dns] foo: unknown key (known keys: cache_size, dmarc, edns_udp_size, "
         "enabled, forward_recursion, forward_timeout, forwarders, listen, max_tcp_connections, "
-        "max_tcp_connections_per_ip, recursion_networks, spf, tcp_idle_timeout, "
+        "max_tcp_connections_per_ip, recursion_networks, servfail_ttl, spf, tcp_idle_timeout, "
         "tcp_stress_idle_timeout)",
         "  bad.ini: [dns] listen: expected an address like 127.0.0.1:53, got '127.0.1.1:53x'",
     ]
