@@ -339,21 +339,7 @@ def headers_of(message: bytes) -> dict[str, list[str]]:
 def smoke(app: FilterAppliance, args: argparse.Namespace) -> str:
     """One untimed message; its delivered copy must show the configuration's checks."""
     sl.clear_new(app.maildir)
-    res = asyncio.run(
-        load(
-            sl.LoadConfig(
-                "127.0.0.1",
-                app.port,
-                1,
-                args.size,
-                1,
-                maildir=app.maildir,
-                timeout=90,
-                deliver_timeout=30,
-                progress=False,
-            )
-        )
-    )
+    res = sl.one_message(app.port, app.maildir, args.size, timeout=90, deliver_timeout=30, run=load)
     if not res.ok:
         raise SystemExit(f"{app.name}: smoke message failed: {dict(res.errors)}")
     files = sorted((app.maildir / "new").iterdir())

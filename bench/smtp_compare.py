@@ -236,22 +236,7 @@ def compare(args: argparse.Namespace) -> int:
         appliance = Appliance(work, free_port())
         appliance.start()
         target = f"127.0.0.1:{appliance.port}"
-        # smoke test (also creates the Maildir, whose first message takes extra fsyncs)
-        smoke = asyncio.run(
-            sl.run_load(
-                sl.LoadConfig(
-                    "127.0.0.1",
-                    appliance.port,
-                    1,
-                    1024,
-                    1,
-                    maildir=appliance.maildir,
-                    timeout=30,
-                    deliver_timeout=10,
-                    progress=False,
-                )
-            )
-        )
+        smoke = sl.one_message(appliance.port, appliance.maildir)
         if not smoke.ok:
             raise SystemExit(f"smoke test against {target} failed: {dict(smoke.errors)}")
         sl.clear_new(appliance.maildir)

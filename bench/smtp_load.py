@@ -39,6 +39,7 @@ import ssl
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -427,6 +428,32 @@ async def run_load(cfg: LoadConfig) -> LoadResult:
     if ticker is not None:
         ticker.cancel()
     return res
+
+
+def one_message(
+    port: int,
+    maildir: Path,
+    size: int = 1024,
+    timeout: float = 30,
+    deliver_timeout: float = 10,
+    run: Callable[[LoadConfig], Awaitable[LoadResult]] | None = None,
+    host: str = "127.0.0.1",
+) -> LoadResult:
+    """One untimed message to host:port, waited for in maildir: the smoke test before a
+    timed load (it also makes the Maildir, whose first message costs extra fsyncs). run:
+    run_load or a wrapper of it."""
+    cfg = LoadConfig(
+        host,
+        port,
+        1,
+        size,
+        1,
+        maildir=maildir,
+        timeout=timeout,
+        deliver_timeout=deliver_timeout,
+        progress=False,
+    )
+    return asyncio.run((run or run_load)(cfg))
 
 
 def print_result(cfg: LoadConfig, res: LoadResult) -> None:
