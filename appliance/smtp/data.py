@@ -62,11 +62,14 @@ class DataReader:
             buf = buf[end + 2 :]
             self.at_line_start = True
         probe = CRLF + buf  # the data starts at a line start: make ".\r\n" findable there
-        marker = probe.find(b"\r\n.\r\n")
+        # the first line starting with a dot (at buf[dot]); the end marker is one of those,
+        # so a buffer without any (most of a body) costs one search, not two
+        dot = probe.find(b"\r\n.")
+        marker = probe.find(b"\r\n.\r\n", dot) if dot >= 0 else -1
         if marker >= 0:
             chunk = buf[:marker]  # complete lines, CRLF of the last one included
             rest = buf[marker + 3 :]
-            self.take(chunk)
+            self.take(chunk, stuffed=dot < marker)
             return True, rest
         last = buf.rfind(CRLF)
         if last < 0:
@@ -76,23 +79,28 @@ class DataReader:
                 return False, b""
             return False, buf
         chunk, rest = buf[: last + 2], buf[last + 2 :]
-        self.take(chunk)
+        self.take(chunk, stuffed=0 <= dot < len(chunk))
         if len(rest) > self.max_line:
             self.line_too_long = True
             self.at_line_start = False
             rest = b"\r" if rest.endswith(b"\r") else b""
         return False, rest
 
-    def take(self, chunk: bytes) -> None:
-        """Check and un-stuff complete lines (chunk ends in CRLF or is empty)."""
+    def take(self, chunk: bytes, stuffed: bool | None = None) -> None:
+        """Check and un-stuff complete lines (chunk ends in CRLF or is empty). stuffed: whether
+        a line of chunk starts with a dot, if the caller has looked already (None: look)."""
         if not chunk:
             return
+        # every CR and every LF belongs to a CRLF: #CR + #LF == 2 #CRLF (each is >= #CRLF),
+        # with the CRs and LFs counted in one pass (translate) instead of two counts
         crlf = chunk.count(CRLF)
-        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+        if len(chunk) - len(chunk.translate(None, b"\r\n")) != 2 * crlf:
             self.bare_newline = True
         if len(chunk) > self.max_line and not self.line_too_long:
             self.line_too_long = self._has_long_line(chunk)
-        if b"\r\n." in chunk or chunk.startswith(b"."):
+        if stuffed is None:
+            stuffed = b"\r\n." in chunk or chunk.startswith(b".")
+        if stuffed:
             chunk = (CRLF + chunk).replace(b"\r\n.", b"\r\n")[2:]
         self.size += len(chunk)
         if self.size > self.max_size:

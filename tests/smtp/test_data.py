@@ -112,3 +112,44 @@ def test_data_reader_line_limit_agrees_with_splitting_the_lines() -> None:
         r = DataReader(max_size=10**7, max_line=max_line)
         r.take(chunk)
         assert r.line_too_long is expected, (max_line, lines)
+
+
+def _reference(data: bytes) -> tuple[bytes | None, bytes, bool]:
+    """Line by line, as RFC 5321 4.5.2 reads it: (the un-stuffed message up to CRLF.CRLF or
+    None if there is none, what follows the marker, whether any line has a bare CR or LF)."""
+    out, bare, pos = [], False, 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            return None, b"", bare
+        line = data[pos:end]
+        if line == b".":
+            return b"".join(out), data[end + 2 :], bare
+        if b"\r" in line or b"\n" in line:
+            bare = True
+        out.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+        pos = end + 2
+
+
+def test_data_reader_agrees_with_a_line_by_line_reading() -> None:
+    """Random bodies of text, dots, bare CRs and LFs and end markers, fed in random pieces:
+    the reader finds the same end, the same un-stuffed bytes and the same bare-newline verdict
+    as a reading line by line (the bulk searches are there for speed only)."""
+    rng = random.Random(5321)
+    atoms = [b"a", b"text ", b".", b"..", b"\r\n", b"\r\n", b"\r\n.", b"\r", b"\n", b"\n."]
+    for _ in range(3000):
+        body = b"".join(rng.choice(atoms) for _ in range(rng.randrange(0, 40)))
+        data = body + rng.choice([b"\r\n.\r\n", b"\r\n.\r\nQUIT\r\n", b""])
+        expected, rest_expected, bare_expected = _reference(data)
+        r, buf, done, out, pos = reader(max_line=1000), b"", False, [], 0
+        while pos < len(data) and not done:
+            step = rng.randrange(1, 12)
+            done, buf = r.feed(buf + data[pos : pos + step])
+            out.append(r.take_output())
+            pos += step
+        assert done == (expected is not None), data
+        if done:
+            assert r.bare_newline == bare_expected, data
+            assert buf + data[pos:] == rest_expected, data
+            if not bare_expected:  # a refused message's bytes are not handed out
+                assert b"".join(out) == expected, data
