@@ -292,14 +292,14 @@ class Forwarder:
     def _ask(self, name: bytes, qtype: int, qclass: int):
         last_error = "no forwarders"
         for server in self.servers:
-            qid = secrets.randbits(16)
-            m = dns.Message(id=qid, recDes=self.recursion_desired)
-            m.queries = [dns.Query(name, qtype, qclass)]
-            query = m.toStr()
             held = self.health.skip(server)
             if held is not None:
                 last_error = held
                 continue
+            qid = secrets.randbits(16)
+            m = dns.Message(id=qid, recDes=self.recursion_desired)
+            m.queries = [dns.Query(name, qtype, qclass)]
+            query = m.toStr()
             try:
                 raw = yield self._udp(server, query, qid)
                 response = dns.Message()
