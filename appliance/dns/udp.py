@@ -27,6 +27,7 @@ from twisted.names import dns
 from appliance.dns.server import DNSEngine
 
 _MAX_FAST_ENTRIES = 50_000
+_MAX_CLIENTS = 10_000  # client addresses whose table is remembered
 # datagrams read per wake-up before the reactor serves others (Twisted reads up to 256 KB)
 _READS_PER_WAKE = 1000
 _READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
@@ -58,6 +59,9 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         self.engine = engine
         # keyed by recursion permission, then the query bytes after the ID
         self._fast: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
+        # each client address seen lately -> its table of the two (one dict lookup a datagram
+        # instead of a call to the engine's ACL)
+        self._table_of: dict[str, dict[bytes, bytes]] = {}
         self._socket: socket.socket | None = None  # the listening port's, once started
         engine.authority.on_replace(self.clear_cache)
 
@@ -68,8 +72,18 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
         for table in self._fast:
             table.clear()
 
+    def table_for(self, ip: str) -> dict[bytes, bytes]:
+        """The answer table for a client at ip, by whether it may recurse; remembered."""
+        table = self._fast[self.engine.recursion_allowed(ip)]
+        if len(self._table_of) >= _MAX_CLIENTS:
+            self._table_of.clear()
+        self._table_of[ip] = table
+        return table
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        table = self._fast[self.engine.recursion_allowed(addr[0])]
+        table = self._table_of.get(addr[0])
+        if table is None:
+            table = self.table_for(addr[0])
         key = data[2:]
         hit = table.get(key)
         if hit is not None:
@@ -128,10 +142,8 @@ class DNSUDPPort(udp.Port):
 
     def doRead(self) -> None:  # noqa: N802 (Twisted's API)
         proto = self.protocol
-        engine = proto.engine
-        allowed_of = engine.recursion_allowed
-        tables = proto._fast
-        answered = engine.answered
+        table_of = proto._table_of
+        answered = proto.engine.answered
         sock = self.socket
         recvfrom, sendto = sock.recvfrom, sock.sendto
         size = self.maxPacketSize
@@ -145,7 +157,9 @@ class DNSUDPPort(udp.Port):
                 raise
             if v6:
                 addr = addr[:2]  # as Twisted's Port: no flow and scope ID
-            table = tables[allowed_of(addr[0])]
+            table = table_of.get(addr[0])
+            if table is None:
+                table = proto.table_for(addr[0])
             key = data[2:]
             hit = table.get(key)
             if hit is None:
@@ -155,7 +169,12 @@ class DNSUDPPort(udp.Port):
                     proto.log.failure("DNS datagram from {peer} failed", peer=addr[0])
                 continue
             answered[hit[1] & 15] += 1
-            send_datagram(sendto, data[:2] + hit, addr)
+            try:  # send_datagram's rules, without its call on this path
+                sendto(data[:2] + hit, addr)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            except InterruptedError:
+                send_datagram(sendto, data[:2] + hit, addr)
 
 
 class DNSUDPServer(internet.UDPServer):

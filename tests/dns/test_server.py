@@ -293,6 +293,29 @@ def test_udp_fast_path_reuses_answer_with_new_id() -> None:
     assert first[2:] == second[2:]
 
 
+def test_udp_fast_path_keeps_each_clients_recursion_flag(monkeypatch) -> None:
+    """A client that may recurse and one that may not ask the same authoritative question
+    twice: each repeat is its own first answer (RA set for the first client only), the two
+    are kept apart, and the remembered client addresses are bounded."""
+    proto = DNSUDPProtocol(engine(forwarder=FakeForwarder({})))
+    proto.transport = FakeDatagramTransport()
+    inside, outside = ("127.0.0.1", 5000), ("192.0.2.1", 5000)
+    for qid, peer in ((1, inside), (2, outside), (3, inside), (4, outside)):
+        proto.datagramReceived(query("example.test", dns.MX, qid=qid), peer)
+    answers = [parse(data) for data, _ in proto.transport.written]
+    assert [m.id for m in answers] == [1, 2, 3, 4]
+    assert [m.recAv for m in answers] == [True, False, True, False]
+    sent = [data[2:] for data, _ in proto.transport.written]
+    assert sent[0] == sent[2] and sent[1] == sent[3] and sent[0] != sent[1]
+    assert len(proto._fast[True]) == 1 and len(proto._fast[False]) == 1
+    monkeypatch.setattr("appliance.dns.udp._MAX_CLIENTS", 3)
+    for n in range(2, 6):
+        proto.datagramReceived(query("example.test", dns.MX), (f"192.0.2.{n}", 5000))
+    assert len(proto._table_of) <= 3
+    proto.datagramReceived(query("example.test", dns.MX, qid=9), inside)
+    assert parse(proto.transport.written[-1][0]).recAv  # forgotten, then asked again
+
+
 def test_udp_fast_path_skips_non_authoritative() -> None:
     """REFUSED answers are not cached (only AA answers are immutable)."""
     proto = DNSUDPProtocol(engine())
