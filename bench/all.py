@@ -29,9 +29,10 @@ are the full run's, --quick's in brackets; every figure is the median of --reps 
          the smtp rows when both run: they never come near the limits).
   pop3   bench/pop3_load.py: RETR of 2000 [200] 1 KB messages by one client, and by 10 clients
          (10 mailboxes), ours (163) beside Dovecot on identical Maildirs (goal >= 1.0x both).
-  imap   bench/imap_load.py: UID FETCH 1:* of 2000 [100] messages (goal >= 0.8x), FETCH one
-         at a time, a 10-client mix of 200 [20] commands each, and imaptest's load mode
-         (../shared/peer/imaptest/imaptest.sh stress, 10 [3] s, 5 clients), ours beside Dovecot.
+  imap   bench/imap_load.py: UID FETCH 1:* of 2000 [100] messages, five times over (goal >=
+         0.8x), FETCH one at a time, a 10-client mix of 200 [20] commands each, and imaptest's
+         load mode (../shared/peer/imaptest/imaptest.sh stress, 10 [3] s, 5 clients), ours
+         beside Dovecot.
   relay  bench/relay_load.py: 2000 [40] x 1 KB over 20 [5] connections submitted to 163 for
          user3@sina.com (relayed with STARTTLS, verified) beside the same load delivered
          locally on sina (goal: relay >= 0.8x local).
@@ -304,7 +305,11 @@ def run_imap(st: State, c: Counts, reps: int, v: dict) -> None:
     def rows(args: argparse.Namespace, sink: il.Results) -> None:
         per = args.messages // args.clients
         loads = {
-            "fetch-all": (f"IMAP UID FETCH 1:* of {args.messages} msgs", "msgs/s", 0.8),
+            "fetch-all": (
+                f"IMAP UID FETCH 1:* of {args.messages} msgs, x{il.FETCH_ALL_ROUNDS}",
+                "msgs/s",
+                0.8,
+            ),
             "fetch-each": (f"IMAP FETCH {args.messages} msgs one by one", "msgs/s", None),
             "mix": (f"IMAP mix, {args.clients} clients x {args.ops} cmds", "cmds/s", None),
             "imaptest": (f"imaptest stress, {args.imaptest_clients} clients", "cmds/s", None),
