@@ -42,11 +42,16 @@ def send_datagram(sendto: Callable[[bytes, Any], int], data: bytes, addr: Any) -
     try:
         sendto(data, addr)
     except InterruptedError:
-        try:
-            sendto(data, addr)
-        except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-            pass
+        send_again(sendto, data, addr)
     except (BlockingIOError, ConnectionRefusedError):
+        pass
+
+
+def send_again(sendto: Callable[[bytes, Any], int], data: bytes, addr: Any) -> None:
+    """send_datagram's one retry after a signal interrupted the first sendto."""
+    try:
+        sendto(data, addr)
+    except (BlockingIOError, InterruptedError, ConnectionRefusedError):
         pass
 
 
@@ -169,12 +174,13 @@ class DNSUDPPort(udp.Port):
                     proto.log.failure("DNS datagram from {peer} failed", peer=addr[0])
                 continue
             answered[hit[1] & 15] += 1
-            try:  # send_datagram's rules, without its call on this path
-                sendto(data[:2] + hit, addr)
+            answer = data[:2] + hit
+            try:  # send_datagram, without its call on this path
+                sendto(answer, addr)
             except (BlockingIOError, ConnectionRefusedError):
                 pass
             except InterruptedError:
-                send_datagram(sendto, data[:2] + hit, addr)
+                send_again(sendto, answer, addr)
 
 
 class DNSUDPServer(internet.UDPServer):
