@@ -1,10 +1,14 @@
-"""The DATA reader: end-of-data detection, dot-unstuffing and the checks on every body line.
+"""The DATA and BDAT readers: end-of-data detection, dot-unstuffing and the checks on every line.
 
 This is the smuggling defence. DATA ends only at CRLF.CRLF; a bare CR or LF anywhere in the
 body, a text line longer than the limit, or more bytes than the size limit make the whole
 message refused at its end, and the reader never gives control back to command mode early
 (so `<LF>.<LF>` and `<CR>.<CR>` find nothing to smuggle commands into). No I/O: the session
 feeds it the bytes received and writes out what it hands back.
+
+BDAT (RFC 3030 CHUNKING) needs no end marker: the command gives each chunk's length, so its
+bytes can never be read as commands. The same line checks still apply (ChunkReader): a message
+taken in by BDAT may leave by DATA, where a bare LF is what smuggling is made of.
 """
 
 from __future__ import annotations
@@ -127,3 +131,37 @@ class DataReader:
         """The message bytes checked so far and not yet taken (empty once it has failed)."""
         out, self.pending = self.pending, b""
         return out
+
+
+class ChunkReader(DataReader):
+    """BDAT's chunks, taken as they are (no dot-stuffing) with DATA's checks on every line.
+
+    A line may span chunks: its start waits in `carry` until its CRLF comes. A last line
+    without CRLF is given one at the end (finish()), as DATA would have it.
+    """
+
+    def __init__(self, *, max_size: int, max_line: int) -> None:
+        super().__init__(max_size=max_size, max_line=max_line)
+        self.carry = b""
+        self.received = 0  # octets of all chunks so far, as the client counts them
+
+    def feed_bytes(self, data: bytes) -> None:
+        """Bytes of a chunk, any number."""
+        self.received += len(data)
+        buf = self.carry + data if self.carry else data
+        cut = buf.rfind(CRLF) + 2  # 1: no CRLF at all
+        if cut < 2:
+            cut = 0
+        self.take(buf[:cut], stuffed=False)
+        self.carry = buf[cut:]
+        if len(self.carry) > self.max_line:
+            self.line_too_long = True
+            if b"\n" in self.carry or b"\r" in self.carry[:-1]:  # no CRLF in it: bare ones
+                self.bare_newline = True
+            self.carry = b"\r" if self.carry.endswith(b"\r") else b""  # it may start a CRLF
+
+    def finish(self) -> None:
+        """The LAST chunk is in: check and hand out the last line, with a CRLF if it had none."""
+        if self.carry and not self.failed:
+            self.take(self.carry + CRLF, stuffed=False)
+        self.carry = b""

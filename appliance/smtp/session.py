@@ -2,7 +2,7 @@
 
 Here: the connect (a connection slot, reverse DNS, the connect policy, the greeting), the
 command dispatch, EHLO/HELO, STARTTLS, AUTH's preconditions and the simple commands. The mail
-transaction (MAIL, RCPT, DATA) is appliance.smtp.transaction's, the SASL dialogue
+transaction (MAIL, RCPT, DATA, BDAT) is appliance.smtp.transaction's, the SASL dialogue
 appliance.smtp.auth's, framing, reply batching and waiting appliance.smtp.connection's.
 Out-of-order commands get 503 5.5.1, every reply carries an enhanced status code (RFC 3463),
 and nothing a client sends reaches a traceback: a failure is logged and answered 451.
@@ -52,6 +52,7 @@ class SMTPSession(SMTPConnection):
         self.auth = SessionAuth(self)
         self.txn: Transaction | None = None
         self.incoming: transaction.Incoming | None = None
+        self.chunk: transaction.Chunk | None = None  # a BDAT chunk's bytes are being read
         self.counts: dict[str, int] = {}  # commands by verb, for the disconnect line
         self.rejected_at_connect: Verdict | None = None
         self.connect_verdict = Verdict()
@@ -192,12 +193,24 @@ class SMTPSession(SMTPConnection):
         return self.factory.settings.max_command_line
 
     def in_data(self) -> bool:
-        return self.incoming is not None
+        if self.chunk is not None:
+            return True
+        incoming = self.incoming
+        return incoming is not None and not incoming.chunked
 
     def feed_data(self) -> bool:
+        if self.chunk is not None:
+            return transaction.feed_chunk(self, self.chunk)
         if self.incoming is None:
             return True
         return transaction.feed_data(self, self.incoming)
+
+    def reset_transaction(self) -> None:
+        """Forget the mail transaction, and a message that BDAT has begun (RSET, EHLO, TLS)."""
+        self.txn = None
+        incoming, self.incoming = self.incoming, None
+        if incoming is not None:
+            incoming.abort()
 
     def line_received(self, raw: bytes) -> None:
         if b"\n" in raw or b"\r" in raw:
@@ -245,7 +258,7 @@ class SMTPSession(SMTPConnection):
         self.esmtp = esmtp
         if self.deadlines is not None:
             self.deadlines.greeted()
-        self.txn = None
+        self.reset_transaction()
         f = self.factory
         s = f.settings
         if not esmtp:
@@ -257,7 +270,7 @@ class SMTPSession(SMTPConnection):
         mechs = self.auth.offered_mechanisms()
         if mechs and self.auth.user is None and f.authenticator is not None:
             lines.append("AUTH " + " ".join(mechs))
-        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "HELP"]
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING", "HELP"]
         for i, text in enumerate(lines):
             self.send_line(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
 
@@ -282,7 +295,7 @@ class SMTPSession(SMTPConnection):
         self.tls_info = "TLS"
         self.helo = None
         self.esmtp = False
-        self.txn = None
+        self.reset_transaction()
         self.auth.user = None
 
     def do_auth(self, arg: str) -> None:
@@ -297,7 +310,7 @@ class SMTPSession(SMTPConnection):
         self.auth.start(arg)
 
     def do_rset(self, arg: str) -> None:
-        self.txn = None
+        self.reset_transaction()
         self.reply(250, "2.0.0", "Ok")
 
     def do_noop(self, arg: str) -> None:
@@ -312,7 +325,7 @@ class SMTPSession(SMTPConnection):
         raise ReplyError(502, "5.5.1", "Error: command not implemented")
 
     def do_help(self, arg: str) -> None:
-        self.send_line("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY")
+        self.send_line("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY")
         self.send_line("214 2.0.0 HELP STARTTLS AUTH; see RFC 5321")
 
     def do_quit(self, arg: str) -> None:
@@ -330,6 +343,7 @@ SMTPSession.COMMANDS = {
     "MAIL": transaction.do_mail,
     "RCPT": transaction.do_rcpt,
     "DATA": transaction.do_data,
+    "BDAT": transaction.do_bdat,
     "RSET": SMTPSession.do_rset,
     "NOOP": SMTPSession.do_noop,
     "VRFY": SMTPSession.do_vrfy,

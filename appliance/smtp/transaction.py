@@ -1,9 +1,10 @@
-"""The mail transaction: MAIL FROM, RCPT TO, DATA and the end of the message.
+"""The mail transaction: MAIL FROM, RCPT TO, DATA or BDAT, and the end of the message.
 
 Handlers in the session's command table (they take the session and the argument). MAIL and
 RCPT check syntax and parameters, ask the sink for room, the Policy for its decision and then
 the filter chain (holding input until both are made); DATA starts an IncomingMessage in the
-MessageSink, writes our Received header, and feeds the text through the DataReader. When the
+MessageSink, writes our Received header, and feeds the text through the DataReader (BDAT:
+the first chunk does the same, each chunk's bytes go through a ChunkReader). When the
 filters look at the content, the text goes to their BodyBuffer instead, and only once they
 have accepted it is it written to the sink, after the headers they add. At the end the
 message is refused with the reader's or the filters' reply, dropped (DISCARD), or committed
@@ -33,7 +34,7 @@ from appliance.interfaces import (
     Verdict,
 )
 from appliance.smtp.address import ReplyError, check_address, parse_path
-from appliance.smtp.data import DataReader
+from appliance.smtp.data import ChunkReader, DataReader
 from appliance.smtp.envelope import Transaction, envelope_of, received_header
 from appliance.smtp.params import mail_params, rcpt_params
 
@@ -53,6 +54,7 @@ class Incoming:
     reader: DataReader
     envelope: Envelope
     buffer: BodyBuffer | None = None  # the filters look at the text: it waits here
+    chunked: bool = False  # read by BDAT: between chunks, commands are read again
 
     def write(self, data: bytes) -> None:
         """Text for the message (raises DiskFull)."""
@@ -211,6 +213,18 @@ def do_rcpt(session: SMTPSession, arg: str) -> None:
 def do_data(session: SMTPSession, arg: str) -> None:
     if arg:
         raise ReplyError(501, "5.5.4", "Syntax: DATA")
+    if session.incoming is not None:
+        raise ReplyError(503, "5.5.1", "Error: BDAT in progress, DATA not allowed")
+    f = session.factory
+    reader = DataReader(max_size=f.settings.max_message_size, max_line=f.settings.max_text_line)
+    _begin(session, reader)
+    if session.deadlines is not None:
+        session.deadlines.data_started()  # from here on the minimum DATA rate applies
+    session.send_line("354 End data with <CR><LF>.<CR><LF>")
+
+
+def _begin(session: SMTPSession, reader: DataReader, chunked: bool = False) -> Incoming:
+    """Start the message of the transaction (DATA, or the first BDAT): raises ReplyError."""
     txn = session.txn
     if txn is None:
         raise ReplyError(503, "5.5.1", "Error: need MAIL command")
@@ -235,8 +249,7 @@ def do_data(session: SMTPSession, arg: str) -> None:
         except DiskFull:
             session.txn = None
             raise ReplyError(452, "4.3.1", "Insufficient system storage") from None
-    reader = DataReader(max_size=f.settings.max_message_size, max_line=f.settings.max_text_line)
-    incoming = session.incoming = Incoming(txn, message, reader, envelope)
+    incoming = session.incoming = Incoming(txn, message, reader, envelope, chunked=chunked)
     if message is not None:
         session.events.client(
             message.queue_id, session.client_label(), session.auth.mechanism, session.auth.user
@@ -247,25 +260,112 @@ def do_data(session: SMTPSession, arg: str) -> None:
             incoming.write(received_header(envelope, message.queue_id, f.settings.hostname))
         except DiskFull:
             reader.disk_full = True
-    if session.deadlines is not None:
-        session.deadlines.data_started()  # from here on the minimum DATA rate applies
-    session.send_line("354 End data with <CR><LF>.<CR><LF>")
+    return incoming
+
+
+@dataclass
+class Chunk:
+    """A BDAT chunk being read: its bytes still to come, and what its end answers."""
+
+    left: int
+    last: bool
+    refusal: ReplyError | None = None  # the command was refused: the bytes are only skipped
+
+
+MAX_CHUNK_DIGITS = 15  # a chunk size longer than this is not a number we take
+
+
+def do_bdat(session: SMTPSession, arg: str) -> None:
+    """BDAT size [LAST] (RFC 3030): the chunk's bytes are read whatever the answer will be,
+    so that none of them is taken for a command. Refusals come once they are read."""
+    words = arg.split()
+    if (
+        not 1 <= len(words) <= 2
+        or not words[0].isdigit()
+        or len(words[0]) > MAX_CHUNK_DIGITS
+        or (len(words) == 2 and words[1].upper() != "LAST")
+    ):
+        # the chunk's length is unknown, so where the next command starts is too
+        session.reply(501, "5.5.4", "Syntax: BDAT size [LAST]", close=True)
+        return
+    chunk = Chunk(int(words[0]), len(words) == 2)
+    incoming = session.incoming
+    if incoming is None:
+        f = session.factory
+        try:
+            reader = ChunkReader(
+                max_size=f.settings.max_message_size, max_line=f.settings.max_text_line
+            )
+            incoming = _begin(session, reader, chunked=True)
+        except ReplyError as e:
+            chunk.refusal = e
+    # (a DATA message never meets BDAT: its text is read to its end before any command)
+    session.chunk = chunk
+    if chunk.left and session.deadlines is not None:
+        session.deadlines.data_started()  # the minimum DATA rate applies to each chunk
+    if not chunk.left:
+        _end_of_chunk(session, chunk)
+
+
+def feed_chunk(session: SMTPSession, chunk: Chunk) -> bool:
+    """Consume the current BDAT chunk's bytes from the buffer; True when it is all read."""
+    buf = session.buffer
+    if len(buf) > chunk.left:
+        data, session.buffer = buf[: chunk.left], buf[chunk.left :]
+    else:
+        data, session.buffer = buf, b""
+    chunk.left -= len(data)
+    incoming = session.incoming
+    if chunk.refusal is None and incoming is not None and data:
+        reader = incoming.reader
+        assert isinstance(reader, ChunkReader)
+        reader.feed_bytes(data)
+        _write_out(incoming)
+    if chunk.left:
+        return False
+    _end_of_chunk(session, chunk)
+    return True
+
+
+def _end_of_chunk(session: SMTPSession, chunk: Chunk) -> None:
+    session.chunk = None
+    if chunk.refusal is not None:
+        session.reply_error(chunk.refusal)
+        return
+    incoming = session.incoming
+    assert incoming is not None
+    reader = incoming.reader
+    assert isinstance(reader, ChunkReader)
+    if not chunk.last and reader.problem() is None:
+        session.reply(250, "2.0.0", f"Ok: {reader.received} octets received")
+        return
+    # the last chunk, or one that makes the message fail: refused now, later chunks get 503
+    reader.finish()
+    _write_out(incoming)
+    session.incoming = None
+    _end_of_data(session, incoming)
+
+
+def _write_out(incoming: Incoming) -> None:
+    """Hand what the reader has checked to the message, or drop the message once it failed."""
+    reader, message = incoming.reader, incoming.message
+    data = reader.take_output()
+    if message is None:
+        return
+    if reader.failed:
+        incoming.abort()  # the message will be refused: stop using disk for it now
+    elif data:
+        try:
+            incoming.write(data)
+        except DiskFull:
+            reader.disk_full = True
+            incoming.abort()
 
 
 def feed_data(session: SMTPSession, incoming: Incoming) -> bool:
     """Consume DATA bytes from the session's buffer; True when the end marker was seen."""
-    reader, message = incoming.reader, incoming.message
-    done, session.buffer = reader.feed(session.buffer)
-    data = reader.take_output()
-    if message is not None:
-        if reader.failed:
-            incoming.abort()  # the message will be refused: stop using disk for it now
-        elif data:
-            try:
-                incoming.write(data)
-            except DiskFull:
-                reader.disk_full = True
-                incoming.abort()
+    done, session.buffer = incoming.reader.feed(session.buffer)
+    _write_out(incoming)
     if not done:
         return False
     session.incoming = None

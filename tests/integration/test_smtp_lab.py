@@ -193,6 +193,42 @@ def test_pipelined_transactions_answer_without_delayed_ack_stall(lab) -> None:
     assert median < 20, f"median ms from a body's end to the next 354 {median:.1f}; all {rounds}"
 
 
+def test_bdat_pipelined_over_a_socket_delivered_and_nothing_in_a_chunk_runs(lab) -> None:
+    """CHUNKING on port 25 over a real socket: MAIL, RCPT and two BDAT chunks in one write,
+    the text holding command lines and a lone dot; user1's Maildir gets the text byte for
+    byte; the commands inside the chunk are not run (no second message for user2), and a
+    BDAT refused for want of MAIL still has its chunk skipped."""
+    a = lab["163"]
+    t = Telnet(a.ip, a.ports[25])
+    text = b"Subject: chunked\r\n\r\n.\r\nRCPT TO:<user2@163.com>\r\nDATA\r\nchunk one\r\n"
+    tail = b"chunk two\r\n"
+    try:
+        assert t.reply()[0].startswith("220")
+        assert "250-CHUNKING" in t.send("EHLO client.test")
+        t.sock.sendall(
+            b"MAIL FROM:<someone@example.org>\r\nRCPT TO:<user1@163.com>\r\n"
+            + b"BDAT %d\r\n" % len(text) + text + b"BDAT %d LAST\r\n" % len(tail) + tail
+            + b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"
+        )  # fmt: skip
+        got = [t.reply()[0] for _ in range(6)]
+        assert got[:3] == [
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            f"250 2.0.0 Ok: {len(text)} octets received",
+        ]
+        assert got[3].startswith("250 2.0.0 Ok: queued as "), got
+        assert got[4:] == ["503 5.5.1 Error: need MAIL command", "250 2.0.0 Ok"], got
+        assert t.send("QUIT")[0].startswith("221")
+    finally:
+        t.close()
+    (msg,) = wait_for(lambda: [m for m in a.messages("user1@163.com") if b"chunked" in m])
+    assert (
+        msg.split(b"\r\n\r\n", 1)[1]
+        == b".\r\nRCPT TO:<user2@163.com>\r\nDATA\r\nchunk one\r\n" + tail
+    )
+    assert not [m for m in a.messages("user2@163.com") if b"chunked" in m]
+
+
 def test_relay_denied_and_unknown_user(lab) -> None:
     """Port 25 without AUTH: remote recipient 550 5.7.1, unknown local user 550 5.1.1."""
     a = lab["sina"]

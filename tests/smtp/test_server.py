@@ -19,6 +19,7 @@ EHLO_LINES = [
     "250-8BITMIME",
     "250-DSN",
     "250-SMTPUTF8",
+    "250-CHUNKING",
     "250 HELP",
 ]
 
