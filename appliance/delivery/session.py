@@ -6,7 +6,8 @@ transactions, or fails with `HopsFailed` naming the last host's trouble in Postf
 ("connect to mail.sina.com[127.0.1.4]:25: Connection refused").
 
 `Session.transfer()` sends one message to some of its recipients (pipelined when the server
-offers PIPELINING) and gives one `RecipientResult` per recipient: 2xx SENT, 4xx DEFERRED,
+offers PIPELINING; a message held whole in memory to a server with CHUNKING goes as MAIL, RCPT
+and BDAT LAST with its text in one write, one round trip) and gives one `RecipientResult` per recipient: 2xx SENT, 4xx DEFERRED,
 5xx BOUNCED, with the server's reply quoted; it never fails. A session that lost its
 connection or broke the protocol is `closed` and not reused.
 """
@@ -190,6 +191,25 @@ class Session:
 
         try:
             data_reply: Reply | None = None
+            if rest is None and "CHUNKING" in ext and "PIPELINING" in ext:
+                # the whole message in memory: MAIL, RCPT and BDAT LAST with the text, all in
+                # one write (RFC 3030), one round trip instead of DATA's two
+                whole = head if head.endswith(b"\r\n") or not head else head + b"\r\n"
+                bdat = f"BDAT {len(whole)} LAST"
+                waiters = p.commands([mail, *rcpt_lines, bdat], whole, self.settings.timeouts.data)
+                mail_reply = yield waiters[0]
+                got_mail(mail_reply)
+                stage = "RCPT TO"
+                for i, w in enumerate(waiters[1:-1]):
+                    got_rcpt(i, (yield w))
+                stage = "end of DATA"
+                final = yield waiters[-1]
+                if mail_reply.ok and accepted:
+                    for i in accepted:
+                        results[i] = self._result(rcpts[i], final, stage, sent=final.ok)
+                if not final.ok:
+                    yield self._reset()
+                return [results[i] for i in range(len(rcpts))]
             if "PIPELINING" in ext:
                 waiters = p.commands([mail, *rcpt_lines, "DATA"])
                 mail_reply = yield waiters[0]

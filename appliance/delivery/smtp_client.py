@@ -260,12 +260,17 @@ class SMTPClientProtocol(LineReceiver):
             self.transport.write(line.encode("utf-8") + b"\r\n")  # type: ignore[union-attr]
         return d
 
-    def commands(self, lines: list[str]) -> list[Deferred[Reply]]:
-        """Several commands in one write (PIPELINING); one waiter each, in order."""
-        waiters = [self.expect() for _ in lines]
+    def commands(
+        self, lines: list[str], data: bytes = b"", last_timeout: float | None = None
+    ) -> list[Deferred[Reply]]:
+        """Several commands in one write (PIPELINING), then data (a BDAT chunk's bytes, which
+        go with its command); one waiter each, in order, the last one's for last_timeout."""
+        waiters = [
+            self.expect(last_timeout if i == len(lines) - 1 else None) for i in range(len(lines))
+        ]
         if self._closed is None:
             self.transport.write(  # type: ignore[union-attr]
-                b"".join(line.encode("utf-8") + b"\r\n" for line in lines)
+                b"".join(line.encode("utf-8") + b"\r\n" for line in lines) + data
             )
         return waiters
 

@@ -100,6 +100,8 @@ class ScriptedServer(Protocol):
         self.replies_sent = 0
         self.buffer = b""
         self.in_data = False
+        self.chunk_left, self.chunk_last, self.chunk_text = 0, False, b""  # BDAT being read
+        self.bdat: list[str] = []  # BDAT arguments, in order
         self.in_auth = False
         self.tls = False
         self.accepted = 0
@@ -148,22 +150,22 @@ class ScriptedServer(Protocol):
         self.replies_at_arrival = self.replies_sent
         self.buffer += data
         while self.buffer:
+            if self.chunk_left:
+                part = self.buffer[: self.chunk_left]
+                self.buffer = self.buffer[len(part) :]
+                self.chunk_text += part
+                self.chunk_left -= len(part)
+                if not self.chunk_left:
+                    self.end_of_chunk()
+                continue
             if self.in_data:
                 framed = b"\r\n" + self.buffer
                 end = framed.find(b"\r\n.\r\n")
                 if end < 0:
                     break
-                self.messages.append(framed[2 : end + 2])
                 self.buffer = framed[end + 5 :]
                 self.in_data = False
-                self.accepted, self.mail_ok = 0, False
-                final = self.factory.script.final
-                if callable(final):
-                    final = final(self)
-                if isinstance(final, str):
-                    final = final.format(n=sum(len(c.messages) for c in self.factory.connections))
-                self.answer(final, close="." in self.factory.script.close_after)
-                self.factory.changed()
+                self.end_of_message(framed[2 : end + 2])
                 continue
             line, sep, rest = self.buffer.partition(b"\r\n")
             if not sep:
@@ -172,6 +174,28 @@ class ScriptedServer(Protocol):
             self.line_received(line.decode("utf-8", "replace"))
             if self.transport.disconnecting:  # type: ignore[union-attr]
                 break
+
+    def end_of_message(self, text: bytes) -> None:
+        self.messages.append(text)
+        self.accepted, self.mail_ok = 0, False
+        final = self.factory.script.final
+        if callable(final):
+            final = final(self)
+        if isinstance(final, str):
+            final = final.format(n=sum(len(c.messages) for c in self.factory.connections))
+        self.answer(final, close="." in self.factory.script.close_after)
+        self.factory.changed()
+
+    def end_of_chunk(self) -> None:
+        if not self.chunk_last:
+            self.answer(f"250 2.0.0 Ok: {len(self.chunk_text)} octets received")
+        elif not self.mail_ok:
+            self.answer("503 5.5.1 Error: need MAIL command")
+        elif not self.accepted:
+            self.answer("554 5.5.1 Error: no valid recipients")
+        else:
+            text, self.chunk_text = self.chunk_text, b""
+            self.end_of_message(text)
 
     def line_received(self, line: str) -> None:
         s = self.factory.script
@@ -240,6 +264,12 @@ class ScriptedServer(Protocol):
             if isinstance(reply, str) and reply.startswith("354"):
                 self.in_data = True
             self.answer(reply, close)
+        elif verb == "BDAT":
+            size, _, last = arg.partition(" ")
+            self.bdat.append(arg)
+            self.chunk_left, self.chunk_last = int(size), last.upper() == "LAST"
+            if not self.chunk_left:
+                self.end_of_chunk()
         elif verb == "RSET":
             self.accepted, self.mail_ok = 0, False
             self.answer(s.rset, close)

@@ -87,7 +87,8 @@ def test_postfix_relaying_to_appliance_delivers_over_starttls(
 
 
 def test_relay_to_postfix_with_starttls_delivers(postfix: Postfix, tmp_path: Path) -> None:
-    """Our relay sends authenticated submission mail to Postfix over STARTTLS (tls = may)."""
+    """Our relay sends authenticated submission mail to Postfix over STARTTLS (tls = may),
+    the message by BDAT (CHUNKING) in one write with its envelope."""
     lab = make_lab(tmp_path)
     a = lab["163"]
     (a.ini.parent / "163" / "transport").write_text(f"postfix.test [127.0.0.1]:{postfix.port}\n")
@@ -128,6 +129,11 @@ def test_relay_to_postfix_with_starttls_delivers(postfix: Postfix, tmp_path: Pat
     )
     assert re.search(rf"relay=[^,\s]*\[127\.0\.0\.1\]:{postfix.port}\b", line), line
     postfix.wait_for_log(r"TLS connection established from [^\s]*\[127\.0\.[01]\.1\]: TLSv1\.[23]")
+    # the message went by BDAT (Postfix offers CHUNKING), not DATA: Postfix counts commands
+    stats = postfix.wait_for_log(
+        r"disconnect from [^\s]*\[127\.0\.[01]\.1\] (ehlo=2 starttls=1 .*)"
+    )
+    assert " bdat=1 " in stats.group(1) and "data=" not in stats.group(1), stats.group(1)
     # Postfix's Received header says the session was encrypted (smtpd_tls_received_header)
     (theirs,) = [h for h in received(msg) if f"by {postfix.myhostname} (Postfix)" in h]
     assert "(using TLSv1." in theirs, theirs
