@@ -366,6 +366,9 @@ class Forwarder:
         return "::" if ":" in host else ""
 
 
+MAX_CLIENTS = 10_000  # client addresses whose recursion decision is remembered (then forgotten)
+
+
 class DNSEngine:
     """Protocol-independent query handling: bytes in, bytes (or a Deferred of bytes) out."""
 
@@ -392,7 +395,7 @@ class DNSEngine:
         allowed = self._acl_cache.get(ip)
         if allowed is None:
             allowed = self.forwarder is not None and in_networks(ip, self.recursion_networks)
-            if len(self._acl_cache) > 10_000:
+            if len(self._acl_cache) >= MAX_CLIENTS:
                 self._acl_cache.clear()
             self._acl_cache[ip] = allowed
         return allowed

@@ -24,10 +24,9 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.names import dns
 
-from appliance.dns.server import DNSEngine
+from appliance.dns.server import MAX_CLIENTS, DNSEngine
 
 _MAX_FAST_ENTRIES = 50_000
-_MAX_CLIENTS = 10_000  # client addresses whose table is remembered
 # datagrams read per wake-up before the reactor serves others (Twisted reads up to 256 KB)
 _READS_PER_WAKE = 1000
 _READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
@@ -80,7 +79,7 @@ class DNSUDPProtocol(protocol.DatagramProtocol):
     def table_for(self, ip: str) -> dict[bytes, bytes]:
         """The answer table for a client at ip, by whether it may recurse; remembered."""
         table = self._fast[self.engine.recursion_allowed(ip)]
-        if len(self._table_of) >= _MAX_CLIENTS:
+        if len(self._table_of) >= MAX_CLIENTS:  # the engine's bound on its decisions too
             self._table_of.clear()
         self._table_of[ip] = table
         return table

@@ -308,7 +308,7 @@ def test_udp_fast_path_keeps_each_clients_recursion_flag(monkeypatch) -> None:
     sent = [data[2:] for data, _ in proto.transport.written]
     assert sent[0] == sent[2] and sent[1] == sent[3] and sent[0] != sent[1]
     assert len(proto._fast[True]) == 1 and len(proto._fast[False]) == 1
-    monkeypatch.setattr("appliance.dns.udp._MAX_CLIENTS", 3)
+    monkeypatch.setattr("appliance.dns.udp.MAX_CLIENTS", 3)
     for n in range(2, 6):
         proto.datagramReceived(query("example.test", dns.MX), (f"192.0.2.{n}", 5000))
     assert len(proto._table_of) <= 3
