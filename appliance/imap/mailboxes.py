@@ -13,16 +13,14 @@ from twisted.internet import defer
 from appliance.imap.listing import RETURNS, SELECTION, Entry, list_entries, lsub_entries
 from appliance.imap.parser import Command, astring, mailbox_name, parse_datetime
 from appliance.imap.search import sequence_set_text
-from appliance.imap.selected import Selected
+from appliance.imap.selected import SYSTEM_FLAGS, Selected, flags_lines
 from appliance.imap.session import AUTH, SELECTED, IMAPSession, command
 from appliance.imap.tokens import Arg, Atom, IString, ParseError
 from appliance.imap.wire import mailbox_out
 from appliance.interfaces import FolderListing, Mailbox, MailStore
 
-FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 STATES = (AUTH, SELECTED)
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 def _mailbox(s: IMAPSession) -> Mailbox:
@@ -89,12 +87,8 @@ def _select(s: IMAPSession, cmd: Command, readonly: bool) -> None:
         s.selected = sel
         s.last_poll = s.factory.reactor.seconds()
         s.state = SELECTED
-        flags = " ".join([FLAGS, *keywords])
-        s.untagged(f"FLAGS ({flags})")
-        if readonly:
-            s.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox.")
-        else:
-            s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+        for line in flags_lines(keywords, readonly):
+            s.untagged(line)
         s.untagged(f"{sel.exists} EXISTS")
         s.untagged(f"{sel.count_recent()} RECENT")
         unseen = sel.unseen_first()

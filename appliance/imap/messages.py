@@ -26,7 +26,7 @@ from appliance.imap.search import (
     parse_search,
     sequence_set_text,
 )
-from appliance.imap.selected import RECENT, Selected
+from appliance.imap.selected import RECENT, SYSTEM_FLAGS, Selected, flags_lines
 from appliance.imap.session import SELECTED, IMAPSession, command
 from appliance.imap.sort import parse_sort_criteria, sort_messages
 from appliance.imap.thread import thread
@@ -37,7 +37,6 @@ BATCH = 256  # messages read and rendered in one worker job
 BATCH_BYTES = 2 * 1024 * 1024  # ... or this many octets of them
 WHOLE = 1 << 40  # read limit meaning "all of it"
 QUICK_BYTES = 256 * 1024  # a FETCH batch this small is read and rendered by QuickCalls
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 CHARSETS = "(UTF-8 US-ASCII)"
 
 
@@ -288,9 +287,8 @@ def do_store(s: IMAPSession, cmd: Command, uid: bool) -> None:
         changed, keywords = result
         if keywords != sel.keywords:
             sel.keywords = keywords
-            all_flags = " ".join([*SYSTEM_FLAGS, *keywords])
-            s.untagged(f"FLAGS ({all_flags})")
-            s.untagged(f"OK [PERMANENTFLAGS ({all_flags} \\*)] Flags permitted.")
+            for line in flags_lines(keywords, sel.readonly):
+                s.untagged(line)
         for q in seqs:
             m = sel.message(q)
             if m.key not in changed:

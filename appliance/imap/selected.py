@@ -10,7 +10,9 @@ owed to the client, in RFC 3501 7.4.1 order:
   after it), only when the command may carry them (not during FETCH, STORE or SEARCH; they
   wait, and the message keeps its number until then);
 - EXISTS (and RECENT) for new messages, which take the next numbers;
-- FETCH (FLAGS) for flags another session changed.
+- FETCH (FLAGS) for flags another session changed;
+- FLAGS (and PERMANENTFLAGS) first when those flags or new messages carry a keyword the
+  session has not been told of (RFC 3501 7.2.6: a client learns the defined flags from it).
 
 A listing that is the very object seen last time (the store answers an unchanged folder
 from memory) costs nothing. Everything here runs on the reactor thread.
@@ -25,6 +27,15 @@ from dataclasses import dataclass, field
 from appliance.interfaces import FolderListing, StoredMessage
 
 RECENT = "\\Recent"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def flags_lines(keywords: Iterable[str], readonly: bool) -> list[str]:
+    """The untagged FLAGS and PERMANENTFLAGS lines for a folder with these keywords."""
+    flags = " ".join([*SYSTEM_FLAGS, *keywords])
+    if readonly:
+        return [f"FLAGS ({flags})", "OK [PERMANENTFLAGS ()] Read-only mailbox."]
+    return [f"FLAGS ({flags})", f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted."]
 
 
 @dataclass
@@ -35,6 +46,7 @@ class Updates:
     exists: int | None = None  # the new message count, when it grew
     recent: int | None = None
     flags: list[int] = field(default_factory=list)  # sequence numbers with changed flags
+    keywords: bool = False  # keywords new to the session: FLAGS is owed before the rest
 
     def __bool__(self) -> bool:
         return bool(self.expunged or self.exists is not None or self.flags)
@@ -149,4 +161,14 @@ class Selected:
                     self.recent.add(m.uid)
             updates.exists = len(self.uids)
             updates.recent = len(self.recent)
+        changed = [self.flags[self.uids[q - 1]] for q in updates.flags]
+        updates.keywords = self.learn_keywords([*changed, *(m.flags for m in new)])
         return updates
+
+    def learn_keywords(self, flag_sets: Iterable[frozenset[str]]) -> bool:
+        """Add the keywords in flag_sets the session was not told of; whether there were any."""
+        known = set(self.keywords)
+        fresh = {f for flags in flag_sets for f in flags if f not in known and f[:1] != "\\"}
+        if fresh:
+            self.keywords = [*self.keywords, *sorted(fresh)]
+        return bool(fresh)

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from appliance.imap.events import IMAPEvents
 from appliance.imap.fetch import flags_update
 from appliance.imap.parser import BadCommand, Command, literal_at_end, parse_command
-from appliance.imap.selected import Selected, Updates
+from appliance.imap.selected import Selected, Updates, flags_lines
 from appliance.imap.tokens import ParseError
 from appliance.interfaces import Mailbox, SaslCredentials
 from appliance.limits import Deadlines
@@ -412,6 +412,9 @@ class IMAPSession(LineConnection):
             return
         for seq in updates.expunged:
             self.untagged(f"{seq} EXPUNGE")
+        if updates.keywords:
+            for line in flags_lines(sel.keywords, sel.readonly):
+                self.untagged(line)
         if updates.exists is not None:
             self.untagged(f"{updates.exists} EXISTS")
             self.untagged(f"{updates.recent or 0} RECENT")

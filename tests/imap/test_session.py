@@ -164,6 +164,32 @@ def test_two_sessions_see_each_others_changes(imap) -> None:
     assert "* 1 EXPUNGE" in c2.ok("NOOP")
 
 
+def test_keyword_new_to_a_session_announced_in_flags_before_it_is_used(imap) -> None:
+    """Another session's new keyword (STORE, or a message APPENDed with one): this session
+    gets FLAGS and PERMANENTFLAGS naming it before the FETCH or EXISTS that carries it, once
+    (imaptest's "Keyword used without being in FLAGS"); a read-only session gets FLAGS too."""
+    imap.deliver(message("a"))
+    c1, c2, c3 = imap.logged_in(), imap.logged_in(), imap.logged_in()
+    c1.ok("SELECT INBOX")
+    c2.ok("SELECT INBOX")
+    c3.ok("EXAMINE INBOX")
+    c1.ok("STORE 1 +FLAGS ($Label5)")
+    imap.clock.advance(0)
+    out = c2.ok("NOOP")
+    flags = "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label5)"
+    assert flags in out and "Flags permitted." in out, out
+    assert out.index(flags) < out.index("* 1 FETCH (FLAGS ($Label5))"), out
+    assert "* FLAGS" not in c2.ok("NOOP")
+    out = c3.ok("NOOP")
+    assert flags in out and "[PERMANENTFLAGS ()] Read-only mailbox." in out, out
+    data = message("b")
+    c1.send(b"a1 APPEND INBOX ($Junk) {%d}\r\n" % len(data))
+    assert "a1 OK [APPENDUID" in c1.send(data + b"\r\n")
+    out = c2.ok("NOOP")
+    assert out.index("$Label5 $Junk)") < out.index("* 2 EXISTS"), out
+    assert "* FLAGS" not in c2.ok("FETCH 1:* FLAGS")
+
+
 def test_copy_move_uidplus(imap) -> None:
     imap.deliver(message("a"))
     imap.deliver(message("b"))
