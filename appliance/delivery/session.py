@@ -191,34 +191,32 @@ class Session:
 
         try:
             data_reply: Reply | None = None
-            if rest is None and "CHUNKING" in ext and "PIPELINING" in ext:
-                # the whole message in memory: MAIL, RCPT and BDAT LAST with the text, all in
-                # one write (RFC 3030), one round trip instead of DATA's two
-                whole = head if head.endswith(b"\r\n") or not head else head + b"\r\n"
-                bdat = f"BDAT {len(whole)} LAST"
-                waiters = p.commands([mail, *rcpt_lines, bdat], whole, self.settings.timeouts.data)
-                mail_reply = yield waiters[0]
-                got_mail(mail_reply)
-                stage = "RCPT TO"
-                for i, w in enumerate(waiters[1:-1]):
-                    got_rcpt(i, (yield w))
-                stage = "end of DATA"
-                final = yield waiters[-1]
-                if mail_reply.ok and accepted:
-                    for i in accepted:
-                        results[i] = self._result(rcpts[i], final, stage, sent=final.ok)
-                if not final.ok:
-                    yield self._reset()
-                return [results[i] for i in range(len(rcpts))]
+            chunked = rest is None and "CHUNKING" in ext and "PIPELINING" in ext
             if "PIPELINING" in ext:
-                waiters = p.commands([mail, *rcpt_lines, "DATA"])
+                if chunked:
+                    # the whole message in memory: MAIL, RCPT and BDAT LAST with the text, all
+                    # in one write (RFC 3030), one round trip instead of DATA's two
+                    whole = head if head.endswith(b"\r\n") or not head else head + b"\r\n"
+                    bdat = f"BDAT {len(whole)} LAST"
+                    timeout = self.settings.timeouts.data
+                    waiters = p.commands([mail, *rcpt_lines, bdat], whole, timeout)
+                else:
+                    waiters = p.commands([mail, *rcpt_lines, "DATA"])
                 mail_reply = yield waiters[0]
                 got_mail(mail_reply)
                 stage = "RCPT TO"
                 for i, w in enumerate(waiters[1:-1]):
                     got_rcpt(i, (yield w))
-                stage = "DATA"
-                data_reply = yield waiters[-1]
+                stage = "end of DATA" if chunked else "DATA"
+                last: Reply = yield waiters[-1]
+                if chunked:
+                    if mail_reply.ok:
+                        for i in accepted:
+                            results[i] = self._result(rcpts[i], last, stage, sent=last.ok)
+                    if not last.ok:
+                        yield self._reset()
+                    return [results[i] for i in range(len(rcpts))]
+                data_reply = last
             else:
                 mail_reply = yield p.command(mail)
                 got_mail(mail_reply)
