@@ -191,6 +191,7 @@ class Session:
 
         try:
             data_reply: Reply | None = None
+            final: Reply | None = None
             chunked = rest is None and "CHUNKING" in ext and "PIPELINING" in ext
             if "PIPELINING" in ext:
                 if chunked:
@@ -210,13 +211,9 @@ class Session:
                 stage = "end of DATA" if chunked else "DATA"
                 last: Reply = yield waiters[-1]
                 if chunked:
-                    if mail_reply.ok:
-                        for i in accepted:
-                            results[i] = self._result(rcpts[i], last, stage, sent=last.ok)
-                    if not last.ok:
-                        yield self._reset()
-                    return [results[i] for i in range(len(rcpts))]
-                data_reply = last
+                    final = last  # the text went with it: BDAT LAST answers as the end of DATA
+                else:
+                    data_reply = last
             else:
                 mail_reply = yield p.command(mail)
                 got_mail(mail_reply)
@@ -227,22 +224,24 @@ class Session:
                     if accepted:
                         stage = "DATA"
                         data_reply = yield p.command("DATA")
-            if not mail_reply.ok:
-                if data_reply is not None and data_reply.code == 354:
-                    yield p.command(".", self.settings.timeouts.data)  # end it empty
-                yield self._reset()
-                return [results[i] for i in range(len(rcpts))]
-            if not accepted or data_reply is None or data_reply.code != 354:
-                if accepted and data_reply is not None:
-                    for i in accepted:
-                        results[i] = self._result(rcpts[i], data_reply, "DATA")
-                if data_reply is not None and data_reply.code == 354:
-                    # a server that took DATA with no recipient: end it empty, nobody gets it
-                    yield p.command(".", self.settings.timeouts.data)
-                yield self._reset()
-                return [results[i] for i in range(len(rcpts))]
-            stage = "end of DATA"
-            final = yield self._send_body(head, rest)
+            if final is None:
+                if not mail_reply.ok:
+                    if data_reply is not None and data_reply.code == 354:
+                        yield p.command(".", self.settings.timeouts.data)  # end it empty
+                    yield self._reset()
+                    return [results[i] for i in range(len(rcpts))]
+                if not accepted or data_reply is None or data_reply.code != 354:
+                    if accepted and data_reply is not None:
+                        for i in accepted:
+                            results[i] = self._result(rcpts[i], data_reply, "DATA")
+                    if data_reply is not None and data_reply.code == 354:
+                        # a server that took DATA with no recipient: end it empty, nobody gets it
+                        yield p.command(".", self.settings.timeouts.data)
+                    yield self._reset()
+                    return [results[i] for i in range(len(rcpts))]
+                stage = "end of DATA"
+                final = yield self._send_body(head, rest)
+            # (accepted is empty when MAIL FROM was refused: got_rcpt takes nobody then)
             for i in accepted:
                 results[i] = self._result(rcpts[i], final, "end of DATA", sent=final.ok)
             if not final.ok:
