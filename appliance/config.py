@@ -292,6 +292,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lock_stale_after": Key(
             duration, "5m", "a mailbox's session lock not refreshed this long is stale"
         ),
+        "quick_store_calls": Key(
+            boolean, "yes", "small messages read ahead of RETR on the reactor while that is fast"
+        ),
     },
     "imap": {
         "listen": Key(addresses(143), "", "IMAP with STARTTLS, e.g. 127.0.1.1:143"),

@@ -11,6 +11,7 @@ IMAP's `NO [AUTHENTICATIONFAILED]`; the protocol takes over once the credentials
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.cred.error import UnauthorizedLogin
@@ -30,10 +31,19 @@ from appliance.interfaces import (
 from appliance.limits import ConnectionSlots, ServiceSettings
 from appliance.log import printable
 from appliance.sasl import UNTHROTTLED
-from appliance.workers import WorkerPool
+from appliance.workers import QuickCalls, WorkerPool
 
 SessionT = TypeVar("SessionT", bound=protocol.Protocol)
-SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class AccessSettings(ServiceSettings, Protocol):
+    """What AccessFactory reads of POP3Settings and IMAPSettings beyond the connection limits."""
+
+    @property
+    def quick_store_calls(self) -> bool: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=AccessSettings)
 
 
 class AccessFactory(protocol.ServerFactory[SessionT], Generic[SessionT, SettingsT]):
@@ -45,7 +55,10 @@ class AccessFactory(protocol.ServerFactory[SessionT], Generic[SessionT, Settings
     tls: the context for STLS/STARTTLS, None for none; throttle: the shared login throttle,
     None for none; pool: the worker threads every blocking store call runs in; events: the
     mail event stream's Logger; reactor: for deadlines and delays; slots: the service's
-    connection slots shared by its ports (default: this listener's own).
+    connection slots shared by its ports (default: this listener's own). `quick` runs the
+    store calls that write nothing (folder looks, small reads) on the reactor while they stay
+    cheap (appliance.workers.QuickCalls), one for the listener, so a store found slow sends
+    every session's calls to the pool.
     """
 
     session_class: type[SessionT]
@@ -74,6 +87,11 @@ class AccessFactory(protocol.ServerFactory[SessionT], Generic[SessionT, Settings
         self.events = events
         self.reactor = reactor
         self.slots = slots if slots is not None else ConnectionSlots.for_service(settings)
+
+    @cached_property
+    def quick(self) -> QuickCalls:
+        """The listener's QuickCalls over its pool (quick_store_calls false: always the pool)."""
+        return QuickCalls(self.pool, enabled=self.settings.quick_store_calls)
 
     def buildProtocol(self, addr: IAddress | None) -> SessionT:  # noqa: N802 (Twisted's API)
         return self.session_class(self)  # type: ignore[call-arg]

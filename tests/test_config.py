@@ -302,6 +302,23 @@ def test_imap_section_defaults_and_rfc_minimum(tmp_path: Path) -> None:
     ]
 
 
+def test_quick_store_calls_reach_the_pop3_and_imap_listeners(tmp_path: Path) -> None:
+    """[pop3] and [imap] quick_store_calls: on by default, `no` turns them off in the
+    settings the listeners are built with, anything else names the key."""
+    from appliance.service.access import imap_settings, pop3_settings
+
+    head = "[appliance]\nhostname = mail.example.test\n"
+    cfg = config.load(write(tmp_path, head))
+    assert pop3_settings(cfg).quick_store_calls and imap_settings(cfg).quick_store_calls
+    cfg = config.load(
+        write(tmp_path, head + "[pop3]\nquick_store_calls = no\n[imap]\nquick_store_calls = no\n")
+    )
+    assert not pop3_settings(cfg).quick_store_calls
+    assert not imap_settings(cfg).quick_store_calls
+    [problem] = problems_of(write(tmp_path, head + "[pop3]\nquick_store_calls = often\n"))
+    assert problem.startswith("lab.ini: [pop3] quick_store_calls: ") and "'often'" in problem
+
+
 def test_dns_servfail_ttl_default_and_rfc_maximum(tmp_path: Path) -> None:
     """[dns] servfail_ttl: 1s by default (BIND's servfail-ttl), 0 allowed, at most RFC 2308's
     five minutes."""

@@ -4,23 +4,15 @@ service.py builds one IMAPFactory per port (143 with STARTTLS, 993 with implicit
 wraps in TLSMemoryBIOFactory) and hands it the seams of appliance.interfaces; nothing in
 appliance.imap knows which class is behind them. The store is used for folders, listings,
 flags, APPEND, COPY and watch(); `quick` runs its cheap calls, which write nothing, on the
-reactor while they stay cheap (appliance.workers.QuickCalls); the reactor also polls IDLE.
+reactor while they stay cheap (AccessFactory.quick); the reactor also polls IDLE.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from appliance.imap.session import IMAPSession
 from appliance.imap.settings import IMAPSettings
 from appliance.login import AccessFactory
-from appliance.workers import QuickCalls
 
 
 class IMAPFactory(AccessFactory[IMAPSession, IMAPSettings]):
     session_class = IMAPSession
-
-    @cached_property
-    def quick(self) -> QuickCalls:
-        """The listener's QuickCalls over its pool ([imap] quick_store_calls)."""
-        return QuickCalls(self.pool, enabled=self.settings.quick_store_calls)

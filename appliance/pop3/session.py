@@ -287,7 +287,7 @@ class POP3Session(LineConnection):
                 self.release_lock()
                 return
             self.maildrop = maildrop
-            self.readahead = ReadAhead(pool.run, maildrop)
+            self.readahead = ReadAhead(self.factory.quick.run, maildrop)
             self.login = login
             self.method = method
             self.state = TRANSACTION

@@ -30,3 +30,6 @@ class POP3Settings:
     max_errors: int = 20
     plaintext_networks: tuple[Network, ...] = ()  # USER/PASS, PLAIN, LOGIN without TLS here
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # CRAM-MD5 added when the backend can
+    # the windows of small messages read ahead of RETR are read on the reactor while that
+    # takes microseconds (appliance.workers.QuickCalls); False: always in the pool
+    quick_store_calls: bool = True

@@ -104,9 +104,18 @@ def make_pop3_service(
     throttle: FailureThrottle,
 ) -> service.MultiService:
     """The 110 (STLS) and 995 listeners over the store the queue delivers into."""
-    cfg = prepared.config
+    p = prepared.config.pop3
+    settings = pop3_settings(prepared.config)
+    ports = ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s"))
+    return _access_service(
+        prepared, "pop3", ports, POP3Factory, settings, store, pool, reactor, throttle
+    )
+
+
+def pop3_settings(cfg: Config) -> POP3Settings:
+    """What the [pop3] and [auth] sections say a POP3 listener does."""
     p = cfg.pop3
-    settings = POP3Settings(
+    return POP3Settings(
         hostname=cfg.appliance.hostname,
         max_command_line=p.max_command_line,
         limits=_limits(p),
@@ -115,10 +124,7 @@ def make_pop3_service(
         max_errors=p.max_errors,
         plaintext_networks=cfg.auth.plaintext_networks,
         mechanisms=cfg.auth.mechanisms,
-    )
-    ports = ((False, p.listen, "pop3"), (True, p.pop3s_listen, "pop3s"))
-    return _access_service(
-        prepared, "pop3", ports, POP3Factory, settings, store, pool, reactor, throttle
+        quick_store_calls=p.quick_store_calls,
     )
 
 
@@ -135,9 +141,18 @@ def make_imap_service(
     throttle: FailureThrottle,
 ) -> service.MultiService:
     """The 143 (STARTTLS) and 993 listeners, as POP3's."""
-    cfg = prepared.config
+    i = prepared.config.imap
+    settings = imap_settings(prepared.config)
+    ports = ((False, i.listen, "imap"), (True, i.imaps_listen, "imaps"))
+    return _access_service(
+        prepared, "imap", ports, IMAPFactory, settings, store, pool, reactor, throttle
+    )
+
+
+def imap_settings(cfg: Config) -> IMAPSettings:
+    """What the [imap] and [auth] sections say an IMAP listener does."""
     i = cfg.imap
-    settings = IMAPSettings(
+    return IMAPSettings(
         hostname=cfg.appliance.hostname,
         max_command_line=i.max_command_line,
         max_literal=i.max_literal,
@@ -149,8 +164,4 @@ def make_imap_service(
         mechanisms=cfg.auth.mechanisms,
         idle_poll=i.idle_poll,
         quick_store_calls=i.quick_store_calls,
-    )
-    ports = ((False, i.listen, "imap"), (True, i.imaps_listen, "imaps"))
-    return _access_service(
-        prepared, "imap", ports, IMAPFactory, settings, store, pool, reactor, throttle
     )

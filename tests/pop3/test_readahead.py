@@ -1,13 +1,28 @@
 """Small messages read ahead of RETR (appliance.pop3.readahead) through a whole session:
-what is read when, within what bounds, and that every answer is still exactly the message."""
+what is read when, within what bounds, and that every answer is still exactly the message.
+
+Most tests follow the windows through the worker pool (`pooled`: [pop3] quick_store_calls
+off, as every read is once reads are found slow), where each read is a job the harness
+records; the last ones check the default, windows read on the reactor by the listener's
+QuickCalls, and its way back to the pool."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+
+import pytest
 
 from appliance.pop3.readahead import BUDGET, WINDOW
 from appliance.pop3.stream import stuffed
 from tests.pop3.conftest import Harness
+
+
+@pytest.fixture
+def pooled(pop: Harness) -> Harness:
+    """The harness with quick_store_calls off: every window read is a pool job."""
+    pop.settings = dataclasses.replace(pop.settings, quick_store_calls=False)
+    return pop
 
 
 def small(i: int, size: int = 200) -> bytes:
@@ -34,7 +49,8 @@ def held(c) -> list[int]:
     return sorted(c.session.readahead.held)
 
 
-def test_window_read_in_one_job_then_next_window_once_half_used(pop: Harness) -> None:
+def test_window_read_in_one_job_then_next_window_once_half_used(pooled: Harness) -> None:
+    pop = pooled
     """RETR 1 reads messages 1..WINDOW in one job; the next window is read once half of the
     first is used; every answer is the message, stuffed, byte for byte."""
     msgs = [small(i) for i in range(WINDOW * 2 + 5)]
@@ -55,7 +71,8 @@ def test_window_read_in_one_job_then_next_window_once_half_used(pop: Harness) ->
     assert c.session.readahead.held == {}
 
 
-def test_window_bounded_by_budget(pop: Harness) -> None:
+def test_window_bounded_by_budget(pooled: Harness) -> None:
+    pop = pooled
     """Bigger messages: a window holds no more than BUDGET octets."""
     size = 20 * 1024
     msgs = [small(i, size) for i in range(20)]
@@ -66,7 +83,8 @@ def test_window_bounded_by_budget(pop: Harness) -> None:
     assert ra.held_bytes <= BUDGET
 
 
-def test_big_message_streamed_and_window_stops_before_it(pop: Harness) -> None:
+def test_big_message_streamed_and_window_stops_before_it(pooled: Harness) -> None:
+    pop = pooled
     """A message over 64 KiB is never read ahead: a window ends before it, the next one
     skips it, and it is streamed."""
     big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 100
@@ -82,7 +100,8 @@ def test_big_message_streamed_and_window_stops_before_it(pop: Harness) -> None:
     assert held(c) == [5]
 
 
-def test_message_removed_meanwhile_answered_err_others_fine(pop: Harness) -> None:
+def test_message_removed_meanwhile_answered_err_others_fine(pooled: Harness) -> None:
+    pop = pooled
     """A message whose file went away (another node, IMAP) before it was read: -ERR for it,
     the others are answered."""
     msgs = [small(i) for i in range(3)]
@@ -98,7 +117,8 @@ def test_message_removed_meanwhile_answered_err_others_fine(pop: Harness) -> Non
     assert c.send(b"RETR 3\r\n") == answer(msgs[2])
 
 
-def test_top_keeps_the_bytes_for_the_retr_after_it(pop: Harness) -> None:
+def test_top_keeps_the_bytes_for_the_retr_after_it(pooled: Harness) -> None:
+    pop = pooled
     """TOP answers from what was read ahead and keeps it: the RETR after it needs no job."""
     msgs = [small(i) for i in range(3)]
     c = session(pop, msgs)
@@ -107,7 +127,8 @@ def test_top_keeps_the_bytes_for_the_retr_after_it(pop: Harness) -> None:
     assert pop.pool.calls == ["read"]
 
 
-def test_deleted_messages_not_read(pop: Harness) -> None:
+def test_deleted_messages_not_read(pooled: Harness) -> None:
+    pop = pooled
     """Messages marked deleted are left out of a window."""
     msgs = [small(i) for i in range(5)]
     c = session(pop, msgs)
@@ -116,7 +137,8 @@ def test_deleted_messages_not_read(pop: Harness) -> None:
     assert held(c) == [3, 5]
 
 
-def test_jump_lets_what_the_client_passed_go(pop: Harness) -> None:
+def test_jump_lets_what_the_client_passed_go(pooled: Harness) -> None:
+    pop = pooled
     """A client jumping ahead: what it skipped is let go, so memory stays bounded."""
     msgs = [small(i) for i in range(WINDOW * 3)]
     c = session(pop, msgs)
@@ -127,7 +149,8 @@ def test_jump_lets_what_the_client_passed_go(pop: Harness) -> None:
     assert c.session.readahead.held_bytes <= BUDGET
 
 
-def test_pipelined_retrs_wait_for_the_read_in_flight_in_order(pop: Harness) -> None:
+def test_pipelined_retrs_wait_for_the_read_in_flight_in_order(pooled: Harness) -> None:
+    pop = pooled
     """While the window is still being read, pipelined RETRs wait; then all are answered
     in order."""
     msgs = [small(i) for i in range(4)]
@@ -139,7 +162,8 @@ def test_pipelined_retrs_wait_for_the_read_in_flight_in_order(pop: Harness) -> N
     assert c.read() == expected + answer(msgs[2])
 
 
-def test_pipelined_retrs_stop_while_the_client_does_not_read(pop: Harness) -> None:
+def test_pipelined_retrs_stop_while_the_client_does_not_read(pooled: Harness) -> None:
+    pop = pooled
     """Hundreds of pipelined RETRs and a client that reads nothing: answering stops once the
     transport's buffer is full, and goes on when it drains."""
     msgs = [small(i, 4000) for i in range(200)]
@@ -158,3 +182,63 @@ def test_pipelined_retrs_stop_while_the_client_does_not_read(pop: Harness) -> No
         c.session.resumeProducing()
         out += c.read()
     assert out == b"".join(answer(m) for m in msgs)
+
+
+def reads(c) -> list[int]:
+    """The first message of each window read so far (the maildrop's read calls, recorded)."""
+    return c.session.maildrop.windows_read
+
+
+def record_reads(c) -> None:
+    drop = c.session.maildrop
+    drop.windows_read = []
+    read = drop.read
+
+    def recorded(numbers, limit):
+        numbers = list(numbers)
+        drop.windows_read.append(numbers[0])
+        return read(numbers, limit)
+
+    drop.read = recorded
+
+
+def test_windows_read_on_the_reactor_by_default(pop: Harness) -> None:
+    """[pop3] quick_store_calls (on by default): each window is read at once, inline, by
+    the listener's QuickCalls; no pool job; the same windows, the same answers."""
+    assert pop.settings.quick_store_calls
+    msgs = [small(i) for i in range(WINDOW * 2 + 5)]
+    c = session(pop, msgs)
+    record_reads(c)
+    assert c.send(b"RETR 1\r\n") == answer(msgs[0])
+    assert held(c) == list(range(2, WINDOW + 1))
+    for n in range(2, len(msgs) + 1):
+        assert c.send(b"RETR %d\r\n" % n) == answer(msgs[n - 1])
+    assert reads(c) == [1, WINDOW + 1, 2 * WINDOW + 1]
+    assert "read" not in pop.pool.calls and "_open_first" not in pop.pool.calls
+    assert c.session.factory.quick.slow_calls == 0
+
+
+def test_slow_reads_send_the_windows_to_the_pool(pop: Harness) -> None:
+    """Reads found slow (here: every call counts as slow) send every window read after the
+    third strike to the pool, for the listener's cooldown; answers stay exact."""
+    msgs = [small(i) for i in range(WINDOW * 5)]
+    c = session(pop, msgs)
+    quick = c.session.factory.quick
+    quick.slow = -1.0  # any call is slow
+    record_reads(c)
+    for n in range(1, len(msgs) + 1):
+        assert c.send(b"RETR %d\r\n" % n) == answer(msgs[n - 1])
+    assert len(reads(c)) == 5
+    assert quick.slow_calls == quick.strikes  # then the pool: no more timed inline calls
+    assert pop.pool.calls.count("recorded") == 5 - quick.strikes
+
+
+def test_quick_calls_are_the_listeners(pop: Harness) -> None:
+    """One QuickCalls per listener: a store found slow by one session sends the next
+    session's reads to the pool too."""
+    factory = pop.factory()
+    assert factory.quick is factory.quick
+    assert factory.quick.enabled
+    off = dataclasses.replace(pop.settings, quick_store_calls=False)
+    pop.settings = off
+    assert not pop.factory().quick.enabled
