@@ -1,7 +1,11 @@
-"""DNSUDPServer on a real loopback socket: the read loop's answer table, its misses, reloads."""
+"""DNSUDPServer on a real loopback socket: the read loop's answer table, its misses, reloads,
+both with batched system calls (recvmmsg/sendmmsg, Linux) and one datagram at a time."""
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.names import dns
@@ -50,24 +54,36 @@ def ask(port: int, datagrams: list[bytes], expected: int | None = None):
     return answers
 
 
-def serving(engine: DNSEngine) -> DNSUDPServer:
+def serving(engine: DNSEngine, batched: bool = True) -> DNSUDPServer:
     server = DNSUDPServer(
         0, DNSUDPProtocol(engine), interface="127.0.0.1", maxPacketSize=65535, reactor=reactor
     )
     server.startService()
     assert isinstance(server._port, DNSUDPPort)
+    server._port.batched = batched  # before its first read
     return server
 
 
+def read_path(port: DNSUDPPort) -> str:
+    """Which loop the port's reads took: 'batches' (recvmmsg) or 'one by one'."""
+    assert port._batch_checked, "no read yet"
+    return "batches" if port._batch is not None else "one by one"
+
+
+BATCHED = pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
+
+
+@BATCHED
 @pytest_twisted.inlineCallbacks
-def test_read_loop_answers_repeats_from_the_table_with_their_own_ids() -> None:
+def test_read_loop_answers_repeats_from_the_table_with_their_own_ids(batched: bool) -> None:
     """The first question goes through the engine, the next 49 are answered from the table
     inside the read loop, each with its own ID and the same bytes otherwise; a malformed copy
     still gets FORMERR and a question not ours is REFUSED, both outside the table."""
     engine = DNSEngine(Authority([example_zone()]), recursion_networks=LOOPBACK)
-    server = serving(engine)
-    port = server._port.getHost().port
-    proto, missed = server._port.protocol, []
+    server = serving(engine, batched)
+    listening = server._port
+    port = listening.getHost().port
+    proto, missed = listening.protocol, []
     slow_path = proto.answer
     proto.answer = lambda data, *rest: (missed.append(data), slow_path(data, *rest))
     try:
@@ -86,14 +102,41 @@ def test_read_loop_answers_repeats_from_the_table_with_their_own_ids() -> None:
     assert rcodes.count(dns.OK) == 49 and dns.EFORMAT in rcodes and dns.EREFUSED in rcodes
     assert engine.answered[dns.OK] == 50
     assert len(missed) == 3  # the first question, the malformed copy, the one not ours
+    linux = sys.platform.startswith("linux")
+    assert read_path(listening) == ("batches" if batched and linux else "one by one")
 
 
 @pytest_twisted.inlineCallbacks
-def test_reloaded_zones_are_answered_at_once_not_from_the_table() -> None:
+def test_batches_answer_every_client_at_its_own_address() -> None:
+    """Three clients' 120 questions at once (more than one batch; few enough for the socket
+    buffers): each client gets exactly its own answers, by ID, from the table after the
+    first."""
+    engine = DNSEngine(Authority([example_zone()]), recursion_networks=LOOPBACK)
+    server = serving(engine)
+    port = server._port.getHost().port
+    try:
+        yield ask(port, [query("example.test", dns.MX, qid=1)])
+        got = yield defer.gatherResults(
+            [
+                ask(port, [query("example.test", dns.MX, qid=c * 1000 + i) for i in range(40)])
+                for c in (1, 2, 3)
+            ]
+        )
+    finally:
+        yield server.stopService()
+    for c, answers in zip((1, 2, 3), got, strict=True):
+        assert sorted(parse(a).id for a in answers) == [c * 1000 + i for i in range(40)]
+        assert all(parse(a).answers[0].type == dns.MX for a in answers)
+    assert engine.answered[dns.OK] == 121
+
+
+@BATCHED
+@pytest_twisted.inlineCallbacks
+def test_reloaded_zones_are_answered_at_once_not_from_the_table(batched: bool) -> None:
     """After Authority.replace (dkim rotate's reload) the table is empty: the next answer is
     the new zone's, over the same socket."""
     engine = DNSEngine(Authority([with_txt(b"old key")]), recursion_networks=LOOPBACK)
-    server = serving(engine)
+    server = serving(engine, batched)
     port = server._port.getHost().port
     try:
         before = yield ask(port, [query("key.example.test", dns.TXT, qid=i) for i in (1, 2)])
