@@ -9,7 +9,8 @@ message here and are answered at once, and when half the window has been used th
 is read. `run` is the listener's QuickCalls: a window of 1 KB messages in the page cache is
 read on the reactor in well under a millisecond, cheaper than handing it to a worker thread
 whose GIL hand-overs slow every send() of the reactor; once reads are found slow (a cold disk),
-windows are read by a worker job while the client reads the last answer.
+and for a maildrop of more than QUICK_MESSAGES, windows are read by a worker job while the
+client reads the last answer.
 
 It is safe to hold message bytes: a Maildir message file never changes once delivered
 (flags change its name, not its content), and the session holds the mailbox's POP3 lock.
@@ -28,6 +29,10 @@ from appliance.interfaces import Maildrop
 from appliance.pop3.stream import CHUNK
 
 SMALL = CHUNK  # a message this size or smaller is read whole (one chunk)
+# a maildrop of at most this many messages has its windows read by the listener's QuickCalls;
+# a bigger one's in the pool, since a message moved meanwhile (flags set over IMAP) makes the
+# read list the folder, which for more files than this is no quick call
+QUICK_MESSAGES = 5000
 WINDOW = 64  # messages per read-ahead
 BUDGET = 128 * 1024  # octets held per session at most (beyond one message)
 

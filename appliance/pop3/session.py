@@ -33,7 +33,7 @@ from appliance.limits import Deadlines
 from appliance.lineconn import LineConnection, write_now
 from appliance.pop3.auth import SASL_LINE_LIMIT, POP3Auth
 from appliance.pop3.events import POP3Events
-from appliance.pop3.readahead import ReadAhead
+from appliance.pop3.readahead import QUICK_MESSAGES, ReadAhead
 from appliance.pop3.stream import CHUNK, DotStuffer, TopCut, stuffed
 
 if TYPE_CHECKING:
@@ -287,7 +287,8 @@ class POP3Session(LineConnection):
                 self.release_lock()
                 return
             self.maildrop = maildrop
-            self.readahead = ReadAhead(self.factory.quick.run, maildrop)
+            small = len(maildrop.messages) <= QUICK_MESSAGES
+            self.readahead = ReadAhead(self.factory.quick.run if small else pool.run, maildrop)
             self.login = login
             self.method = method
             self.state = TRANSACTION

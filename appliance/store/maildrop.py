@@ -102,7 +102,19 @@ class MaildirMaildrop:
 
     def read(self, numbers: Iterable[int], limit: int) -> dict[int, bytes | None]:
         wanted = [(number, self._where[self._index(number)]) for number in numbers]
-        return self.maildir.read_many(wanted, limit, lambda n: self._relocate(n - 1))
+        listing: dict[str, tuple[str, str]] | None = None
+
+        def relocate(number: int) -> tuple[str, str] | None:
+            # one listing of the folder for the whole window, however many were moved
+            nonlocal listing
+            if listing is None:
+                listing = self.maildir.files()
+            found = listing.get(self.messages[number - 1].key)
+            if found is not None:
+                self._where[number - 1] = found
+            return found
+
+        return self.maildir.read_many(wanted, limit, relocate)
 
     def _unlink(self, i: int) -> str | None:
         """Remove message i; the subdir it was removed from, None if it was gone already."""

@@ -242,3 +242,14 @@ def test_quick_calls_are_the_listeners(pop: Harness) -> None:
     off = dataclasses.replace(pop.settings, quick_store_calls=False)
     pop.settings = off
     assert not pop.factory().quick.enabled
+
+
+def test_a_big_maildrop_is_read_in_the_pool(pop: Harness, monkeypatch) -> None:
+    """A maildrop of more than QUICK_MESSAGES has its windows read by worker jobs (a moved
+    message makes a read list the folder: no quick call for a big one)."""
+    monkeypatch.setattr("appliance.pop3.session.QUICK_MESSAGES", 3)
+    msgs = [small(i) for i in range(4)]
+    c = session(pop, msgs)
+    assert c.send(b"RETR 1\r\n") == answer(msgs[0])
+    assert pop.pool.calls == ["read"]
+    assert held(c) == [2, 3, 4]

@@ -246,6 +246,24 @@ def test_maildrop_message_moved_by_imap_still_read_and_deleted(tmp_path: Path) -
     assert [m.uid for m in store.open_maildrop(USER).messages] == [2]
 
 
+def test_maildrop_read_lists_the_folder_once_however_many_moved(tmp_path: Path) -> None:
+    """A window whose messages IMAP all renamed since the snapshot costs one listing of the
+    folder, not one per message (it may be read on the reactor), and each is found."""
+    store = MaildirStore(tmp_path, "mx.test")
+    for i in range(6):
+        deliver(store, message(i))
+    drop = store.open_maildrop(USER)
+    for m in drop.messages:
+        store.set_flags(USER, "INBOX", m.key, frozenset({"\\Flagged"}))
+    listings = []
+    files = drop.maildir.files
+    drop.maildir.files = lambda: (listings.append(1), files())[1]  # type: ignore[method-assign]
+    got = drop.read(range(1, 7), 100_000)
+    assert got == {i + 1: message(i).encode() for i in range(6)}
+    assert listings == [1]
+    assert drop.read(range(1, 7), 100_000) == got and listings == [1]  # found where they are
+
+
 def test_maildrop_bad_number_refused_nothing_done(tmp_path: Path) -> None:
     """A number outside the snapshot is ValueError, and no message is touched."""
     store = MaildirStore(tmp_path, "mx.test")
