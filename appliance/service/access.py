@@ -112,20 +112,25 @@ def make_pop3_service(
     )
 
 
+def _shared_settings(cfg: Config, section: Any) -> dict[str, Any]:
+    """What POP3Settings and IMAPSettings take alike from a [pop3] or [imap] section and
+    [auth]."""
+    return {
+        "hostname": cfg.appliance.hostname,
+        "max_command_line": section.max_command_line,
+        "limits": _limits(section),
+        "max_connections": section.max_connections,
+        "max_connections_per_ip": section.max_connections_per_ip,
+        "max_errors": section.max_errors,
+        "plaintext_networks": cfg.auth.plaintext_networks,
+        "mechanisms": cfg.auth.mechanisms,
+        "quick_store_calls": section.quick_store_calls,
+    }
+
+
 def pop3_settings(cfg: Config) -> POP3Settings:
     """What the [pop3] and [auth] sections say a POP3 listener does."""
-    p = cfg.pop3
-    return POP3Settings(
-        hostname=cfg.appliance.hostname,
-        max_command_line=p.max_command_line,
-        limits=_limits(p),
-        max_connections=p.max_connections,
-        max_connections_per_ip=p.max_connections_per_ip,
-        max_errors=p.max_errors,
-        plaintext_networks=cfg.auth.plaintext_networks,
-        mechanisms=cfg.auth.mechanisms,
-        quick_store_calls=p.quick_store_calls,
-    )
+    return POP3Settings(**_shared_settings(cfg, cfg.pop3))
 
 
 def imap_enabled(config: Config) -> bool:
@@ -153,15 +158,5 @@ def imap_settings(cfg: Config) -> IMAPSettings:
     """What the [imap] and [auth] sections say an IMAP listener does."""
     i = cfg.imap
     return IMAPSettings(
-        hostname=cfg.appliance.hostname,
-        max_command_line=i.max_command_line,
-        max_literal=i.max_literal,
-        limits=_limits(i),
-        max_connections=i.max_connections,
-        max_connections_per_ip=i.max_connections_per_ip,
-        max_errors=i.max_errors,
-        plaintext_networks=cfg.auth.plaintext_networks,
-        mechanisms=cfg.auth.mechanisms,
-        idle_poll=i.idle_poll,
-        quick_store_calls=i.quick_store_calls,
+        **_shared_settings(cfg, i), max_literal=i.max_literal, idle_poll=i.idle_poll
     )
