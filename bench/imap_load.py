@@ -60,8 +60,8 @@ Each repetition runs ours and Dovecot, alternating which goes first, each with f
 fetch-each, then mix; the load average is printed before each load, a progress line a second
 while it runs (stderr), then the raw row (units, seconds, rate, our appliance's CPU: all
 threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
-and the ratio ours/Dovecot per load (the bar: >= 0.5x). Progress goes to stderr, results to
-stdout. Both servers are stopped at the end, on error and on Ctrl-C/SIGTERM (TERM, bounded
+and the ratio ours/Dovecot per load (the bar: >= 0.8x for fetch-all and imaptest, as
+bench/all.py's goals). Progress goes to stderr, results to stdout. Both servers are stopped at the end, on error and on Ctrl-C/SIGTERM (TERM, bounded
 wait, KILL). Every load stops at --timeout, each server's start at 60 s.
 """
 
@@ -98,7 +98,9 @@ from imap_client import (  # noqa: E402
     mix,
 )
 
-BAR = 0.5
+# the goals (bench/all.py): >= 0.8x Dovecot on FETCH of the whole mailbox and on imaptest's
+# load mode; the other loads are shown without one
+BARS = {"fetch-all": 0.8, "imaptest": 0.8}
 LOADS = ("fetch-all", "fetch-each", "mix")
 # UID FETCH 1:* of the whole mailbox, this many times per fetch-all load: about a second (at 5
 # rounds a load took 0.2 s, and the ratio moved by a third between runs)
@@ -473,11 +475,15 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
     for kind in kinds:
         mo, md = med[("ours", kind)], med[("dovecot", kind)]
         ratio = mo / md if mo and md else None
-        verdict = "-" if ratio is None else "PASS" if ratio >= BAR else "FAIL"
+        bar = BARS.get(kind)
         u = UNIT[kind]
+        judged = ""
+        if bar is not None:
+            verdict = "-" if ratio is None else "PASS" if ratio >= bar else "FAIL"
+            judged = f" (bar >= {bar:.1f}x: {verdict})"
         print(
             f"{kind:<10} median {u}/s: ours {pl.fmt(mo)}, dovecot {pl.fmt(md)};"
-            f" ratio ours/dovecot {pl.fmt(ratio, '.2f')}x (bar >= {BAR:.1f}x: {verdict})"
+            f" ratio ours/dovecot {pl.fmt(ratio, '.2f')}x{judged}"
         )
     print(f"load average at end: {loadavg()}")
     complete = all(len(v) == args.reps for v in cols.values())

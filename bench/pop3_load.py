@@ -38,7 +38,7 @@ over all clients). Each repetition runs ours and Dovecot, alternating which goes
 with 1 client then C clients; the load average is printed before each load, a progress line a
 second while it runs, then the raw row (messages, seconds, msg/s, our appliance's CPU: all
 threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
-and the ratios ours/Dovecot for 1 and C clients (the bar: >= 0.8x with one client).
+and the ratios ours/Dovecot for 1 and C clients (the bar: >= 1.0x for both, as bench/all.py's goal).
 CPU placement of the 1-client load (--pin): with one client the figure is a ping-pong, one
 request, one reply, so it is mostly the time it takes the two processes to wake each other. On
 a small virtual machine (this one has 2 vCPUs) a wake-up across vCPUs costs the hypervisor
@@ -86,7 +86,7 @@ from client_procs import ClientSync, run_client, run_clients  # noqa: E402
 DOMAIN = "163.com"
 SINGLE = ("user1", "user1pass")  # lab user (README: password = user + "pass")
 DV_UID = DV_GID = 65534
-BAR = 0.8
+BAR = 1.0  # the goal (bench/all.py): >= 1.0x Dovecot with one client and with C
 STOP_WAIT = 15.0
 
 
@@ -602,9 +602,9 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         f"median msg/s: ours 1 client {fmt(med[0])}, dovecot 1 client {fmt(med[1])};"
         f" ours {c} clients {fmt(med[2])}, dovecot {c} clients {fmt(med[3])}"
     )
-    verdict = "-" if r1 is None else "PASS" if r1 >= BAR else "FAIL"
-    print(f"ratio ours/dovecot, 1 client: {fmt(r1, '.2f')}x  (bar >= {BAR:.1f}x: {verdict})")
-    print(f"ratio ours/dovecot, {c} clients: {fmt(rc, '.2f')}x")
+    for label, r in (("1 client", r1), (f"{c} clients", rc)):
+        verdict = "-" if r is None else "PASS" if r >= BAR else "FAIL"
+        print(f"ratio ours/dovecot, {label}: {fmt(r, '.2f')}x  (bar >= {BAR:.1f}x: {verdict})")
     print(f"load average at end: {loadavg()}")
     complete = all(len(x) == args.reps for x in cols)
     return 0 if complete else 1
