@@ -20,8 +20,9 @@ Blocking: worker thread only.
 from __future__ import annotations
 
 import errno
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from twisted.logger import Logger
@@ -79,10 +80,12 @@ class MaildirMaildrop:
             raise ValueError(f"no message {number!r} in this maildrop")
         return number - 1
 
-    def _relocate(self, i: int) -> tuple[str, str] | None:
+    def _relocate(
+        self, i: int, files: Callable[[], dict[str, tuple[str, str]]] | None = None
+    ) -> tuple[str, str] | None:
         """Where message i is now (an IMAP session may have moved it or changed its flags),
-        or None if it is gone."""
-        found = self.maildir.files().get(self.messages[i].key)
+        or None if it is gone; files: the folder's listing (default: list it now)."""
+        found = (files or self.maildir.files)().get(self.messages[i].key)
         if found is not None:
             self._where[i] = found
         return found
@@ -102,19 +105,8 @@ class MaildirMaildrop:
 
     def read(self, numbers: Iterable[int], limit: int) -> dict[int, bytes | None]:
         wanted = [(number, self._where[self._index(number)]) for number in numbers]
-        listing: dict[str, tuple[str, str]] | None = None
-
-        def relocate(number: int) -> tuple[str, str] | None:
-            # one listing of the folder for the whole window, however many were moved
-            nonlocal listing
-            if listing is None:
-                listing = self.maildir.files()
-            found = listing.get(self.messages[number - 1].key)
-            if found is not None:
-                self._where[number - 1] = found
-            return found
-
-        return self.maildir.read_many(wanted, limit, relocate)
+        files = functools.cache(self.maildir.files)  # one listing however many were moved
+        return self.maildir.read_many(wanted, limit, lambda n: self._relocate(n - 1, files))
 
     def _unlink(self, i: int) -> str | None:
         """Remove message i; the subdir it was removed from, None if it was gone already."""
