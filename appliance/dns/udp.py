@@ -189,9 +189,9 @@ class DNSUDPPort(udp.Port):
                 hit = table.get(key)
                 if hit is not None:
                     answered[hit[1] & 15] += 1
-                    if batch.answer(i, data[:2] + hit):
-                        continue
-                    send_datagram(self.socket.sendto, data[:2] + hit, batch.address(i))
+                    answer = data[:2] + hit
+                    if not batch.answer(i, answer):  # longer than a slot: on its own
+                        send_datagram(self.socket.sendto, answer, batch.address(i))
                     continue
                 try:
                     proto.answer(data, batch.address(i), table, key)
