@@ -61,8 +61,9 @@ fetch-each, then mix; the load average is printed before each load, a progress l
 while it runs (stderr), then the raw row (units, seconds, rate, our appliance's CPU: all
 threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
 and the ratio ours/Dovecot per load (the bar: >= 0.8x for fetch-all and imaptest, as
-bench/all.py's goals). Progress goes to stderr, results to stdout. Both servers are stopped at the end, on error and on Ctrl-C/SIGTERM (TERM, bounded
-wait, KILL). Every load stops at --timeout, each server's start at 60 s.
+bench/all.py's goals). Progress goes to stderr, results to stdout. Both servers are stopped
+at the end, on error and on Ctrl-C/SIGTERM (TERM, bounded wait, KILL). Every load stops at
+--timeout, each server's start at 60 s.
 """
 
 from __future__ import annotations
@@ -477,10 +478,7 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         ratio = mo / md if mo and md else None
         bar = BARS.get(kind)
         u = UNIT[kind]
-        judged = ""
-        if bar is not None:
-            verdict = "-" if ratio is None else "PASS" if ratio >= bar else "FAIL"
-            judged = f" (bar >= {bar:.1f}x: {verdict})"
+        judged = "" if bar is None else f" (bar >= {bar:.1f}x: {pl.verdict(ratio, bar)})"
         print(
             f"{kind:<10} median {u}/s: ours {pl.fmt(mo)}, dovecot {pl.fmt(md)};"
             f" ratio ours/dovecot {pl.fmt(ratio, '.2f')}x{judged}"

@@ -38,7 +38,8 @@ over all clients). Each repetition runs ours and Dovecot, alternating which goes
 with 1 client then C clients; the load average is printed before each load, a progress line a
 second while it runs, then the raw row (messages, seconds, msg/s, our appliance's CPU: all
 threads and its main thread, the reactor; 100% = one core). At the end: the raw rows, medians
-and the ratios ours/Dovecot for 1 and C clients (the bar: >= 1.0x for both, as bench/all.py's goal).
+and the ratios ours/Dovecot for 1 and C clients (the bar: >= 1.0x for both, as bench/all.py's
+goal).
 CPU placement of the 1-client load (--pin): with one client the figure is a ping-pong, one
 request, one reply, so it is mostly the time it takes the two processes to wake each other. On
 a small virtual machine (this one has 2 vCPUs) a wake-up across vCPUs costs the hypervisor
@@ -460,6 +461,11 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
     return format(x, spec) if x is not None else "-"
 
 
+def verdict(ratio: float | None, bar: float) -> str:
+    """PASS or FAIL of a ratio against its bar ('-' without a ratio)."""
+    return "-" if ratio is None else "PASS" if ratio >= bar else "FAIL"
+
+
 def describe(o: Outcome) -> str:
     return (
         f"{o.server:>8} {o.clients:>2} client(s): {o.done}/{o.messages} msgs in"
@@ -603,8 +609,9 @@ def run(args: argparse.Namespace, sink: Results | None = None) -> int:
         f" ours {c} clients {fmt(med[2])}, dovecot {c} clients {fmt(med[3])}"
     )
     for label, r in (("1 client", r1), (f"{c} clients", rc)):
-        verdict = "-" if r is None else "PASS" if r >= BAR else "FAIL"
-        print(f"ratio ours/dovecot, {label}: {fmt(r, '.2f')}x  (bar >= {BAR:.1f}x: {verdict})")
+        print(
+            f"ratio ours/dovecot, {label}: {fmt(r, '.2f')}x  (bar >= {BAR:.1f}x: {verdict(r, BAR)})"
+        )
     print(f"load average at end: {loadavg()}")
     complete = all(len(x) == args.reps for x in cols)
     return 0 if complete else 1
