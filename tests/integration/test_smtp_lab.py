@@ -371,6 +371,7 @@ def test_disk_full_452_and_nothing_left(tmp_path, small_disk) -> None:
             assert c.data(big) == (452, b"4.3.1 Insufficient system storage")
             maildir = a.maildir("user1@163.com")
             leftovers = [p for p in (a.state / "queue").rglob("*") if p.is_file()]
+            leftovers = [p for p in leftovers if p.parent.name != "spare" or p.stat().st_size]
             leftovers += [p for p in maildir.rglob("*") if p.is_file()] if maildir.exists() else []
             assert leftovers == []
             c.sendmail("x@example.org", ["user1@163.com"], b"Subject: small\r\n\r\nfits\r\n")

@@ -67,7 +67,10 @@ def copy_of(address: str, data: bytes = BODY, mail_from: str = "sender@remote.te
 
 
 def files_under(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    """The queue's files, without spare/ (emptied files kept for reuse: checked empty)."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert [p for p in files if p.parent.name == "spare" and p.stat().st_size] == []
+    return sorted(str(p.relative_to(path)) for p in files if p.parent.name != "spare")
 
 
 class Made:
