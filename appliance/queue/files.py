@@ -97,6 +97,9 @@ class QueueFiles:
                 fsync_dir(d.parent)
         # names in spare/; deque.popleft/append are atomic, so worker threads share it unlocked
         self._spares = collections.deque(os.listdir(self.spare))
+        for name in self._spares:  # bytes left by a crash inside retire() go now
+            if os.stat(f"{self.spare}/{name}").st_size:
+                os.truncate(f"{self.spare}/{name}", 0)
         self._reuse = True
         # spare names: unique in this run (count() is safe across threads), and not those of
         # an earlier run (the prefix is the start time)

@@ -77,7 +77,8 @@ def test_a_spare_with_bytes_left_is_emptied_when_reused(tmp_path):
     """retire() renames, then empties: a crash in between leaves bytes, never reused as such."""
     q = make(tmp_path)
     Path(q.spare, "leftover").write_bytes(b"old message " * 100)
-    q = make(tmp_path)  # a restart: spare/ is listed again
+    q = make(tmp_path)  # a restart: spare/ is listed again, and emptied
+    assert os.stat(f"{q.spare}/leftover").st_size == 0
     fd = q.create_tmp("AAAAAAAAA1")
     assert fd is not None
     os.write(fd, b"new")
