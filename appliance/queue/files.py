@@ -96,10 +96,8 @@ class QueueFiles:
                 d.mkdir(DIR_MODE, parents=True, exist_ok=True)
                 fsync_dir(d.parent)
         # names in spare/; deque.popleft/append are atomic, so worker threads share it unlocked
-        self._spares = collections.deque(os.listdir(self.spare))
-        for name in self._spares:  # bytes left by a crash inside retire() go now
-            if os.stat(f"{self.spare}/{name}").st_size:
-                os.truncate(f"{self.spare}/{name}", 0)
+        # bytes left by a crash inside retire() go now
+        self._spares = collections.deque(n for n in os.listdir(self.spare) if self._emptied(n))
         self._reuse = True
         # spare names: unique in this run (count() is safe across threads), and not those of
         # an earlier run (the prefix is the start time)
@@ -136,7 +134,8 @@ class QueueFiles:
                 break
             try:
                 os.unlink(spare)  # the inode lives on under path
-                return os.open(path, OPEN_SPARE)  # O_TRUNC: empty even if retire() was cut short
+                # O_TRUNC: empty even if someone wrote to it behind our back
+                return os.open(path, OPEN_SPARE)
             except BaseException:
                 unlink_quietly(path)
                 raise
@@ -162,13 +161,22 @@ class QueueFiles:
             os.rename(path, spare)
         except FileNotFoundError:
             return
+        if self._emptied(name):
+            self._spares.append(name)
+
+    def _emptied(self, name: str) -> bool:
+        """Empty spare/<name>; False (and the file removed) if it cannot be: a spare never
+        keeps a message's bytes."""
+        spare = f"{self.spare}/{name}"
         try:
             os.truncate(spare, 0)
+        except FileNotFoundError:
+            return False
         except OSError as e:
-            unlink_quietly(spare)  # never keep a message's bytes around
+            unlink_quietly(spare)
             self.log.warn("cannot empty {path}: {reason}", path=spare, reason=str(e))
-            return
-        self._spares.append(name)
+            return False
+        return True
 
     # -- receiving
 

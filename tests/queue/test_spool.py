@@ -25,6 +25,7 @@ from appliance.queue.queue import Queue
 from appliance.service import build_queue
 from appliance.store.store import MaildirStore
 from tests.conftest import REPO
+from tests.queue.test_scheduler import files_under
 
 BODY = (
     b"Received: from client.test (unknown [127.0.0.1])\r\n\tby mx.test (mailappliance)\r\n"
@@ -64,13 +65,6 @@ def delivered(store: MaildirStore, address: str) -> list[bytes]:
 
 def copy_of(address: str, data: bytes = BODY, mail_from: str = "sender@remote.test") -> bytes:
     return f"Return-Path: <{mail_from}>\r\nDelivered-To: {address}\r\n".encode() + data
-
-
-def files_under(path: Path) -> list[str]:
-    """The queue's files, without spare/ (emptied files kept for reuse: checked empty)."""
-    files = [p for p in path.rglob("*") if p.is_file()]
-    assert [p for p in files if p.parent.name == "spare" and p.stat().st_size] == []
-    return sorted(str(p.relative_to(path)) for p in files if p.parent.name != "spare")
 
 
 class Made:
