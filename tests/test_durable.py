@@ -101,3 +101,25 @@ def test_atomic_replace_refuses_a_device_or_folder(tmp_path) -> None:
     atomic_replace(tmp_path / "f", b"2", 0o600)
     assert (tmp_path / "f").read_bytes() == b"2"
     assert sorted(os.listdir(tmp_path)) == ["f", "null"]
+
+
+def test_write_chunks_joins_small_neighbours_and_keeps_the_order(tmp_path, monkeypatch) -> None:
+    """Small chunks go out in one write, a large one on its own; the bytes are all there, in
+    order, and the count returned is theirs."""
+    writes: list[int] = []
+    real_write = os.write
+
+    def write(fd: int, data) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    chunks = [b"a" * 100, b"b" * 200, b"c" * 100_000, b"d" * 10, b"e" * 20]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert durable.write_chunks(fd, chunks) == sum(map(len, chunks))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
+    assert writes == [300, 100_000, 30]

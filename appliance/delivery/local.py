@@ -9,6 +9,8 @@ ways in, both durable before they report SENT:
 - `start_streaming()`: the fast path for a message with a single local mailbox. The bytes go
   into the mailbox's temporary file as SMTP receives them (buffered so a small message costs
   one write, in commit's thread), and commit publishes it, so the 250 needs no queue file.
+  What the caller already holds whole (the filters' buffer) it hands to commit instead,
+  which writes it in its thread: the reactor then creates and writes no file at all.
 
 Watchers of the store hear of each new message (announce) once it is durable.
 """
@@ -16,7 +18,7 @@ Watchers of the store hear of each new message (announce) once it is durable.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -201,16 +203,25 @@ class LocalStream:
                     raise DiskFull(str(e)) from e
                 raise
 
-    def commit(self) -> Deferred[RecipientResult]:
+    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[RecipientResult]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        folder = folder_for(bytes(self._head))
-        return self.target.pool.run(self._finish, data, folder).addCallback(self._sent)
+        d = self.target.pool.run(self._finish, data, self._head, rest)
+        return d.addCallback(self._sent)
 
-    def _finish(self, data: bytes, folder: str) -> str:
-        """Thread: the rest of the bytes, fsync, then into the mailbox durably."""
-        self.new.write_rest(data)
-        return self.new.publish(folder)
+    def _finish(self, data: bytes, head: bytearray, rest: Iterable[bytes]) -> str:
+        """Thread: the buffered bytes and the rest, fsync, then into the mailbox durably
+        (the folder that the message's first HEAD octets call for)."""
+
+        def chunks() -> Iterator[bytes]:
+            yield data
+            for chunk in rest:
+                if len(head) < HEAD:
+                    head.extend(chunk[: HEAD - len(head)])
+                yield chunk
+
+        self.new.write_rest(chunks())
+        return self.new.publish(folder_for(bytes(head)))
 
     def _sent(self, key: str) -> RecipientResult:
         self.target.store.announce(self.mailbox)

@@ -14,7 +14,7 @@ Deferreds fire on the reactor thread.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -128,13 +128,18 @@ class IncomingMessage(Protocol):
     it fails with DiskFull or OSError otherwise, and then nothing is left half-written.
     abort() discards everything written so far and may be called at any time, even twice;
     once commit() has been called it does nothing (the message may already be durable).
+
+    commit(rest) takes the message's remaining bytes as well, after everything write() took:
+    rest is iterated in the commit's worker thread, so a message the caller already holds
+    whole (the filters' BodyBuffer) is written to disk off the reactor. The caller leaves
+    rest's source alone until the Deferred has fired.
     """
 
     queue_id: str
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self) -> Deferred[str]: ...
+    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[str]: ...
 
     def abort(self) -> None: ...
 
@@ -522,12 +527,12 @@ class StreamingDelivery(Protocol):
     The fast path: the message becomes durable at its destination before the client's 250,
     with no spool file. write() may raise DiskFull; commit() fires with the result only once
     the message is durable, or fails (DiskFull, OSError) with nothing left behind; abort()
-    as for IncomingMessage.
+    and commit()'s rest as for IncomingMessage.
     """
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self) -> Deferred[RecipientResult]: ...
+    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[RecipientResult]: ...
 
     def abort(self) -> None: ...
 

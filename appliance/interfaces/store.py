@@ -45,8 +45,8 @@ class NewMessage(Protocol):
 
     def write(self, data: bytes | bytearray) -> None: ...
 
-    def write_rest(self, data: bytes) -> None:
-        """Blocking: create the file if needed, append data, fsync it."""
+    def write_rest(self, chunks: Iterable[bytes]) -> None:
+        """Blocking: create the file if needed, append the chunks, fsync it."""
         ...
 
     def publish(self, folder: str = "INBOX") -> str:

@@ -15,14 +15,14 @@ could lose a message the sender will consider delivered if the 250 still reaches
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from appliance.durable import close_quietly, is_disk_full, unlink_quietly, write_all
+from appliance.durable import close_quietly, is_disk_full, unlink_quietly, write_all, write_chunks
 from appliance.interfaces import DiskFull, Envelope, RecipientResult, StreamingDelivery
 from appliance.queue.envelope import QueueEntry
 
@@ -71,19 +71,26 @@ class _Message:
         elif self.state == "failed":
             self.state = "aborted"  # its files went when it failed
 
-    def commit(self) -> Deferred[str]:
+    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[str]:
         if self.state != "open":
             if self._disk_full:
                 return defer.fail(DiskFull(f"{self.queue_id}: no space left"))
             return defer.fail(RuntimeError(f"{self.queue_id}: commit() in state {self.state}"))
         self.state = "committing"
-        return self._commit().addCallbacks(self._committed, self._commit_failed)
+        return self._commit(self._counted(rest)).addCallbacks(self._committed, self._commit_failed)
+
+    def _counted(self, rest: Iterable[bytes]) -> Iterator[bytes]:
+        # iterated in the commit's thread; size is read again only once commit has fired
+        for chunk in rest:
+            self.size += len(chunk)
+            yield chunk
 
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _commit(self) -> Deferred[Any]:
-        """Make it durable; on failure every file is gone before the Deferred fails."""
+    def _commit(self, rest: Iterator[bytes]) -> Deferred[Any]:
+        """Make it durable, the buffered bytes and rest (to iterate in the worker thread);
+        on failure every file is gone before the Deferred fails."""
         raise NotImplementedError
 
     def _committed(self, result: Any) -> str:
@@ -124,8 +131,8 @@ class DirectMessage(_Message):
     def _discard(self) -> None:
         self.stream.abort()
 
-    def _commit(self) -> Deferred[RecipientResult]:
-        return self.queue.track(self.stream.commit())
+    def _commit(self, rest: Iterator[bytes]) -> Deferred[RecipientResult]:
+        return self.queue.track(self.stream.commit(rest))
 
     def _committed(self, result: RecipientResult) -> str:
         self.state = "committed"
@@ -196,19 +203,29 @@ class SpooledMessage(_Message):
                     reason=str(e),
                 )
 
-    def _commit(self) -> Deferred[QueueEntry]:
+    def _commit(self, rest: Iterator[bytes]) -> Deferred[QueueEntry]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        # a message that never left the buffer is handed to the relay with its bytes
-        self._whole = data if self._fd is None else None
-        return self.queue.pool.run(self._commit_in_thread, data)
+        return self.queue.pool.run(self._commit_in_thread, data, rest)
 
-    def _commit_in_thread(self, data: bytes) -> QueueEntry:
+    def _commit_in_thread(self, data: bytes, rest: Iterator[bytes]) -> QueueEntry:
         try:
+            untouched = self._fd is None  # nothing written yet
             fd = self._fd if self._fd is not None else self._open()
             self._fd = None
+            held = [data]  # the tail, kept to write with the envelope's commit
+            held_size = len(data)
+            for chunk in rest:
+                held.append(chunk)
+                held_size += len(chunk)
+                if held_size >= WRITE_BUFFER:
+                    write_chunks(fd, held)
+                    held, held_size, untouched = [], 0, False
+            tail = b"".join(held)
+            # a message that never left memory is handed to the relay with its bytes
+            self._whole = tail if untouched else None
             entry = QueueEntry(self.queue_id, self.envelope, self.arrival, self.size)
-            self.queue.files.commit(fd, data, entry, self.target_dir)
+            self.queue.files.commit(fd, tail, entry, self.target_dir)
         except BaseException:
             self._discard()
             raise

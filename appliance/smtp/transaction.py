@@ -14,7 +14,7 @@ and answered with its queue id. Refusals are logged as reject events.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -394,8 +394,10 @@ def _end_of_data(session: SMTPSession, incoming: Incoming) -> None:
 
 
 def _filter_then_commit(session: SMTPSession, incoming: Incoming, message: IncomingMessage) -> None:
-    """The filters decide on the text in the buffer; accepted, it goes to the sink after
-    the headers they add, then the message is committed."""
+    """The filters decide on the text in the buffer; accepted, the headers they add go to
+    the sink, and the commit takes the text from the buffer in its own thread (the reactor
+    neither reads the buffer's file nor writes the message's); the buffer is let go once
+    the commit is over."""
     chain = session.factory.filters
     buffer = incoming.buffer
     assert chain is not None and buffer is not None
@@ -412,14 +414,16 @@ def _filter_then_commit(session: SMTPSession, incoming: Incoming, message: Incom
         try:
             for header in verdict.headers:
                 message.write(header.encode("utf-8") + b"\r\n")
-            for chunk in buffer.chunks():
-                message.write(chunk)
         except DiskFull:
             incoming.abort()
             session.reply(452, "4.3.1", "Insufficient system storage")
             return None
-        incoming.close_buffer()
-        return _commit_deferred(session, message)
+
+        def let_go(result: None | Failure) -> None | Failure:
+            incoming.close_buffer()
+            return result
+
+        return _commit_deferred(session, message, buffer.chunks()).addBoth(let_go)
 
     def failed(failure: Failure) -> None:
         incoming.abort()
@@ -433,9 +437,12 @@ def _commit(session: SMTPSession, message: IncomingMessage) -> None:
     session.wait(_commit_deferred(session, message), "commit")
 
 
-def _commit_deferred(session: SMTPSession, message: IncomingMessage) -> defer.Deferred[None]:
-    """Commit, then 250 with the queue id, or the reply saying why not."""
-    d = defer.maybeDeferred(message.commit)
+def _commit_deferred(
+    session: SMTPSession, message: IncomingMessage, rest: Iterable[bytes] = ()
+) -> defer.Deferred[None]:
+    """Commit (with rest, the bytes the commit's thread reads), then 250 with the queue id,
+    or the reply saying why not."""
+    d = defer.maybeDeferred(message.commit, rest)
 
     def committed(queue_id: str) -> None:
         session.reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from twisted.logger import Logger
 
-from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all
+from appliance.durable import DirSync, close_quietly, unlink_quietly, write_all, write_chunks
 from appliance.interfaces import FolderListing, Mailbox
 from appliance.store import folders
 from appliance.store.flags import Keywords
@@ -88,12 +88,11 @@ class MaildirNewMessage:
         write_all(self._fd, data)
         self.size += len(data)
 
-    def write_rest(self, data: bytes) -> None:
+    def write_rest(self, chunks: Iterable[bytes]) -> None:
         try:
             if self._fd is None:
                 self._fd, self._name = self.maildir.create_tmp(self.hostname)
-            write_all(self._fd, data)
-            self.size += len(data)
+            self.size += write_chunks(self._fd, chunks)
             os.fsync(self._fd)
             fd, self._fd = self._fd, None
             os.close(fd)

@@ -54,6 +54,21 @@ def test_streamed_marked_message_lands_in_junk(target, data) -> None:
     assert counts["Junk"] == 1 and counts["INBOX"] == 0 and "Sent" in counts  # made for it
 
 
+@pytest.mark.parametrize("data", [SPAM, HAM])
+def test_streamed_message_given_to_commit_goes_where_its_header_says(target, data) -> None:
+    """The text handed to commit() (the filters' buffer) counts as much as written text: a
+    mark in its header sends it to Junk, one below the header does not."""
+    stream = target.start_streaming(queued(), BOX.address)
+    stream.write(b"X-Spam-Score: 0.1\r\n")  # what our filters add in front
+    results: list = []
+    stream.commit([data[:5], data[5:]]).addCallback(results.append)
+    assert results and results[0].outcome.name == "SENT"
+    folder = "Junk" if data is SPAM else "INBOX"
+    (stored,) = target.store.list_messages(BOX, folder).messages
+    text = target.store.read_messages(BOX, folder, [stored.key], 10_000)[stored.key]
+    assert text is not None and text.endswith(b"X-Spam-Score: 0.1\r\n" + data)
+
+
 def test_spooled_copies_go_where_their_header_says(target, tmp_path) -> None:
     from appliance.queue.files import SpooledBody  # what the spool hands to deliveries
 

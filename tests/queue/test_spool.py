@@ -183,6 +183,81 @@ def test_spool_large_message_streamed_in_chunks_exact_bytes(tmp_path, make_spool
     assert delivered(m.store, "b@163.test") == [copy_of("b@163.test", data)]
 
 
+class HandedToRelay:
+    """Where a remote-only message goes at commit (the relay's side of the seam)."""
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[str, bytes | None]] = []
+
+    def add(self, entry: QueueEntry, data: bytes | None) -> None:
+        self.handed.append((entry.queue_id, data))
+
+    def stop(self) -> None:
+        pass
+
+
+def drawn(chunks: list[bytes], threads: list[threading.Thread]) -> Iterator[bytes]:
+    for chunk in chunks:
+        threads.append(threading.current_thread())
+        yield chunk
+
+
+PATHS = {
+    "fast": lambda: envelope(local("user1@163.test")),
+    "spool": lambda: envelope(local("user1@163.test"), local("user2@163.test")),
+    "remote": lambda: envelope(remote("user3@sina.test")),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [1000, 300_000], ids=["small", "large"])
+@pytest_twisted.inlineCallbacks
+def test_spool_commit_takes_the_rest_in_its_thread_exact_bytes(tmp_path, make_spool, path, size):
+    """commit(rest): what write() took comes first, then rest, drawn in the commit's worker
+    thread, never on the reactor; the copy, the queue file and the logged size hold it all.
+    A remote-only message small enough to stay in memory is handed to the relay whole."""
+    m = make_spool(tmp_path)
+    m.spool.relay = relay = HandedToRelay()  # type: ignore[assignment]
+    head = b"X-Spam-Score: 0.1\r\n"
+    text = BODY + b"z" * size + b"\r\n"
+    chunks = [text[i : i + 65536] for i in range(0, len(text), 65536)]
+    threads: list[threading.Thread] = []
+    msg = m.spool.begin(PATHS[path]())
+    msg.write(head)
+    qid = yield msg.commit(drawn(chunks, threads))
+    yield m.spool.idle()
+    assert len(threads) == len(chunks)
+    assert threading.current_thread() not in threads
+    whole = head + text
+    assert m.lines[0].startswith(f"{qid}: from=<sender@remote.test>, size={len(whole)}, ")
+    if path == "remote":
+        assert (m.spool.deferred_dir / qid).read_bytes() == whole
+        assert read_queue_entry(m.spool.deferred_dir / f"{qid}.env").size == len(whole)
+        assert relay.handed == [(qid, whole if size == 1000 else None)]
+        return
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test", whole)]
+    assert files_under(m.spool.queue_dir) == []
+
+
+@pytest.mark.parametrize("two_mailboxes", [False, True], ids=["fast", "spool"])
+@pytest_twisted.inlineCallbacks
+def test_spool_disk_full_in_commits_rest_fails_diskfull_and_leaves_nothing(
+    small_tmpfs, make_spool, two_mailboxes
+):
+    """A rest larger than the file system: the commit fails with DiskFull, nothing is left."""
+    m = make_spool(small_tmpfs)
+    m.store.maildir(box("user1@163.test")).ensure()
+    rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
+    msg = m.spool.begin(envelope(*rcpts))
+    msg.write(BODY)
+    with pytest.raises(DiskFull):
+        yield msg.commit([b"x" * 65536] * 12)  # 768 KiB into 512
+    msg.abort()
+    yield m.spool.idle()
+    assert files_under(small_tmpfs) == []
+    assert m.lines == []
+
+
 # -- spool path -------------------------------------------------------------------------------
 
 

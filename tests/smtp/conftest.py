@@ -7,6 +7,7 @@ and meet the protocol in tests/integration.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pytest
@@ -52,9 +53,14 @@ class MemoryMessage:
             raise DiskFull("no space")
         self.data += data
 
-    def commit(self) -> defer.Deferred:
+    def commit(self, rest: Iterable[bytes] = ()) -> defer.Deferred:
         if self.sink.fail_commit is not None:
             return defer.fail(self.sink.fail_commit)
+        if self.sink.hold:  # the test reads rest and fires the commit itself
+            held: defer.Deferred = defer.Deferred()
+            self.sink.held.append((rest, held))
+            return held
+        self.data += b"".join(rest)
         self.sink.committed.append(self)
         return defer.succeed(self.queue_id)
 
@@ -68,6 +74,8 @@ class MemorySink:
         self.begun: list[MemoryMessage] = []
         self.fail_write = False
         self.fail_commit: Exception | None = None
+        self.hold = False  # commit() waits for the test (sink.held)
+        self.held: list[tuple[Iterable[bytes], defer.Deferred]] = []
         self.room = True  # what has_room() answers
         self.room_asked: list[int] = []
 

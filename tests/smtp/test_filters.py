@@ -186,6 +186,32 @@ def test_filters_big_text_spills_to_file_and_arrives_whole(smtp, tmp_path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+def test_filters_text_goes_to_the_commit_and_its_buffer_lives_until_it_fired(
+    smtp, tmp_path
+) -> None:
+    """Accepted, the filters' headers are written and the text is handed to commit() (its
+    worker thread reads the buffer): the buffer, spilled to a file here, still gives the
+    whole text while the commit runs, and only its 250 comes after."""
+    f = Scripted(message=FilterVerdict(headers=("X-Spam-Score: 0.1",)))
+    s = smtp(filters=chain_of(smtp, tmp_path, f), max_message_size=10 * 1024 * 1024).ready()
+    smtp.sink.hold = True
+    s.cmd("MAIL FROM:<a@sina.test>")
+    s.cmd("RCPT TO:<user1@example.test>")
+    s.cmd("DATA")
+    line = b"z" * 998 + b"\r\n"
+    s.send(b"Subject: big\r\n\r\n" + line * 400)  # 400 KB: past the buffer's memory part
+    assert s.send(".\r\n") == []  # no reply while the commit runs
+    ((rest, held),) = smtp.sink.held
+    message = smtp.sink.begun[-1]
+    assert bytes(message.data) == b"X-Spam-Score: 0.1\r\n"  # write() took the headers only
+    text = b"".join(rest)
+    assert text.startswith(b"Received: from ") and text.endswith(
+        b"Subject: big\r\n\r\n" + line * 400
+    )
+    held.callback(message.queue_id)
+    assert s.read()[-1].startswith("250 2.0.0 Ok: queued as")
+
+
 def test_filters_trusted_relay_client_told_to_the_filters(smtp, tmp_path) -> None:
     """A client the access map lets relay (our own hosts) goes through the chain too, marked
     trusted at every stage, so each filter decides (DKIM signs its mail; SPF, DNSBL, DMARC
