@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appliance.filters.base import Answer, Filter, MessageCheck
-from appliance.filters.body import SpillBuffer
+from appliance.filters.body import SpillBuffer, SpillFiles
 from appliance.interfaces import ACCEPT, BodyBuffer, Envelope, FilterVerdict, SessionFacts
 
 TEMPFAIL = FilterVerdict(451, "4.7.1 Temporary failure in message checks, try again later")
@@ -48,6 +48,7 @@ class FilterChain:
         self.filters = tuple(filters)
         self.hostname = hostname
         self.spill_folder = spill_folder
+        self.spill_files = SpillFiles(spill_folder)
         self.events = events
 
     # ------------------------------------------------------------------ session stages
@@ -114,7 +115,7 @@ class FilterChain:
     def body_buffer(self, envelope: Envelope) -> BodyBuffer | None:
         if not any(f.wants_body(envelope) for f in self.filters):
             return None
-        return SpillBuffer(self.spill_folder)
+        return SpillBuffer(self.spill_files)
 
     def message(
         self, envelope: Envelope, queue_id: str, body: BodyBuffer

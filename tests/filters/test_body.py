@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-from appliance.filters.body import READ, SpillBuffer
+import pytest
+
+from appliance.filters.body import READ, SpillBuffer, SpillFiles
 
 
 def test_spill_small_text_in_memory_no_file(tmp_path) -> None:
@@ -41,3 +43,29 @@ def test_spill_write_after_close_ignored(tmp_path) -> None:
     b.close()
     b.write(b"x" * 100)
     assert list(b.chunks()) == []
+
+
+def test_spill_files_are_kept_emptied_and_serve_the_next_text_whole(tmp_path) -> None:
+    """A closed buffer's file goes back to its SpillFiles emptied (the same inode serves the
+    next large text, from offset 0: no hole, no bytes of the last one); past `keep` files
+    are closed, not kept."""
+    files = SpillFiles(tmp_path, keep=1)
+    first = SpillBuffer(files, memory=1000)
+    first.write(b"a" * 300_000)
+    assert first._fd is not None
+    inode = os.fstat(first._fd).st_ino
+    first.close()
+    second, third = SpillBuffer(files, memory=1000), SpillBuffer(files, memory=1000)
+    second.write(b"b" * 100_000)
+    third.write(b"c" * 100_000)
+    assert second._fd is not None and third._fd is not None
+    assert os.fstat(second._fd).st_ino == inode and os.fstat(third._fd).st_ino != inode
+    assert os.fstat(second._fd).st_size == 100_000
+    assert b"".join(second.chunks()) == b"b" * 100_000
+    kept_fd, other_fd = second._fd, third._fd
+    second.close()
+    third.close()  # keep=1: this one is closed
+    assert files._kept == [kept_fd]
+    with pytest.raises(OSError):  # the file past keep is closed
+        os.fstat(other_fd)
+    assert os.listdir(tmp_path) == []
