@@ -63,8 +63,8 @@ class SpillFiles:
 
 
 class SpillBuffer:
-    """BodyBuffer: memory first, then an unlinked file of files (one of its own when
-    given a folder)."""
+    """BodyBuffer: memory first, then an unlinked file taken from files (given a folder
+    instead, a file of its own, closed at the end)."""
 
     def __init__(self, files: SpillFiles | Path, memory: int = MEMORY) -> None:
         self.files = files if isinstance(files, SpillFiles) else SpillFiles(files, keep=0)

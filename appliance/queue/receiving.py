@@ -212,7 +212,6 @@ class SpooledMessage(_Message):
         try:
             untouched = self._fd is None  # nothing written yet
             fd = self._fd if self._fd is not None else self._open()
-            self._fd = None
             held = [data]  # the tail, kept to write with the envelope's commit
             held_size = len(data)
             for chunk in rest:
@@ -225,6 +224,7 @@ class SpooledMessage(_Message):
             # a message that never left memory is handed to the relay with its bytes
             self._whole = tail if untouched else None
             entry = QueueEntry(self.queue_id, self.envelope, self.arrival, self.size)
+            self._fd = None  # files.commit closes it, whatever happens
             self.queue.files.commit(fd, tail, entry, self.target_dir)
         except BaseException:
             self._discard()

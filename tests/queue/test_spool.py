@@ -244,10 +244,12 @@ def test_spool_commit_takes_the_rest_in_its_thread_exact_bytes(tmp_path, make_sp
 def test_spool_disk_full_in_commits_rest_fails_diskfull_and_leaves_nothing(
     small_tmpfs, make_spool, two_mailboxes
 ):
-    """A rest larger than the file system: the commit fails with DiskFull, nothing is left."""
+    """A rest larger than the file system: the commit fails with DiskFull, nothing is left,
+    not even an open file."""
     m = make_spool(small_tmpfs)
     m.store.maildir(box("user1@163.test")).ensure()
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
+    open_before = len(os.listdir("/proc/self/fd"))
     msg = m.spool.begin(envelope(*rcpts))
     msg.write(BODY)
     with pytest.raises(DiskFull):
@@ -255,6 +257,7 @@ def test_spool_disk_full_in_commits_rest_fails_diskfull_and_leaves_nothing(
     msg.abort()
     yield m.spool.idle()
     assert files_under(small_tmpfs) == []
+    assert len(os.listdir("/proc/self/fd")) == open_before
     assert m.lines == []
 
 
