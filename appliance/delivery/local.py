@@ -185,28 +185,45 @@ class LocalStream:
         self.new: NewMessage = target.store.new_message(mailbox)
         self._buffer = bytearray(delivery_prefix(message.envelope.mail_from, mailbox))
         self._head = bytearray()  # the message's first HEAD octets: where it goes
+        self._opening: Deferred[None] | None = None  # the file, being made in a worker thread
+        self._open = False  # made: the bytes go to it as they come
+        self._aborted = False
 
     def write(self, data: bytes) -> None:
         if len(self._head) < HEAD:
             self._head += data[: HEAD - len(self._head)]
         self._buffer += data
-        if len(self._buffer) >= WRITE_BUFFER:
+        if len(self._buffer) < WRITE_BUFFER:
+            return
+        if self._open:
             try:
-                # A large message goes to disk as it comes (no fsync on the reactor: a new
-                # mailbox's folder is made in commit's thread, the bytes stay buffered until)
-                if self.new.open_now():
-                    self.new.write(self._buffer)
-                    del self._buffer[:]
+                self.new.write(self._buffer)
             except OSError as e:
                 self.abort()
                 if is_disk_full(e):
                     raise DiskFull(str(e)) from e
                 raise
+            del self._buffer[:]
+        elif self._opening is None:
+            # A large message goes to disk as it comes. Its file is made in a worker thread
+            # (on ext4 a new inode is a search past the ones freed lately; a new mailbox's
+            # folder, fsyncs and all, is left to commit's thread), the bytes wait until then.
+            # A file that cannot be made now is tried again, and its error told, by commit.
+            opening = self.target.pool.run(self.new.open_now)
+            self._opening = opening.addCallbacks(self._made, lambda failure: None)
+
+    def _made(self, made: bool) -> None:
+        self._open = made and not self._aborted
 
     def commit(self, rest: Iterable[bytes] = ()) -> Deferred[RecipientResult]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        d = self.target.pool.run(self._finish, data, self._head, rest)
+
+        def finish(_: object = None) -> Deferred[str]:
+            return self.target.pool.run(self._finish, data, self._head, rest)
+
+        opening = self._opening
+        d = finish() if opening is None or opening.called else opening.addCallback(finish)
         return d.addCallback(self._sent)
 
     def _finish(self, data: bytes, head: bytearray, rest: Iterable[bytes]) -> str:
@@ -228,5 +245,10 @@ class LocalStream:
         return RecipientResult(self.mailbox.address, Outcome.SENT, SENT_TEXT, RELAY)
 
     def abort(self) -> None:
+        self._aborted = True
         self._buffer = bytearray()
-        self.new.discard()
+        opening = self._opening
+        if opening is not None and not opening.called:
+            opening.addCallback(lambda _: self.new.discard())  # once the thread is done
+        else:
+            self.new.discard()

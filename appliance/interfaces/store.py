@@ -35,10 +35,11 @@ class FolderListing:
 class NewMessage(Protocol):
     """A message being written into one mailbox (blocking methods: worker thread).
 
-    open_now() may be called on the reactor thread: it creates the file only if that needs
-    no fsync (the mailbox folder is known to exist), else returns False and the file is made
-    by write_rest(). write()/write_rest() append bytes; publish() makes it durable and
-    visible and returns its key; discard() removes whatever was written.
+    open_now() (blocking, a worker thread) creates the file only if that needs no fsync (the
+    mailbox folder is known to exist), else returns False and the file is made by
+    write_rest(). write() (which may be called on the reactor thread once the file exists)
+    and write_rest() append bytes; publish() makes it durable and visible and returns its
+    key; discard() removes whatever was written.
     """
 
     def open_now(self) -> bool: ...

@@ -148,7 +148,8 @@ class Maildir:
         """Open a new, uniquely named file in tmp/ for writing; returns (fd, name).
 
         A missing folder is created (with fsyncs) unless create_folder is false; then
-        FileNotFoundError is raised, for a caller on the reactor thread that must not fsync.
+        FileNotFoundError is raised (NewMessage.open_now leaves a new mailbox's folder, and its
+        fsyncs, to the commit).
         """
         if str(self.path) not in _ready:
             if not create_folder:

@@ -434,19 +434,54 @@ def test_spool_reactor_thread_never_fsyncs(tmp_path, make_spool, monkeypatch, ex
     assert delivered(m.store, "user2@163.test") == [copy_of("user2@163.test", big)]
 
 
+@pytest_twisted.inlineCallbacks
+def test_spool_fast_path_reactor_thread_creates_no_file(tmp_path, make_spool, monkeypatch):
+    """A large message on the fast path: its Maildir file is made in a worker thread (the
+    bytes wait in memory meanwhile), then written as they come; the reactor thread creates
+    no file, and the copy is byte for byte."""
+    m = make_spool(tmp_path)
+    m.store.maildir(box("user1@163.test")).ensure()
+    main = threading.current_thread()
+    created_on_reactor: list[str] = []
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and threading.current_thread() is main:
+            created_on_reactor.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    big = BODY * 3000
+    msg = m.spool.begin(envelope(local("user1@163.test")))
+    for i in range(0, len(big), 16384):
+        msg.write(big[i : i + 16384])
+        yield m.spool.idle()  # a reactor turn between packets
+    md = m.store.maildir(box("user1@163.test"))
+    (tmp_name,) = os.listdir(md.tmp)
+    assert 0 < os.path.getsize(f"{md.tmp}/{tmp_name}") < len(big)  # written as it came
+    yield msg.commit()
+    monkeypatch.undo()
+    assert created_on_reactor == []
+    assert delivered(m.store, "user1@163.test") == [copy_of("user1@163.test", big)]
+
+
 # -- abort ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("settled", [True, False], ids=["file-made", "file-being-made"])
 @pytest.mark.parametrize("two_mailboxes", [False, True], ids=["fast", "spool"])
 @pytest_twisted.inlineCallbacks
-def test_spool_abort_leaves_nothing(tmp_path, make_spool, two_mailboxes):
-    """abort() after a large write (files exist by then) removes them; twice is fine."""
+def test_spool_abort_leaves_nothing(tmp_path, make_spool, two_mailboxes, settled):
+    """abort() after a large write removes its files, also while the fast path's file is
+    still being made in a worker thread; twice is fine."""
     m = make_spool(tmp_path)
     m.store.maildir(box("user1@163.test")).ensure()
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
     msg = m.spool.begin(envelope(*rcpts))
     msg.write(BODY * 2000)
-    assert [f for f in files_under(tmp_path) if "/tmp/" in f or f.startswith("queue/tmp")]
+    if settled:
+        yield m.spool.idle()
+        assert [f for f in files_under(tmp_path) if "/tmp/" in f or f.startswith("queue/tmp")]
     msg.abort()
     msg.abort()
     msg.write(b"late bytes after abort are ignored")
@@ -483,8 +518,11 @@ def test_spool_begin_unsafe_mailbox_refused(tmp_path, make_spool):
 
 
 @pytest.mark.parametrize("two_mailboxes", [False, True], ids=["fast", "spool"])
+@pytest_twisted.inlineCallbacks
 def test_spool_disk_full_in_write_raises_and_leaves_nothing(small_tmpfs, make_spool, two_mailboxes):
-    """Writing more than the file system holds raises DiskFull; every file of it is gone."""
+    """Writing more than the file system holds raises DiskFull; every file of it is gone.
+    The reactor turns between the writes, as between the packets of a real DATA (the fast
+    path's file is made in a worker thread, the bytes wait in memory until then)."""
     m = make_spool(small_tmpfs)
     m.store.maildir(box("user1@163.test")).ensure()  # else the first mail waits in memory
     rcpts = [local("user1@163.test")] + ([local("user2@163.test")] if two_mailboxes else [])
@@ -492,9 +530,11 @@ def test_spool_disk_full_in_write_raises_and_leaves_nothing(small_tmpfs, make_sp
     with pytest.raises(DiskFull):
         for _ in range(100):
             msg.write(b"x" * 16384)
+            yield m.spool.idle()
     with pytest.raises(DiskFull):
         msg.write(b"more")
     msg.abort()
+    yield m.spool.idle()
     assert files_under(small_tmpfs) == []
 
 
