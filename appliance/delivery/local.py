@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -219,11 +220,10 @@ class LocalStream:
         data = bytes(self._buffer)
         self._buffer = bytearray()
 
-        def finish(_: object = None) -> Deferred[str]:
-            return self.target.pool.run(self._finish, data, self._head, rest)
-
-        opening = self._opening
-        d = finish() if opening is None or opening.called else opening.addCallback(finish)
+        opening = self._opening or defer.succeed(None)  # a file being made: after it
+        d = opening.addCallback(
+            lambda _: self.target.pool.run(self._finish, data, self._head, rest)
+        )
         return d.addCallback(self._sent)
 
     def _finish(self, data: bytes, head: bytearray, rest: Iterable[bytes]) -> str:

@@ -67,19 +67,15 @@ class MaildirNewMessage:
         self.size = 0
         self._fd: int | None = None
         self._name: str | None = None
-        self._no_folder = False
 
     def open_now(self) -> bool:
         if self._fd is not None:
             return True
-        if self._no_folder:
-            return False
         try:
             self._fd, self._name = self.maildir.create_tmp(self.hostname, create_folder=False)
         except FileNotFoundError:
-            # First mail to this mailbox: creating the folder durably takes fsyncs, which
-            # belong in a worker thread; until then the caller keeps the bytes.
-            self._no_folder = True
+            # First mail to this mailbox: its folder is made, fsyncs and all, by write_rest()
+            # in the commit; until then the caller keeps the bytes.
             return False
         return True
 
