@@ -79,8 +79,15 @@ def size_from_name(name: str) -> int | None:
 
 
 def _read_up_to(fd: int, want: int) -> bytes:
-    """Up to want octets of a file (fewer at its end), without asking for more than it has."""
-    want = min(want, os.fstat(fd).st_size + 1)
+    """Up to want octets of a file (fewer at its end), without asking for more than it has.
+
+    A file smaller than want is asked for its exact size, so one read() returns it all: asking
+    for one octet more would take a second read() to see the end (most of a 1 KB message's
+    cost is its system calls). A read that still comes back short (the file changed since
+    fstat) is continued until want or the end."""
+    want = min(want, os.fstat(fd).st_size)
+    if want <= 0:
+        return b""
     data = os.read(fd, want)
     while len(data) < want:
         more = os.read(fd, want - len(data))

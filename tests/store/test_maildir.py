@@ -325,3 +325,58 @@ def test_delivery_order_compares_times_and_counter_as_numbers() -> None:
         "1700000001.host",
         "odd-name",
     ]
+
+
+def test_read_many_whole_cut_and_gone_with_one_read_per_small_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_many gives a small message whole, a big one's first limit + 1 octets, None for one
+    gone, an empty file empty; and reads a small file with one read() (no second read() just
+    to see its end: for a 1 KB message that is a fifth of its system calls)."""
+    md = Maildir(tmp_path / "Maildir")
+    small = md.deliver(MESSAGE, "mx.test")
+    big_bytes = b"x" * 5000
+    big = md.deliver(big_bytes, "mx.test")
+    exact = md.deliver(b"y" * 100, "mx.test")
+    empty = md.deliver(b"", "mx.test")
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(maildir_module.os, "read", counting_read)
+    got = md.read_many(
+        [
+            ("small", ("new", small)),
+            ("big", ("new", big)),
+            ("exact", ("new", exact)),
+            ("empty", ("new", empty)),
+            ("gone", ("new", "1.M1P1Q1.mx.test,S=3")),
+        ],
+        100,
+        lambda ident: None,
+    )
+    assert got == {
+        "small": MESSAGE,
+        "big": big_bytes[:101],
+        "exact": b"y" * 100,
+        "empty": b"",
+        "gone": None,
+    }
+    assert reads == [len(MESSAGE), 101, 100]  # one each; the empty file is not read at all
+
+
+def test_read_up_to_continues_a_short_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A read() that returns less than asked (the file changed after fstat, or a file system
+    that returns short reads) is continued until the size or the end."""
+    path = tmp_path / "m"
+    path.write_bytes(b"abcdefghij")
+    real_read = os.read
+    monkeypatch.setattr(maildir_module.os, "read", lambda fd, n: real_read(fd, min(n, 3)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert maildir_module._read_up_to(fd, 100) == b"abcdefghij"
+    finally:
+        os.close(fd)
