@@ -119,6 +119,12 @@ def _cut(data: bytes, partial: tuple[int, int] | None) -> bytes:
     return data[origin : origin + count]
 
 
+def _section(item: FetchItem, body: bytes) -> bytes:
+    """`BODY[section]<origin> ...` of a section's octets (b"": a part the message has not)."""
+    body = _cut(body, item.partial)
+    return _section_name(item) + b" " + (literal(body) if body else b'""')
+
+
 def render(
     seq: int,
     uid: int,
@@ -156,6 +162,8 @@ def render(
             continue
         elif kind == "RFC822":
             parts.append(b"RFC822 " + literal(data))
+        elif kind == "SECTION" and item.section == "":
+            parts.append(_section(item, data))  # the whole message: nothing to parse
         else:
             if parsed is None:
                 parsed = ParsedMessage(data)
@@ -169,16 +177,8 @@ def render(
                 parts.append(b"RFC822.HEADER " + literal(parsed.header_bytes()))
             elif kind == "RFC822.TEXT":
                 parts.append(b"RFC822.TEXT " + literal(parsed.text_bytes()))
-            else:  # SECTION
-                if item.section == "":
-                    body: bytes | None = data
-                else:
-                    body = parsed.section(item.section)
-                if body is None:
-                    parts.append(_section_name(item) + b" NIL")
-                    continue
-                body = _cut(body, item.partial)
-                parts.append(_section_name(item) + b" " + (literal(body) if body else b'""'))
+            else:  # SECTION of a part
+                parts.append(_section(item, parsed.section(item.section)))
     return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
 
