@@ -177,19 +177,23 @@ def do_fetch(s: IMAPSession, cmd: Command, uid: bool) -> None:
     content = any(i.needs_content for i in items)
     seen = not sel.readonly and any(i.sets_seen for i in items)
     add_flags = seen and not any(i.kind == "FLAGS" for i in items)
+    items_and_flags = [*items, fetching.FetchItem("FLAGS")]  # for a message this FETCH marked seen
 
     def mark_seen() -> defer.Deferred[Any]:
+        if not seen:
+            return defer.succeed({})
         keys = [sel.message(q).key for q in seqs if "\\Seen" not in sel.flags_of(q)]
-        if not seen or not keys:
+        if not keys:
             return defer.succeed({})
         seen_flag = frozenset({"\\Seen"})
         return s.run_quick(store.change_flags, mailbox, sel.folder, keys, seen_flag, "+")
 
     def marked(changed: dict[str, frozenset[str]]) -> defer.Deferred[None]:
-        for q in seqs:
-            m = sel.message(q)
-            if m.key in changed:
-                sel.set_flags(m.uid, changed[m.key])
+        if changed:
+            for q in seqs:
+                m = sel.message(q)
+                if m.key in changed:
+                    sel.set_flags(m.uid, changed[m.key])
         return send(_fetch_batches(sel, seqs, content), set(changed))
 
     def render(batch: list[tuple[int, int, frozenset[str], float, int, str, bool]]) -> bytes:
@@ -197,9 +201,7 @@ def do_fetch(s: IMAPSession, cmd: Command, uid: bool) -> None:
         data = store.read_messages(mailbox, sel.folder, keys, WHOLE) if content else {}
         out = []
         for seq, u, flags, received, size, key, flagged in batch:
-            wanted = list(items)
-            if flagged:
-                wanted.append(fetching.FetchItem("FLAGS"))
+            wanted = items_and_flags if flagged else items
             out.append(fetching.render(seq, u, flags, received, size, wanted, data.get(key), uid))
         return b"".join(out)
 

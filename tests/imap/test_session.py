@@ -320,3 +320,20 @@ def test_id_enable_namespace_logout(imap) -> None:
     assert out.startswith("* BYE") and "T OK" in out and c.closed
     c.session.connectionLost(None)
     assert any("imap(user2@example.test): Disconnected: Logged out" in x for x in imap.lines())
+
+
+def test_fetch_body_reports_flags_only_of_the_messages_it_marked_seen(imap) -> None:
+    """FETCH 1:3 BODY[TEXT] with message 2 already \\Seen: FLAGS comes with 1 and 3 (which
+    this FETCH marked), not with 2; a FETCH that sets nothing (BODY.PEEK[]) adds no FLAGS."""
+    for n in range(3):
+        imap.deliver(message(f"m{n}", "text"))
+    c = imap.logged_in()
+    c.ok("SELECT INBOX")
+    c.ok("STORE 2 +FLAGS.SILENT (\\Seen)")
+    out = c.ok("FETCH 1:3 BODY[TEXT]")
+    lines = [line for line in out.split("\r\n") if "FETCH (" in line]
+    assert len(lines) == 3, out
+    assert lines[0].startswith("* 1 FETCH (BODY[TEXT] {6}") and "FLAGS (\\Recent \\Seen)" in out
+    assert [("FLAGS" in line) for line in out.split("* ")[1:]] == [True, False, True], out
+    peek = c.ok("FETCH 1:3 BODY.PEEK[TEXT]")
+    assert "FLAGS" not in peek and peek.count("FETCH (BODY[TEXT]") == 3, peek
