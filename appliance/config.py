@@ -270,6 +270,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_hops": Key(
             integer(1, 1000), "30", "bounce a message with more Received headers (a loop)"
         ),
+        "cut_through_wait": Key(
+            duration,
+            "5s",
+            "relay a message for one remote recipient while its sender waits, before it is "
+            "ever spooled, if a connection takes it within this long; the 250 then follows "
+            "the next hop's; otherwise it is spooled as usual (0: always spool first)",
+        ),
     },
     "pop3": {
         "listen": Key(addresses(110), "", "POP3 with STLS, e.g. 127.0.1.1:110"),

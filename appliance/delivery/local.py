@@ -99,6 +99,9 @@ class LocalDelivery:
     def start(self, message: QueuedMessage) -> LocalCopies:
         return LocalCopies(self, message)
 
+    def start_at_once(self, message: QueuedMessage, wait: float) -> None:
+        return None  # a local delivery is the queue's own: streamed (start_streaming) or spooled
+
     def start_streaming(self, message: QueuedMessage, address: str) -> LocalStream:
         return LocalStream(self, message, Mailbox.of(address))
 

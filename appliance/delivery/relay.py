@@ -10,6 +10,11 @@ waits `cache_time` for another when its queue is empty, then says QUIT.
 When no host of a destination can be reached, every job waiting for it is deferred with the
 reason at once (Postfix's dead destination), rather than each one waiting for its own
 connection attempts. Nothing here is durable: the queue owns the files and the retries.
+
+`start_at_once()` is the cut-through delivery of a message whose sender waits for our reply
+(Exim's cutthrough_delivery): its job goes to the front of the destination's queue, and if no
+session has taken it within `wait` seconds it is withdrawn, unsent, as DEFERRED (the queue
+then spools it as usual). Once a session has it, the transfer runs to its reply.
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ class _Job:
         self.head = head
         self.body = body
         self.done: Deferred[list[RecipientResult]] = Deferred()
+        self.deadline: IDelayedCall | None = None  # a cut-through job's, until a session has it
+
+    def taken(self) -> None:
+        """A session has the job: a deadline no longer applies."""
+        if self.deadline is not None:
+            if self.deadline.active():
+                self.deadline.cancel()
+            self.deadline = None
 
     def fail(
         self, text: str, outcome: Outcome = Outcome.DEFERRED, relay: str = NONE, status: str = ""
@@ -125,6 +138,9 @@ class RelayTarget:
     def start(self, message: QueuedMessage) -> RelayDelivery:
         return RelayDelivery(self, message)
 
+    def start_at_once(self, message: QueuedMessage, wait: float) -> RelayDelivery:
+        return RelayDelivery(self, message, at_once=wait)
+
     def start_streaming(self, message: QueuedMessage, address: str) -> None:
         return None
 
@@ -164,7 +180,10 @@ class RelayTarget:
 
     # -- jobs and sessions
 
-    def submit(self, destination: Destination, job: _Job) -> None:
+    def submit(self, destination: Destination, job: _Job, at_once: float | None = None) -> None:
+        """Queue job for a session to destination; at_once: a sender waits for it, so it goes
+        first, and is withdrawn (DEFERRED, nothing sent) if no session took it within that
+        many seconds."""
         if self._stopping:
             job.fail("4.3.2 the relay is shutting down")
             return
@@ -173,8 +192,20 @@ class RelayTarget:
             dq = self.queues[destination.key] = _DestinationQueue(destination)
         else:
             dq.destination = destination  # the latest answer from DNS
-        dq.pending.append(job)
+        if at_once is None:
+            dq.pending.append(job)
+        else:
+            dq.pending.appendleft(job)
+            job.deadline = self.reactor.callLater(at_once, self._withdraw, dq, job, at_once)
         self._pump(dq)
+
+    def _withdraw(self, dq: _DestinationQueue, job: _Job, wait: float) -> None:
+        job.deadline = None
+        try:
+            dq.pending.remove(job)
+        except ValueError:
+            return  # a session has it
+        job.fail(f"4.4.1 no connection to {dq.destination.key} was free within {wait:g} s")
 
     def _pump(self, dq: _DestinationQueue) -> None:
         while dq.pending and dq.idle:
@@ -183,7 +214,9 @@ class RelayTarget:
             if session.closed:  # the server ended it while it idled: it just goes
                 waiter.callback(None)
                 continue
-            waiter.callback(dq.pending.popleft())
+            job = dq.pending.popleft()
+            job.taken()
+            waiter.callback(job)
         lim = self.limits
         while len(dq.pending) > dq.connecting and dq.sessions < lim.max_per_destination:
             if self.total >= lim.max_connections:
@@ -251,7 +284,9 @@ class RelayTarget:
         try:
             while not self._stopping:
                 job = dq.pending.popleft() if dq.pending else None
-                if job is None:
+                if job is not None:
+                    job.taken()
+                else:
                     job = yield self._wait_idle(dq, session)
                     if job is None:
                         break
@@ -290,6 +325,7 @@ class RelayTarget:
     ) -> None:
         waiting, dq.pending = list(dq.pending), deque()
         for waiting_job in waiting:
+            waiting_job.taken()
             waiting_job.fail(text, relay=relay, status=status)
 
     def stop(self) -> None:
@@ -312,9 +348,12 @@ class RelayTarget:
 class RelayDelivery:
     """interfaces.Delivery of one message to its remote recipients."""
 
-    def __init__(self, target: RelayTarget, message: QueuedMessage) -> None:
+    def __init__(
+        self, target: RelayTarget, message: QueuedMessage, at_once: float | None = None
+    ) -> None:
         self.target = target
         self.message = message
+        self.at_once = at_once  # a sender waits: see RelayTarget.start_at_once
         self.rcpts: list[str] = []
         self._body: MessageBody | None = None
         self._aborted = False
@@ -372,7 +411,7 @@ class RelayDelivery:
                 job.fail("4.3.2 delivery aborted")
         else:
             for destination, job in jobs.values():
-                target.submit(destination, job)
+                target.submit(destination, job, self.at_once)
         done = yield defer.gatherResults([job.done for _, job in jobs.values()])
         for batch in done:
             for result in batch:

@@ -126,6 +126,8 @@ class IncomingMessage(Protocol):
     calls abort(). commit() returns a Deferred that fires with the queue id only once the
     message is durable (file and directory fsync'd, in the spool or at its destination);
     it fails with DiskFull or OSError otherwise, and then nothing is left half-written.
+    A message relayed while its sender waits (cut-through, below) counts as durable once
+    the next hop has answered 2xx: that hop has then fsync'd it.
     abort() discards everything written so far and may be called at any time, even twice;
     once commit() has been called it does nothing (the message may already be durable).
 
@@ -133,13 +135,18 @@ class IncomingMessage(Protocol):
     rest is iterated in the commit's worker thread, so a message the caller already holds
     whole (the filters' BodyBuffer) is written to disk off the reactor. The caller leaves
     rest's source alone until the Deferred has fired.
+
+    rest given as bytes (b"" for none) says more: the whole message is in memory and a
+    client is waiting for the reply. A message with one remote recipient may then be
+    relayed before it is ever spooled (cut-through), the Deferred firing once the next hop
+    has taken it; if that hop does not take it, the message is spooled as usual.
     """
 
     queue_id: str
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[str]: ...
+    def commit(self, rest: Iterable[bytes] | bytes = ()) -> Deferred[str]: ...
 
     def abort(self) -> None: ...
 
@@ -543,6 +550,12 @@ class DeliveryTarget(Protocol):
     name: str  # "local", "relay"
 
     def start(self, message: QueuedMessage) -> Delivery: ...
+
+    def start_at_once(self, message: QueuedMessage, wait: float) -> Delivery | None:
+        """A delivery for a sender still waiting for our reply (cut-through), or None if this
+        target has none. If it cannot begin sending within wait seconds it gives up, having
+        sent nothing, with DEFERRED results; once begun it runs to the destination's reply."""
+        ...
 
     def start_streaming(self, message: QueuedMessage, address: str) -> StreamingDelivery | None:
         """A streaming delivery to address, or None if this target cannot take one."""

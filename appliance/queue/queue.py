@@ -1,8 +1,9 @@
 """The queue: the `MessageSink` SMTP writes into, and the scheduler that hands mail to targets.
 
 A 250 after DATA means the message is on disk and fsync'd: either already in its one local
-mailbox (the fast path, through the local target's streaming delivery), or in the queue's
-files (appliance.queue.files). Queued entries are handed to the local `DeliveryTarget` in the
+mailbox (the fast path, through the local target's streaming delivery), at the next hop that
+took it with a 2xx while the client waited (cut-through: one remote recipient, RelayScheduler.
+at_once), or in the queue's files (appliance.queue.files). Queued entries are handed to the local `DeliveryTarget` in the
 background; copies that fail stay queued and are retried every `retry_interval`; what is left
 for remote recipients waits in queue/deferred for the relay. After a start (or a crash)
 `recover()` removes what was never acknowledged and delivers what incoming/ holds.
@@ -129,6 +130,14 @@ class Queue(Service):
         if self.relay is not None:
             self.relay.stop()
         return self.pool.stop()
+
+    def relay_at_once(self, entry: QueueEntry, data: bytes) -> Deferred[bool] | None:
+        """Cut-through (RelayScheduler.at_once) of a message not yet spooled, or None if it
+        cannot go so; the queue's stop() waits for it."""
+        if self.relay is None or self._stopping:
+            return None
+        d = self.relay.at_once(entry, data)
+        return None if d is None else self.track(d)
 
     def hand_to_relay(self, entry: QueueEntry, data: bytes | None = None) -> None:
         """An entry now in deferred/ with remote recipients only: the relay's to try (data:

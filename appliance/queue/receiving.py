@@ -5,7 +5,10 @@
   the mailbox itself. No queue files at all.
 - `SpooledMessage`: anything else. queue/tmp/<qid> while receiving; commit fsyncs data and
   envelope and renames both into incoming/ (deferred/ when nothing is local), and the queue
-  then hands the entry to its targets in the background.
+  then hands the entry to its targets in the background. One exception: a message for a
+  single remote recipient, still whole in memory, whose sender waits (commit(rest) with rest
+  as bytes) is first relayed at once (cut-through, RelayScheduler.at_once); only if the next
+  hop does not take it is it spooled as above.
 
 Both share one state machine: open -> committing -> committed, or open -> failed/aborted. Once
 committing, abort() is ignored: the message may already be durable, and deleting it then
@@ -71,13 +74,18 @@ class _Message:
         elif self.state == "failed":
             self.state = "aborted"  # its files went when it failed
 
-    def commit(self, rest: Iterable[bytes] = ()) -> Deferred[str]:
+    def commit(self, rest: Iterable[bytes] | bytes = ()) -> Deferred[str]:
         if self.state != "open":
             if self._disk_full:
                 return defer.fail(DiskFull(f"{self.queue_id}: no space left"))
             return defer.fail(RuntimeError(f"{self.queue_id}: commit() in state {self.state}"))
         self.state = "committing"
-        return self._commit(self._counted(rest)).addCallbacks(self._committed, self._commit_failed)
+        if isinstance(rest, bytes):  # in memory, and the sender waits (interfaces)
+            self.size += len(rest)
+            d = self._commit(iter((rest,) if rest else ()), rest)
+        else:
+            d = self._commit(self._counted(rest), None)
+        return d.addCallbacks(self._committed, self._commit_failed)
 
     def _counted(self, rest: Iterable[bytes]) -> Iterator[bytes]:
         # iterated in the commit's thread; size is read again only once commit has fired
@@ -88,9 +96,10 @@ class _Message:
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _commit(self, rest: Iterator[bytes]) -> Deferred[Any]:
-        """Make it durable, the buffered bytes and rest (to iterate in the worker thread);
-        on failure every file is gone before the Deferred fails."""
+    def _commit(self, rest: Iterator[bytes], held: bytes | None) -> Deferred[Any]:
+        """Make it durable, the buffered bytes and rest (to iterate in the worker thread;
+        held: the same bytes when they are in memory and the sender waits); on failure
+        every file is gone before the Deferred fails."""
         raise NotImplementedError
 
     def _committed(self, result: Any) -> str:
@@ -131,7 +140,7 @@ class DirectMessage(_Message):
     def _discard(self) -> None:
         self.stream.abort()
 
-    def _commit(self, rest: Iterator[bytes]) -> Deferred[RecipientResult]:
+    def _commit(self, rest: Iterator[bytes], held: bytes | None) -> Deferred[RecipientResult]:
         return self.queue.track(self.stream.commit(rest))
 
     def _committed(self, result: RecipientResult) -> str:
@@ -160,6 +169,7 @@ class SpooledMessage(_Message):
         self._fd: int | None = None
         self._claimed = False
         self._whole: bytes | None = None
+        self._relayed = False  # sent at once (cut-through): no file of it exists
 
     def _write(self, data: bytes) -> None:
         self._buffer += data
@@ -203,10 +213,32 @@ class SpooledMessage(_Message):
                     reason=str(e),
                 )
 
-    def _commit(self, rest: Iterator[bytes]) -> Deferred[QueueEntry]:
+    def _commit(self, rest: Iterator[bytes], held: bytes | None) -> Deferred[QueueEntry]:
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        return self.queue.pool.run(self._commit_in_thread, data, rest)
+        queue = self.queue
+        if held is not None and self._fd is None and self.target_dir == queue.files.deferred:
+            whole = data + held if held else data
+            entry = QueueEntry(self.queue_id, self.envelope, self.arrival, len(whole))
+            d = queue.relay_at_once(entry, whole)
+            if d is not None:
+
+                def relayed(sent: bool) -> QueueEntry | Deferred[QueueEntry]:
+                    if sent:
+                        self._relayed = True
+                        return entry
+                    return queue.pool.run(self._commit_in_thread, whole, iter(()))
+
+                def broken(failure: Failure) -> Deferred[QueueEntry]:
+                    queue.log.failure(
+                        "{queue_id}: relaying at once failed, queued",
+                        failure,
+                        queue_id=self.queue_id,
+                    )
+                    return queue.pool.run(self._commit_in_thread, whole, iter(()))
+
+                return d.addCallbacks(relayed, broken)
+        return queue.pool.run(self._commit_in_thread, data, rest)
 
     def _commit_in_thread(self, data: bytes, rest: Iterator[bytes]) -> QueueEntry:
         try:
@@ -234,6 +266,9 @@ class SpooledMessage(_Message):
     def _committed(self, entry: QueueEntry) -> str:
         self.state = "committed"
         queue = self.queue
+        if self._relayed:  # at the next hop already, and logged so
+            queue.forget(self.queue_id)
+            return self.queue_id
         queue.log_queued(self.queue_id, self.envelope, self.size)
         if self.target_dir == queue.files.deferred:
             queue.forget(self.queue_id)

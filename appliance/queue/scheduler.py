@@ -10,6 +10,12 @@ to the relay `DeliveryTarget` (at most `max_active` at once), then settles the r
 - DEFERRED: tried again after the next wait of `retry_schedule` (the last wait repeats), with
   an optional delay notice once the message is `delay_warning` old.
 
+`at_once()` is the cut-through of a message not yet spooled: one remote recipient, relayed
+while its sender waits for our reply (`cut_through_wait` bounds the wait for a connection).
+Sent, it is logged as queued, sent and removed, and no file of it ever existed here; any other
+outcome and the caller spools it, after which it is tried as usual (a refusal is met again
+then, and bounced).
+
 The state of each recipient is appended to deferred/<qid>.state (appliance.queue.state) and
 fsync'd before a retry relies on it; the files go only once every recipient is done. A crash
 at any moment means at worst a recipient tried (or notified) twice, never one forgotten.
@@ -87,6 +93,7 @@ class RelayScheduler:
         max_lifetime: float = 5 * 86400.0,
         delay_warning: float = 0.0,
         max_active: int = 1000,
+        cut_through_wait: float = 0.0,
         events: Logger | None = None,
     ) -> None:
         self.queue = queue
@@ -99,6 +106,7 @@ class RelayScheduler:
         self.max_lifetime = max_lifetime
         self.delay_warning = delay_warning
         self.max_active = max_active
+        self.cut_through_wait = cut_through_wait  # 0: every message is spooled first
         self.events = events or mail_logger("smtp")  # Postfix's smtp(8) tells relay results
         self.entries: dict[str, _Pending] = {}
         self._due: list[tuple[float, float, str]] = []  # (next_try, arrival, qid), a heap
@@ -145,6 +153,40 @@ class RelayScheduler:
             self.entries[entry.queue_id] = pending = _Pending(entry, data=data)
             self._schedule(pending)
         self._wake(0)
+
+    def at_once(self, entry: QueueEntry, data: bytes) -> Deferred[bool] | None:
+        """Relay entry (data: its bytes, nothing on disk) while its sender waits: None if it
+        cannot go so (cut-through off, stopping, not exactly one final recipient, a success
+        notice asked for: that needs the spooled text); else True once sent and logged
+        (queued, sent, removed), False if the caller must spool it (nothing logged but a
+        line in the appliance's log)."""
+        if self.cut_through_wait <= 0 or not self._running:
+            return None
+        todo = _Pending(entry).todo()
+        if len(todo) != 1 or wants(entry.envelope.recipient_for(todo[0]), RELAYED):
+            return None
+        delivery = self.target.start_at_once(entry, self.cut_through_wait)
+        if delivery is None:
+            return None
+        delivery.add_recipient(todo[0])
+        delivery.body(self.files.deferred_body(entry, data))
+
+        def settle(results: list[RecipientResult]) -> bool:
+            if not results or any(r.outcome is not Outcome.SENT for r in results):
+                self.log.info(
+                    "{queue_id}: not relayed at once ({reason}), queued",
+                    queue_id=entry.queue_id,
+                    reason="; ".join(r.text for r in results if r.outcome is not Outcome.SENT),
+                )
+                return False
+            queue = self.queue
+            queue.log_queued(entry.queue_id, entry.envelope, entry.size)
+            for result in results:
+                queue.log_result(entry.queue_id, entry.envelope, entry.arrival, result, self.events)
+            queue.log_removed(entry.queue_id)
+            return True
+
+        return delivery.commit().addCallback(settle)
 
     # -- scheduling
 

@@ -521,6 +521,7 @@ def attach_relay(
         max_lifetime=q.max_queue_lifetime,
         delay_warning=q.delay_warning,
         max_active=q.max_active,
+        cut_through_wait=cfg.relay.cut_through_wait,
     )
     queue.relay = scheduler
     queue.notices = notices

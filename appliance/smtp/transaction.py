@@ -423,7 +423,10 @@ def _filter_then_commit(session: SMTPSession, incoming: Incoming, message: Incom
             incoming.close_buffer()
             return result
 
-        return _commit_deferred(session, message, buffer.chunks()).addBoth(let_go)
+        # held in memory, the text goes as bytes: a sender waits, so it may be relayed at once
+        whole = buffer.in_memory()
+        rest = whole if whole is not None else buffer.chunks()
+        return _commit_deferred(session, message, rest).addBoth(let_go)
 
     def failed(failure: Failure) -> None:
         incoming.abort()
@@ -434,11 +437,12 @@ def _filter_then_commit(session: SMTPSession, incoming: Incoming, message: Incom
 
 
 def _commit(session: SMTPSession, message: IncomingMessage) -> None:
-    session.wait(_commit_deferred(session, message), "commit")
+    # b"": nothing more, and the sender waits for the reply (interfaces.IncomingMessage)
+    session.wait(_commit_deferred(session, message, b""), "commit")
 
 
 def _commit_deferred(
-    session: SMTPSession, message: IncomingMessage, rest: Iterable[bytes] = ()
+    session: SMTPSession, message: IncomingMessage, rest: Iterable[bytes] | bytes
 ) -> defer.Deferred[None]:
     """Commit (with rest, the bytes the commit's thread reads), then 250 with the queue id,
     or the reply saying why not."""

@@ -8,6 +8,7 @@ takes several destinations (each domain is one: its own queue and connections).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from tests.delivery.test_smtp_client import (
     servers_fixture,  # noqa: F401 (the servers fixture)
     within,
 )
+from tests.queue.test_scheduler import wait_until
 
 ZONE = """\
 $TTL 1H
@@ -616,3 +618,81 @@ async def test_relay_into_our_smtp_server(ours: Any, relays: Relays) -> None:
         ("user1@example.test", "SUCCESS,FAILURE")
     ]
     assert bytes(stored.data).endswith(BODY)
+
+
+# ---------------------------------------------------------------------------- at once (cut-through)
+
+
+def at_once_d(
+    target: RelayTarget, rcpt: str, wait: float, text: bytes = BODY
+) -> Deferred[list[RecipientResult]]:
+    delivery = target.start_at_once(queued(rcpt, text=text), wait)
+    delivery.add_recipient(rcpt)
+    delivery.body(Body(text))
+    return delivery.commit()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_at_once_goes_ahead_of_waiting_jobs(servers: Servers, relays: Relays) -> None:
+    """One connection, busy; b waits; then c, whose sender waits: c is sent before b."""
+    f = servers.listen()
+    holder = Holder(f)
+    target = relays(f.port, max_per_destination=1)
+    texts = {r: BODY + f"{r}\r\n".encode() for r in ("a", "b", "c")}
+    a = deliver_d(target, "a@one.test", text=texts["a"])
+    await f.when(lambda: len(f.messages) == 1)
+    b = deliver_d(target, "b@one.test", text=texts["b"])
+    pending = target.queues["one.test"].pending
+    await within(wait_until(lambda: len(pending) == 1))  # b's head is read in a thread first
+    c = at_once_d(target, "c@one.test", 30.0, text=texts["c"])
+    await within(wait_until(lambda: len(pending) == 2))
+    holder.release()
+    results = await within(defer.gatherResults([a, b, c]))
+    assert [outcomes(r) for r in results] == [[Outcome.SENT]] * 3
+    assert f.messages == [stuffed(texts[r]) for r in ("a", "c", "b")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_at_once_withdrawn_unsent_if_no_connection_takes_it_in_time(
+    servers: Servers, relays: Relays
+) -> None:
+    """The only connection stays busy past the wait: the job is withdrawn DEFERRED with the
+    reason and relay=none, and the server never sees it (only a, once released)."""
+    f = servers.listen()
+    holder = Holder(f)
+    target = relays(f.port, max_per_destination=1)
+    a = deliver_d(target, "a@one.test")
+    await f.when(lambda: len(f.messages) == 1)
+    (c,) = await within(at_once_d(target, "c@one.test", 0.2))
+    assert (c.outcome, c.text, c.relay) == (
+        Outcome.DEFERRED,
+        "4.4.1 no connection to one.test was free within 0.2 s",
+        "none",
+    )
+    assert target.queues["one.test"].pending == deque()
+    holder.release()
+    (r,) = await within(a)
+    assert r.outcome is Outcome.SENT
+    await deferLater(reactor, 0.05, lambda: None)
+    assert len(f.messages) == 1
+    assert [c for c in f.connections[0].commands if c.upper().startswith("RCPT")] == [
+        "RCPT TO:<a@one.test>"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_at_once_taken_in_time_runs_to_the_reply(
+    servers: Servers, relays: Relays
+) -> None:
+    """Once a session has the job, its wait no longer applies: the server holds its reply
+    past the wait, and the result is still the server's 250."""
+    f = servers.listen()
+    holder = Holder(f)
+    target = relays(f.port)
+    c = at_once_d(target, "c@one.test", 0.1)
+    await f.when(lambda: len(f.messages) == 1)
+    await deferLater(reactor, 0.3, lambda: None)
+    assert not c.called
+    holder.release()
+    (r,) = await within(c)
+    assert (r.outcome, r.text) == (Outcome.SENT, "250 2.0.0 Ok: queued")

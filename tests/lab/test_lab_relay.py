@@ -122,6 +122,28 @@ def test_relay_cross_domain_via_dns_forwarders_delivered(lab, origin: str) -> No
     wait_for(lambda: settled(src), what=f"{src.name} queue empty")
 
 
+def test_relay_cut_through_next_hop_has_the_message_before_our_250(lab) -> None:
+    """One remote recipient: 163 relays while the client waits (cut-through), so when its
+    250 arrives sina already holds the message (no polling), and 163 has nothing queued;
+    163's maillog still tells queued, sent (with sina's queue id) and removed, in order."""
+    src, dst = lab["163"], lab["sina"]
+    tok = token()
+    qid = submit(src, "user1@163.com", ["user3@sina.com"], tok)
+    assert len(with_token(dst, "user3@sina.com", tok)) == 1  # at once: no waiting
+    assert settled(src)
+    assert list((src.state / "queue" / "deferred").iterdir()) == []
+    line = status_line(src, qid, "user3@sina.com", "sent")
+    status_line(dst, queued_as(line), "user3@sina.com", "sent")
+    wait_line(src, rf"{qid}: removed")
+    texts = [x for x in lines_of(src, qid) if ": filter " not in x]
+    assert [t.split(": ", 1)[1].split("=", 1)[0] for t in texts] == [
+        "client",
+        "from",
+        "to",
+        "removed",
+    ], texts
+
+
 def dig(server: Appliance, port: int, name: str, qtype: str) -> str:
     out = subprocess.run(
         ["dig", f"@{server.ip}", "-p", str(port), "+time=3", "+tries=1", name, qtype],

@@ -140,6 +140,7 @@ class Attempt:
     body: bytes
     at: float
     results: list[RecipientResult] = field(default_factory=list)
+    at_once: float | None = None  # the wait of a cut-through (start_at_once), else None
 
 
 class ScriptedTarget:
@@ -185,6 +186,11 @@ class ScriptedTarget:
             self.on_start(message)
         return ScriptedDelivery(self, message)
 
+    def start_at_once(self, message: QueuedMessage, wait: float) -> ScriptedDelivery:
+        if self.on_start is not None:
+            self.on_start(message)
+        return ScriptedDelivery(self, message, at_once=wait)
+
     def start_streaming(self, message: QueuedMessage, address: str) -> None:
         return None
 
@@ -199,9 +205,12 @@ class ScriptedTarget:
 
 
 class ScriptedDelivery:
-    def __init__(self, target: ScriptedTarget, message: QueuedMessage) -> None:
+    def __init__(
+        self, target: ScriptedTarget, message: QueuedMessage, at_once: float | None = None
+    ) -> None:
         self.target = target
         self.message = message
+        self.at_once = at_once
         self.rcpts: list[str] = []
         self._body: MessageBody | None = None
 
@@ -218,6 +227,7 @@ class ScriptedDelivery:
             m.queue_id, m.envelope, m.arrival, list(self.rcpts), b"".join(self._body.chunks()),
             time.time(),
         )  # fmt: skip
+        attempt.at_once = self.at_once
         attempt.results = [self.target.result(a) for a in self.rcpts]
         self.target.attempts.append(attempt)
         gate, self.target.gate = self.target.gate, None
@@ -249,6 +259,7 @@ class Rig:
         delay_warning: float = 0.0,
         postmaster: str = POSTMASTER,
         max_active: int = 1000,
+        cut_through_wait: float = 0.0,
     ) -> None:
         self.state_dir = state_dir
         self.lines: list[str] = []
@@ -282,6 +293,7 @@ class Rig:
             max_lifetime=max_lifetime,
             delay_warning=delay_warning,
             max_active=max_active,
+            cut_through_wait=cut_through_wait,
             events=mail_logger("smtp", observe),
         )
         # as service.attach_relay wires them

@@ -53,7 +53,10 @@ class MemoryMessage:
             raise DiskFull("no space")
         self.data += data
 
-    def commit(self, rest: Iterable[bytes] = ()) -> defer.Deferred:
+    def commit(self, rest: Iterable[bytes] | bytes = ()) -> defer.Deferred:
+        if isinstance(rest, bytes):  # the whole text in memory, the sender waiting
+            self.sink.waiting.append(self)
+            rest = [rest]
         if self.sink.fail_commit is not None:
             return defer.fail(self.sink.fail_commit)
         if self.sink.hold:  # the test reads rest and fires the commit itself
@@ -71,6 +74,7 @@ class MemoryMessage:
 class MemorySink:
     def __init__(self) -> None:
         self.committed: list[MemoryMessage] = []
+        self.waiting: list[MemoryMessage] = []  # committed with rest as bytes
         self.begun: list[MemoryMessage] = []
         self.fail_write = False
         self.fail_commit: Exception | None = None

@@ -212,6 +212,33 @@ def test_filters_text_goes_to_the_commit_and_its_buffer_lives_until_it_fired(
     assert s.read()[-1].startswith("250 2.0.0 Ok: queued as")
 
 
+def test_commit_says_the_sender_waits_only_with_the_text_in_memory(smtp, tmp_path) -> None:
+    """commit(rest) gets rest as bytes (the text in memory, a client waiting: the queue may
+    relay it at once) without filters (b"") and through filters with the text still in the
+    buffer's memory; a text the buffer spilled to a file goes as chunks for the commit's
+    thread to read."""
+    s = smtp().ready()
+    assert send_message(s).startswith("250 2.0.0 Ok: queued as")
+    assert smtp.sink.waiting == smtp.sink.committed == [smtp.sink.begun[-1]]
+
+    f = Scripted(message=FilterVerdict(headers=("X-Spam-Score: 0.1",)))
+    s = smtp(filters=chain_of(smtp, tmp_path, f), max_message_size=10 * 1024 * 1024).ready()
+    assert send_message(s).startswith("250 2.0.0 Ok: queued as")
+    small = smtp.sink.begun[-1]
+    assert smtp.sink.waiting[-1] is small and smtp.sink.committed[-1] is small
+    assert bytes(small.data).endswith(b"Subject: hi\r\n\r\nhello\r\n")
+
+    s.cmd("MAIL FROM:<a@sina.test>")
+    s.cmd("RCPT TO:<user1@example.test>")
+    s.cmd("DATA")
+    line = b"z" * 998 + b"\r\n"
+    s.send(b"Subject: big\r\n\r\n" + line * 400)  # past the buffer's memory part
+    assert s.send(".\r\n")[-1].startswith("250 2.0.0 Ok: queued as")
+    big = smtp.sink.begun[-1]
+    assert smtp.sink.committed[-1] is big and smtp.sink.waiting[-1] is small
+    assert bytes(big.data).endswith(line * 400)
+
+
 def test_filters_trusted_relay_client_told_to_the_filters(smtp, tmp_path) -> None:
     """A client the access map lets relay (our own hosts) goes through the chain too, marked
     trusted at every stage, so each filter decides (DKIM signs its mail; SPF, DNSBL, DMARC
