@@ -271,7 +271,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             integer(1, 1000), "30", "bounce a message with more Received headers (a loop)"
         ),
         "cut_through_wait": Key(
-            duration,
+            duration_at_most(60, "the client waits for its 250 meanwhile"),
             "5s",
             "relay a message for one remote recipient while its sender waits, before it is "
             "ever spooled, if a connection takes it within this long; the 250 then follows "

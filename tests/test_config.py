@@ -332,6 +332,25 @@ def test_dns_servfail_ttl_default_and_rfc_maximum(tmp_path: Path) -> None:
     ]
 
 
+def test_relay_cut_through_wait_default_off_and_bound(tmp_path: Path) -> None:
+    """[relay] cut_through_wait: 5s by default, 0 turns cut-through off, at most a minute
+    (the client waits for its 250 meanwhile); the value reaches the relay's scheduler."""
+    from twisted.internet.task import Clock
+
+    from appliance.service import attach_relay, build_queue
+
+    head = "[appliance]\nhostname = mail.example.test\n"
+    assert config.load(write(tmp_path, head)).relay.cut_through_wait == 5
+    cfg = config.load(write(tmp_path, head + "[relay]\ncut_through_wait = 0\n"))
+    assert cfg.relay.cut_through_wait == 0
+    queue, _store = build_queue(tmp_path / "state", "mail.example.test", Clock())
+    assert attach_relay(queue, None, None, cfg).cut_through_wait == 0  # no relay target needed
+    assert problems_of(write(tmp_path, head + "[relay]\ncut_through_wait = 2m\n")) == [
+        "lab.ini: [relay] cut_through_wait: must be at most 60s (the client waits for its 250 "
+        "meanwhile), got '2m'",
+    ]
+
+
 def test_web_metrics_token_file_must_exist_and_hold_a_token(tmp_path: Path) -> None:
     p = write(tmp_path, """\
         [appliance]
