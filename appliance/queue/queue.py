@@ -2,10 +2,11 @@
 
 A 250 after DATA means the message is on disk and fsync'd: either already in its one local
 mailbox (the fast path, through the local target's streaming delivery), at the next hop that
-took it with a 2xx while the client waited (cut-through: one remote recipient, RelayScheduler.
-at_once), or in the queue's files (appliance.queue.files). Queued entries are handed to the local `DeliveryTarget` in the
-background; copies that fail stay queued and are retried every `retry_interval`; what is left
-for remote recipients waits in queue/deferred for the relay. After a start (or a crash)
+took it with a 2xx while the client waited (cut-through: one remote recipient,
+RelayScheduler.at_once), or in the queue's files (appliance.queue.files). Queued entries are
+handed to the local `DeliveryTarget` in the background; copies that fail stay queued and are
+retried every `retry_interval`; what is left for remote recipients waits in queue/deferred
+for the relay. After a start (or a crash)
 `recover()` removes what was never acknowledged and delivers what incoming/ holds.
 
 Every fsync runs in the shared WorkerPool: concurrent commits fsync in parallel, so the file
