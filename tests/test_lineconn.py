@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 
 from appliance.lineconn import MAX_BATCH, MAX_PIPELINED, LineConnection
@@ -380,7 +383,8 @@ def test_write_now_rest_queued_in_order_once_the_socket_is_full(tcp_pair) -> Non
 
 
 def test_write_now_leaves_tls_and_closing_connections_to_twisted(tcp_pair) -> None:
-    """Under TLS (the bytes must be encrypted) or once closing, the transport's own write."""
+    """Under TLS (the bytes must be encrypted) or once closing, the transport's own write
+    (under TLS, what that queued is then sent: see the TLS tests below)."""
     from appliance.lineconn import write_now
 
     server, peer, fds = tcp_pair
@@ -419,3 +423,109 @@ def test_drained_fires_on_resume_and_stalled_client_is_cut_off() -> None:
     clock.advance(10)
     assert fired == [1, 2] and aborted == [True] and e.closing
     assert clock.getDelayedCalls() == []
+
+
+# ------------------------------------------------------------------ write_now under real TLS
+
+
+class TLSReplier(Protocol):
+    """Server side: after the handshake (write_through_tls unless told not to), answers each
+    read with a: write_now, b c: writeSequence, d: write_now, and notes what Twisted still
+    held right after the first write_now (its TLS aggregator, its TCP buffer)."""
+
+    def __init__(self, through: bool) -> None:
+        self.through = through
+        self.held_after_write: tuple[int, int] | None = None
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        from appliance.lineconn import write_through_tls
+
+        if self.through:
+            write_through_tls(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        from appliance.lineconn import write_now
+
+        t = self.transport
+        write_now(t, b"a")
+        aggregated = sum(len(b) for b in getattr(t.protocol._aggregator, "_buffer", []))
+        queued = len(t.dataBuffer) - t.offset + t._tempDataLen
+        self.held_after_write = (aggregated, queued)
+        t.writeSequence([b"b", b"c"])
+        write_now(t, b"d\n")
+
+
+class LineCollector(Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(b"go")
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.got += data
+        if self.got.endswith(b"\n") and not self.done.called:
+            self.done.callback(self.got)
+
+
+async def tls_exchange(through: bool) -> tuple[bytes, tuple[int, int] | None]:
+    """One real loopback TLS connection (Twisted's test certificate): the bytes the client
+    got, and what the server's Twisted held after its first write_now."""
+    from pathlib import Path
+
+    import twisted.test
+    from twisted.internet import reactor, ssl
+    from twisted.internet.protocol import ClientFactory, Factory
+    from zope.interface import directlyProvides
+
+    pem = (Path(twisted.test.__file__).parent / "server.pem").read_bytes()
+    server_options = ssl.PrivateCertificate.loadPEM(pem).options()
+    servers: list[TLSReplier] = []
+
+    def build(_addr: object) -> TLSReplier:
+        p = TLSReplier(through)
+        directlyProvides(p, IHandshakeListener)
+        servers.append(p)
+        return p
+
+    factory = Factory.forProtocol(TLSReplier)
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = reactor.listenSSL(0, factory, server_options, interface="127.0.0.1")
+    client = LineCollector()
+    cf = ClientFactory.forProtocol(lambda: client)
+    connector = reactor.connectSSL(
+        "127.0.0.1", port.getHost().port, cf, ssl.CertificateOptions(verify=False)
+    )
+    try:
+        got = await defer.Deferred.fromCoroutine(_within(client.done))
+    finally:
+        connector.disconnect()
+        await port.stopListening()
+    return got, servers[0].held_after_write
+
+
+async def _within(d: defer.Deferred[bytes]) -> bytes:
+    from twisted.internet import reactor
+
+    d.addTimeout(10, reactor)
+    return await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_through_tls_reply_handed_to_the_socket_at_once_in_order() -> None:
+    """After the handshake, write_now under TLS leaves nothing held (not in Twisted's TLS
+    aggregator, which waits for the reactor's next turn, nor in its TCP buffer); writes and
+    writeSequence arrive in the order made."""
+    got, held = await tls_exchange(through=True)
+    assert got == b"abcd\n"
+    assert held == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_tls_holds_writes_for_a_reactor_turn_without_write_through() -> None:
+    """What write_through_tls is for (and a check that Twisted still works so): without it,
+    the first reply still waits in Twisted's TLS aggregator when write_now returns."""
+    got, held = await tls_exchange(through=False)
+    assert got == b"abcd\n"
+    assert held is not None and held[0] == 1

@@ -31,7 +31,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appliance.lineconn import set_no_delay
+from appliance.lineconn import set_no_delay, write_now, write_through_tls
 
 MAX_REPLY_LINE = 2048  # RFC 5321 says 512; be generous, but bounded
 MAX_REPLY_LINES = 100
@@ -185,6 +185,7 @@ class SMTPClientProtocol(LineReceiver):
             self.lost.callback(None)
 
     def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        write_through_tls(self.transport)
         try:
             conn = self.transport.getHandle()  # type: ignore[union-attr]
             self.tls = f"{conn.get_protocol_version_name()} {conn.get_cipher_name()}"
@@ -257,7 +258,7 @@ class SMTPClientProtocol(LineReceiver):
         """Send one command line and wait for its reply."""
         d = self.expect(timeout)
         if self._closed is None:
-            self.transport.write(line.encode("utf-8") + b"\r\n")  # type: ignore[union-attr]
+            write_now(self.transport, line.encode("utf-8") + b"\r\n")
         return d
 
     def commands(
@@ -269,14 +270,14 @@ class SMTPClientProtocol(LineReceiver):
             self.expect(last_timeout if i == len(lines) - 1 else None) for i in range(len(lines))
         ]
         if self._closed is None:
-            self.transport.write(  # type: ignore[union-attr]
-                b"".join(line.encode("utf-8") + b"\r\n" for line in lines) + data
+            write_now(
+                self.transport, b"".join(line.encode("utf-8") + b"\r\n" for line in lines) + data
             )
         return waiters
 
     def write_data(self, data: bytes) -> None:
         if self._closed is None:
-            self.transport.write(data)  # type: ignore[union-attr]
+            write_now(self.transport, data)
 
     def start_tls(self, creator: IOpenSSLClientConnectionCreator) -> None:
         """Switch to TLS after a 220 to STARTTLS; plaintext already buffered is dropped."""
