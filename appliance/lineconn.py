@@ -154,8 +154,11 @@ def write_through_tls(transport: object) -> None:
     first, then write and writeSequence go straight to TLSMemoryBIOProtocol's, in order.
     Anything else (no TLS, another Twisted's internals) is left as it is."""
     # implicit TLS: the transport is the TLS layer; after STARTTLS it is the connection's
-    tls = transport if isinstance(transport, TLSMemoryBIOProtocol) else None
-    tls = tls or getattr(transport, "protocol", None)
+    tls = (
+        transport
+        if isinstance(transport, TLSMemoryBIOProtocol)
+        else getattr(transport, "protocol", None)
+    )
     if not isinstance(tls, BufferingTLSTransport) or "write" not in vars(tls):
         return
     aggregator = getattr(tls, "_aggregator", None)

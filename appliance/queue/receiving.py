@@ -223,11 +223,14 @@ class SpooledMessage(_Message):
             d = queue.relay_at_once(entry, whole)
             if d is not None:
 
+                def spool() -> Deferred[QueueEntry]:
+                    return queue.pool.run(self._commit_in_thread, whole, iter(()))
+
                 def relayed(sent: bool) -> QueueEntry | Deferred[QueueEntry]:
                     if sent:
                         self._relayed = True
                         return entry
-                    return queue.pool.run(self._commit_in_thread, whole, iter(()))
+                    return spool()
 
                 def broken(failure: Failure) -> Deferred[QueueEntry]:
                     queue.log.failure(
@@ -235,7 +238,7 @@ class SpooledMessage(_Message):
                         failure,
                         queue_id=self.queue_id,
                     )
-                    return queue.pool.run(self._commit_in_thread, whole, iter(()))
+                    return spool()
 
                 return d.addCallbacks(relayed, broken)
         return queue.pool.run(self._commit_in_thread, data, rest)
