@@ -3,8 +3,8 @@
 Components log what happens to mail (a client connects, a message is queued, a copy is
 delivered, a login fails) on a Logger from `mail_logger(component)`. Its events go to
 `mail_events`, a publisher of their own rather than the global log: the maillog observer
-renders them as Postfix-like lines (appliance.maillog), and the status page, metrics and the
-audit log of later releases subscribe to the same stream.
+renders them as Postfix-like lines (appliance.maillog), and the status page (its metrics and
+history) and the audit log (appliance.audit) subscribe to the same stream.
 
 Each event has `log_format` (a literal PEP 3101 string, the maillog line), `event` (what
 happened: connect, disconnect, reject, discard, client, auth, auth_failed, queued, status,

@@ -17,7 +17,7 @@ from appliance.service import Prepared, make_service, prepare
 
 class Options(usage.Options):
     synopsis = "--config FILE"
-    longdesc = "Serve DNS and (in later releases) SMTP, POP3 and IMAP from one INI file."
+    longdesc = "Serve DNS, SMTP, POP3, IMAP and the web status page from one INI file."
     optParameters = [["config", "c", None, "the appliance's INI file (required)"]]
 
     def postOptions(self) -> None:

@@ -479,8 +479,10 @@ async def tls_exchange(through: bool) -> tuple[bytes, tuple[int, int] | None]:
     from twisted.internet.protocol import ClientFactory, Factory
     from zope.interface import directlyProvides
 
-    pem = (Path(twisted.test.__file__).parent / "server.pem").read_bytes()
-    server_options = ssl.PrivateCertificate.loadPEM(pem).options()
+    from appliance.tls.context import make_tls_options
+
+    pem = Path(twisted.test.__file__).parent / "server.pem"  # its key and its certificate
+    server_options = make_tls_options(pem, pem)  # the appliance's own TLS options
     servers: list[TLSReplier] = []
 
     def build(_addr: object) -> TLSReplier:
