@@ -12,7 +12,10 @@ tests/integration/conftest.py's make_lab does, only the ports moved to free high
 (access, virtusertable, aliases, local-host-names), the passwd-file and the SPF/DKIM/DMARC
 checks are on as in etc/. What a workload changes in its copy is printed at the top. Counts
 are the full run's, --quick's in brackets; every figure is the median of --reps repetitions
-(each bench alternates which server goes first).
+(each bench alternates which server goes first). Each workload starts on a settled machine:
+`sync`, then a wait of at most 60 s for a second with the CPUs at most 10% busy and at most
+16 MB dirty (the previous workload's mail and removed folders being written back), so none
+measures ours or its anchor against the last one's tail; the log says how it ended.
 
   smtp   bench/smtp_lab.py: both lab appliances, 163 loaded on port 25 with Postfix's
          smtp-source (a connection per message; ../shared/bench/target.sh smtp) beside the
@@ -544,6 +547,45 @@ def header(args: argparse.Namespace, c: Counts, v: dict[str, str]) -> list[str]:
     return lines
 
 
+def _cpu_idle_and_dirty() -> tuple[list[int], int]:
+    """/proc/stat's total CPU jiffies [busy, idle] and /proc/meminfo's Dirty + Writeback kB."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]  # idle, iowait
+    kb = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith(("Dirty:", "Writeback:")):
+            kb += int(line.split()[1])
+    return [sum(f) - idle, idle], kb
+
+
+def settle(limit: float = 60.0, busy_at_most: float = 0.10, dirty_kb_at_most: int = 16384) -> str:
+    """Before each workload: `sync` (the last workload's mail and its removed folders written
+    back), then wait, at most limit seconds, for a second in which the CPUs were busy at most
+    busy_at_most and at most dirty_kb_at_most kB waited for the disk, so no workload measures
+    (ours or its anchor) against the previous one's tail. Progress every 5 s; says how it
+    ended, for the log."""
+    t0 = time.monotonic()
+    subprocess.run(["sync"], check=False, timeout=limit)
+    last_say = time.monotonic()
+    (b0, i0), _ = _cpu_idle_and_dirty()
+    while True:
+        time.sleep(1.0)
+        (b1, i1), dirty = _cpu_idle_and_dirty()
+        busy = (b1 - b0) / max(b1 - b0 + i1 - i0, 1)
+        b0, i0 = b1, i1
+        waited = time.monotonic() - t0
+        if busy <= busy_at_most and dirty <= dirty_kb_at_most:
+            return f"settled in {waited:.0f} s (CPUs {100 * busy:.0f}% busy, {dirty} kB dirty)"
+        if waited >= limit:
+            return (
+                f"not settled after {waited:.0f} s (CPUs {100 * busy:.0f}% busy, {dirty} kB"
+                " dirty): going on"
+            )
+        if time.monotonic() - last_say >= 5:
+            say(f"    settling: CPUs {100 * busy:.0f}% busy, {dirty} kB dirty, {waited:.0f} s")
+            last_say = time.monotonic()
+
+
 def run_all(args: argparse.Namespace, st: State, c: Counts, v: dict[str, str]) -> int:
     only = args.only
     steps: list[tuple[str, Callable[[], None]]] = []
@@ -558,6 +600,7 @@ def run_all(args: argparse.Namespace, st: State, c: Counts, v: dict[str, str]) -
         steps.append(("rss", lambda: run_rss(st, c, args.reps, v)))
     for i, (name, step) in enumerate(steps, 1):
         t0 = time.monotonic()
+        say(f"=== [{i}/{len(steps)}] {name}: {settle()}")
         say(f"=== [{i}/{len(steps)}] {name}, {args.reps} reps [load average {rl.loadavg()}]")
         try:
             step()
