@@ -547,17 +547,14 @@ def header(args: argparse.Namespace, c: Counts, v: dict[str, str]) -> list[str]:
     return lines
 
 
-def _cpu_idle_and_dirty() -> tuple[list[int], int]:
-    """/proc/stat's total CPU jiffies [busy, idle] and /proc/meminfo's Dirty + Writeback kB."""
-    with open("/proc/stat") as stat:
-        f = [int(x) for x in stat.readline().split()[1:]]
-    idle = f[3] + f[4]  # idle, iowait
+def _dirty_kb() -> int:
+    """/proc/meminfo's Dirty + Writeback, kB: what still waits for the disk."""
     kb = 0
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith(("Dirty:", "Writeback:")):
                 kb += int(line.split()[1])
-    return [sum(f) - idle, idle], kb
+    return kb
 
 
 def settle(limit: float = 60.0, busy_at_most: float = 0.10, dirty_kb_at_most: int = 16384) -> str:
@@ -572,12 +569,13 @@ def settle(limit: float = 60.0, busy_at_most: float = 0.10, dirty_kb_at_most: in
     except subprocess.TimeoutExpired:
         pass  # still writing back: the wait below reports the dirty kB and its limit holds
     last_say = time.monotonic()
-    (b0, i0), _ = _cpu_idle_and_dirty()
+    total0, idle0, _ = rl.machine_ticks()
     while True:
         time.sleep(1.0)
-        (b1, i1), dirty = _cpu_idle_and_dirty()
-        busy = (b1 - b0) / max(b1 - b0 + i1 - i0, 1)
-        b0, i0 = b1, i1
+        total1, idle1, _ = rl.machine_ticks()
+        dirty = _dirty_kb()
+        busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+        total0, idle0 = total1, idle1
         waited = time.monotonic() - t0
         if busy <= busy_at_most and dirty <= dirty_kb_at_most:
             return f"settled in {waited:.0f} s (CPUs {100 * busy:.0f}% busy, {dirty} kB dirty)"

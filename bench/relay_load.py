@@ -120,10 +120,10 @@ def proc_ticks(pid: int, main_thread: bool = False) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(total, iowait) jiffies of all CPUs from /proc/stat."""
+def machine_ticks() -> tuple[int, int, int]:
+    """(total, idle, iowait) jiffies of all CPUs from /proc/stat; idle counts iowait too."""
     vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(vals[:8]), vals[4]
+    return sum(vals[:8]), vals[3] + vals[4], vals[4]
 
 
 class CPU:
@@ -144,9 +144,9 @@ class CPU:
 
     def since(self, start=None) -> dict[str, float]:
         """Percent since start (default: the last mark), and move the mark."""
-        t0, p0, (m0, w0) = start or self.last
+        t0, p0, (m0, _idle0, w0) = start or self.last
         now = self.sample()
-        t1, p1, (m1, w1) = now
+        t1, p1, (m1, _idle1, w1) = now
         self.last = now
         dt = max(t1 - t0, 1e-9)
         out = {}
