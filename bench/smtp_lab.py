@@ -388,7 +388,7 @@ def report(res: Results) -> None:
     print("-" * len(head))
     keys = sorted({(p.size, p.conc, p.msgs) for p in res.points})
     for size, conc, msgs in keys:
-        pts = [p for p in res.points if (p.size, p.conc) == (size, conc)]
+        pts = [p for p in res.points if (p.size, p.conc, p.msgs) == (size, conc, msgs)]
         pf = median([p.delivered for p in pts if p.system == "postfix"])
         us = median([p.delivered for p in pts if p.system == "ours"])
         ratio = us / pf if us and pf else None
